@@ -1,0 +1,285 @@
+"""Synthea CSV export (2.x / 3.x) → events and patients tables, streamed through DuckDB.
+
+Columns are matched by name (case-insensitive), so any Synthea 2.x or 3.x export works: the
+differences between versions (procedures ``DATE`` vs ``START``, observations ``CATEGORY``,
+``SYSTEM`` columns, patients ``FIPS``/``INCOME``) are optional columns here. DuckDB reads every
+CSV as text and writes Parquet with a bounded memory limit, spilling to disk, so memory does
+not grow with the export (see bench/ingest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ..io import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    file: str
+    kind: str
+    time: tuple[str, ...]  # candidate columns, first present wins
+    system: str  # default code system when the file has no SYSTEM column
+    encounter: str = "ENCOUNTER"
+    numeric: bool = False
+
+
+TABLES = (
+    TableSpec("encounters.csv", "encounter", ("START", "DATE"), "SNOMED-CT", encounter="ID"),
+    TableSpec("conditions.csv", "condition", ("START",), "SNOMED-CT"),
+    TableSpec("medications.csv", "medication", ("START",), "RxNorm"),
+    TableSpec("procedures.csv", "procedure", ("START", "DATE"), "SNOMED-CT"),
+    TableSpec("observations.csv", "observation", ("DATE",), "LOINC", numeric=True),
+    TableSpec("immunizations.csv", "immunization", ("DATE",), "CVX"),
+    TableSpec("allergies.csv", "allergy", ("START",), "SNOMED-CT"),
+    TableSpec("careplans.csv", "careplan", ("START",), "SNOMED-CT"),
+    TableSpec("devices.csv", "device", ("START",), "SNOMED-CT"),
+)
+REQUIRED_FILES = ("patients.csv", "encounters.csv")
+PATIENT_REQUIRED = ("ID", "BIRTHDATE")
+PATIENT_OPTIONAL = ("DEATHDATE", "GENDER", "RACE", "ETHNICITY")
+
+EVENT_COLUMNS = ("patient", "time", "encounter", "kind", "system", "code", "description",
+                 "value", "unit")
+
+
+@dataclass
+class IngestResult:
+    patients: int
+    events: int
+    events_by_kind: dict[str, int]
+    dropped: dict[str, int]  # "<file>:<reason>" -> rows
+    first_time: str
+    last_time: str
+    missing_files: list[str]
+    missing_columns: list[str]
+    events_per_patient: list[int]
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _header(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
+    """Upper-cased column name → actual name, read from the CSV header only."""
+    try:
+        rel = con.sql(
+            f"SELECT * FROM read_csv({_lit(path)}, all_varchar=true, header=true, "
+            "sample_size=1) LIMIT 0"
+        )
+    except duckdb.Error as err:
+        raise InputError(f"{path}: cannot be read as CSV: {err}") from None
+    return {c.upper(): c for c in rel.columns}
+
+
+def _check_version(con, src: Path) -> None:
+    enc = _header(con, src / "encounters.csv")
+    pat = _header(con, src / "patients.csv")
+    if "START" not in enc and "DATE" in enc and "ENCOUNTERCLASS" not in enc:
+        raise InputError(
+            f"{src}: this is a Synthea 1.x export (encounters.csv has DATE, no START or "
+            "ENCOUNTERCLASS): Synthea 1.x, unsupported. Re-export with Synthea 2.x or 3.x."
+        )
+    if "ID" not in pat:
+        raise InputError(f"{src / 'patients.csv'}: required column Id is missing "
+                         f"(found {sorted(pat.values())})")
+
+
+def _time_expr(col: str) -> str:
+    # Dates ('2020-01-02') and ISO datetimes ('2020-01-02T03:04:05Z') both cast; empty → NULL.
+    return f"TRY_CAST(NULLIF(TRIM({col}), '') AS TIMESTAMPTZ)"
+
+
+def ingest(src: str | Path, out_dir: str | Path, on_bad_rows: str = "drop",
+           memory_limit: str = "2GB", threads: int | None = None) -> IngestResult:
+    """Read a Synthea CSV export in ``src``; write events/patients/dropped_rows Parquet.
+
+    ``out_dir`` must exist; the caller makes it atomic (see ``ehrseq.io.atomic_outputs``).
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    if not src.is_dir():
+        raise InputError(f"{src}: not a directory; expected a Synthea CSV export directory")
+    for f in REQUIRED_FILES:
+        if not (src / f).is_file():
+            raise InputError(f"{src}: required file {f} is missing "
+                             "(a Synthea CSV export has patients.csv and encounters.csv)")
+    with tempfile.TemporaryDirectory(prefix="ehrseq-duckdb-") as spill:
+        con = duckdb.connect()
+        con.execute("SET TimeZone='UTC'")
+        con.execute(f"SET memory_limit={_lit(memory_limit)}")
+        con.execute(f"SET temp_directory={_lit(spill)}")
+        con.execute("SET preserve_insertion_order=true")
+        if threads:
+            con.execute(f"SET threads={int(threads)}")
+        _check_version(con, src)
+        try:
+            return _ingest(con, src, out_dir, on_bad_rows)
+        finally:
+            con.close()
+
+
+def _read(con, path: Path, name: str) -> None:
+    """Register ``path`` as a view ``name`` with a 1-based data-row number column ``_row``."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT row_number() OVER () AS _row, * "
+        f"FROM read_csv({_lit(path)}, all_varchar=true, header=true, quote='\"', "
+        "escape='\"', strict_mode=false, null_padding=true)"
+    )
+
+
+def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
+    missing_cols: list[str] = []
+    # --- patients ---------------------------------------------------------------------
+    ph = _header(con, src / "patients.csv")
+    for c in PATIENT_REQUIRED:
+        if c not in ph:
+            raise InputError(f"{src / 'patients.csv'}: required column {c} is missing "
+                             f"(found {sorted(ph.values())})")
+    missing_cols += [f"patients.csv:{c}" for c in PATIENT_OPTIONAL if c not in ph]
+    _read(con, src / "patients.csv", "raw_patients")
+
+    def col(h: dict[str, str], c: str) -> str:
+        return _q(h[c]) if c in h else "NULL"
+
+    con.execute(f"""
+        CREATE TEMP TABLE p AS SELECT _row,
+            TRIM({col(ph, 'ID')}) AS patient,
+            {col(ph, 'BIRTHDATE')} AS birth_raw,
+            TRY_CAST(NULLIF(TRIM({col(ph, 'BIRTHDATE')}), '') AS DATE) AS birth_date,
+            NULLIF(TRIM({col(ph, 'DEATHDATE')}), '') AS death_raw,
+            TRY_CAST(NULLIF(TRIM({col(ph, 'DEATHDATE')}), '') AS DATE) AS death_date,
+            {col(ph, 'GENDER')} AS gender, {col(ph, 'RACE')} AS race,
+            {col(ph, 'ETHNICITY')} AS ethnicity
+        FROM raw_patients""")
+    con.execute("""
+        CREATE TEMP TABLE bad AS
+        SELECT 'patients.csv' AS file, _row AS row,
+               CASE WHEN patient IS NULL OR patient = '' THEN 'missing patient id'
+                    WHEN birth_date IS NULL THEN 'unparseable BIRTHDATE'
+                    WHEN death_raw IS NOT NULL AND death_date IS NULL
+                         THEN 'unparseable DEATHDATE'
+                    ELSE 'duplicate patient id' END AS reason,
+               concat_ws(',', patient, birth_raw, death_raw) AS raw
+        FROM (SELECT *, row_number() OVER (PARTITION BY patient ORDER BY _row) AS dup FROM p)
+        WHERE patient IS NULL OR patient = '' OR birth_date IS NULL
+           OR (death_raw IS NOT NULL AND death_date IS NULL) OR dup > 1""")
+    con.execute("""
+        CREATE TEMP TABLE patients AS
+        SELECT patient, birth_date, death_date, gender, race, ethnicity FROM p
+        WHERE _row NOT IN (SELECT row FROM bad WHERE file = 'patients.csv')""")
+
+    # --- events, one SELECT per present file -----------------------------------------
+    selects, missing_files = [], []
+    for spec in TABLES:
+        path = src / spec.file
+        if not path.is_file():
+            missing_files.append(spec.file)
+            continue
+        h = _header(con, path)
+        tcol = next((c for c in spec.time if c in h), None)
+        patient_col = "PATIENT"
+        for need, what in ((patient_col, "PATIENT"), (tcol, "/".join(spec.time)), ("CODE", "CODE")):
+            if need is None or need not in h:
+                raise InputError(f"{path}: required column {what} is missing "
+                                 f"(found {sorted(h.values())})")
+        for opt in ("DESCRIPTION", spec.encounter):
+            if opt not in h:
+                missing_cols.append(f"{spec.file}:{opt}")
+        view = f"raw_{spec.kind}"
+        _read(con, path, view)
+        system = f"COALESCE(NULLIF(TRIM({_q(h['SYSTEM'])}), ''), {_lit(spec.system)})" \
+            if "SYSTEM" in h else _lit(spec.system)
+        if spec.numeric and "VALUE" in h:
+            value = f"TRY_CAST(NULLIF(TRIM({_q(h['VALUE'])}), '') AS DOUBLE)"
+            if "TYPE" in h:
+                value = f"CASE WHEN lower({_q(h['TYPE'])}) IN ('numeric', '') OR {_q(h['TYPE'])} IS NULL THEN {value} END"
+            unit = f"NULLIF(TRIM({col(h, 'UNITS')}), '')"
+        else:
+            value, unit = "CAST(NULL AS DOUBLE)", "CAST(NULL AS VARCHAR)"
+        selects.append(f"""
+            SELECT {_lit(spec.file)} AS file, _row,
+                TRIM({_q(h[patient_col])}) AS patient,
+                {_q(h[tcol])} AS time_raw, {_time_expr(_q(h[tcol]))} AS time,
+                NULLIF(TRIM({col(h, spec.encounter)}), '') AS encounter,
+                {_lit(spec.kind)} AS kind, {system} AS system,
+                TRIM({_q(h['CODE'])}) AS code,
+                COALESCE({col(h, 'DESCRIPTION')}, '') AS description,
+                {value} AS value, {unit} AS unit
+            FROM {view}""")
+    if missing_files:
+        log.warning("optional files absent from %s: %s", src, ", ".join(missing_files))
+    if missing_cols:
+        log.warning("optional columns absent: %s", ", ".join(missing_cols))
+
+    con.execute("CREATE TEMP VIEW ev AS " + " UNION ALL ".join(selects))
+    con.execute("""
+        CREATE TEMP TABLE ev_bad AS
+        SELECT file, _row AS row,
+               CASE WHEN time IS NULL THEN 'unparseable date'
+                    WHEN code IS NULL OR code = '' THEN 'missing code'
+                    ELSE 'unknown patient id' END AS reason,
+               concat_ws(',', patient, time_raw, code) AS raw
+        FROM ev
+        WHERE time IS NULL OR code IS NULL OR code = ''
+           OR patient NOT IN (SELECT patient FROM patients)""")
+    con.execute("INSERT INTO bad SELECT * FROM ev_bad")
+    n_bad = con.execute("SELECT count(*) FROM bad").fetchone()[0]
+    if n_bad and on_bad_rows == "error":
+        f, row, reason, raw = con.execute(
+            "SELECT file, row, reason, raw FROM bad ORDER BY file, row LIMIT 1").fetchone()
+        raise InputError(
+            f"{src / f}: data row {row} (line {row + 1}): {reason} ({raw!r}); "
+            f"{n_bad} bad row(s) in all. Set data.on_bad_rows: drop to drop them "
+            "(they are kept in data/interim/dropped_rows.parquet)")
+
+    n_patients = con.execute("SELECT count(*) FROM patients").fetchone()[0]
+    if n_patients == 0:
+        raise InputError(f"{src / 'patients.csv'}: empty cohort (no valid patients)")
+
+    cols = ", ".join(EVENT_COLUMNS)
+    con.execute(f"""
+        COPY (SELECT {cols} FROM ev
+              WHERE time IS NOT NULL AND code IS NOT NULL AND code <> ''
+                AND patient IN (SELECT patient FROM patients)
+              ORDER BY patient, time, kind, system, code, encounter NULLS FIRST,
+                       description, value NULLS FIRST, unit NULLS FIRST)
+        TO {_lit(out / 'events.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
+    ev = f"read_parquet({_lit(out / 'events.parquet')})"
+    n_events = con.execute(f"SELECT count(*) FROM {ev}").fetchone()[0]
+    if n_events == 0:
+        raise InputError(f"{src}: empty cohort (no valid events in any file)")
+    first, last = con.execute(f"SELECT min(time), max(time) FROM {ev}").fetchone()
+    con.execute(f"""
+        COPY (SELECT patient, birth_date, death_date, gender, race, ethnicity,
+                     COALESCE(CAST(death_date AS TIMESTAMPTZ),
+                              CAST({_lit(last.isoformat())} AS TIMESTAMPTZ)) AS end_of_record
+              FROM patients ORDER BY patient)
+        TO {_lit(out / 'patients.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
+    con.execute(f"""
+        COPY (SELECT file, row, reason, raw FROM bad ORDER BY file, row)
+        TO {_lit(out / 'dropped_rows.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
+
+    by_kind = dict(con.execute(f"SELECT kind, count(*) FROM {ev} GROUP BY kind ORDER BY kind")
+                   .fetchall())
+    dropped = {f"{f}:{r}": n for f, r, n in con.execute(
+        "SELECT file, reason, count(*) FROM bad GROUP BY ALL ORDER BY ALL").fetchall()}
+    per_patient = [n for (n,) in con.execute(f"""
+        SELECT count(e.patient) FROM patients p LEFT JOIN {ev} e USING (patient)
+        GROUP BY p.patient ORDER BY p.patient""").fetchall()]
+    return IngestResult(
+        patients=n_patients, events=n_events, events_by_kind=by_kind, dropped=dropped,
+        first_time=first.isoformat(), last_time=last.isoformat(),
+        missing_files=missing_files, missing_columns=missing_cols,
+        events_per_patient=per_patient,
+    )

@@ -1,0 +1,176 @@
+"""events/patients Parquet → visits, tokens, vocabulary, splits and tensor-ready arrays.
+
+See docs/architecture.md for the output contract. The grouping into visits and tokens runs in
+DuckDB; the arrays are assembled with NumPy (offsets from counts, no loop per event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ..io import InputError
+from ..params import SequencesParams
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
+EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+def split_of(patient_ids, fractions: tuple[float, float, float], salt: str) -> np.ndarray:
+    """'train'/'val'/'test' from a SHA-256 of (salt, patient id): stable as the cohort grows."""
+    u = np.array([int.from_bytes(hashlib.sha256(f"{salt}:{p}".encode()).digest()[:8], "big")
+                  for p in patient_ids], dtype=np.float64) / 2.0**64
+    train, val, _ = fractions
+    return np.where(u < train, "train", np.where(u < train + val, "val", "test"))
+
+
+@dataclass
+class SequencesResult:
+    metrics: dict
+    visits_per_patient: np.ndarray
+
+
+def _lit(s) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) -> SequencesResult:
+    interim, out = Path(interim), Path(out)
+    for f in ("events.parquet", "patients.parquet"):
+        if not (interim / f).is_file():
+            raise InputError(f"{interim / f}: missing; run the ingest stage first")
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    patients = con.execute(
+        f"SELECT * FROM read_parquet({_lit(interim / 'patients.parquet')}) ORDER BY patient"
+    ).df()
+    if patients.empty:
+        raise InputError(f"{interim / 'patients.parquet'}: no patients")
+    patients["split"] = split_of(patients["patient"], (p.split.train, p.split.val,
+                                                       p.split.test), p.split.salt)
+    patients["index"] = np.arange(len(patients), dtype=np.int64)
+    con.register("pat", patients[["patient", "index", "split", "birth_date"]])
+
+    kinds = ", ".join(_lit(k) for k in p.event_kinds)
+    con.execute(f"""
+        CREATE TEMP TABLE ev AS
+        SELECT e.patient, pat.index AS pidx, pat.split, e.time, e.kind, e.system, e.code,
+               e.value,
+               COALESCE(e.encounter, 'day:' || strftime(e.time, '%Y-%m-%d')) AS vkey
+        FROM read_parquet({_lit(interim / 'events.parquet')}) e JOIN pat USING (patient)
+        WHERE e.kind IN ({kinds})""")
+
+    # Numeric observations → quantile bins fitted on the training split only.
+    token = "e.system || '/' || e.code"
+    if p.numeric_bins > 0 and "observation" in p.event_kinds:
+        qs = ", ".join(str(i / p.numeric_bins) for i in range(1, p.numeric_bins))
+        con.execute(f"""
+            CREATE TEMP TABLE edges AS
+            SELECT system, code, list_distinct(quantile_cont(value, [{qs}])) AS edges
+            FROM ev WHERE split = 'train' AND kind = 'observation' AND value IS NOT NULL
+            GROUP BY system, code""")
+        token = (f"CASE WHEN e.kind = 'observation' AND e.value IS NOT NULL AND q.edges IS "
+                 f"NOT NULL THEN {token} || ':q' || "
+                 f"len(list_filter(q.edges, lambda x: x < e.value)) ELSE {token} END")
+        join = "LEFT JOIN edges q ON q.system = e.system AND q.code = e.code"
+    else:
+        join = ""
+
+    # One row per (patient, visit, distinct token); visit time = first event of the visit.
+    con.execute(f"""
+        CREATE TEMP TABLE vt AS
+        WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, {token} AS token FROM ev e {join}),
+             v AS (SELECT pidx, vkey, min(time) AS vtime FROM t GROUP BY pidx, vkey),
+             vr AS (SELECT pidx, vkey, vtime,
+                           row_number() OVER (PARTITION BY pidx ORDER BY vtime DESC, vkey DESC)
+                           AS recency FROM v)
+        SELECT t.pidx, t.split, vr.vtime, vr.vkey, t.token, min(t.time) AS first_time
+        FROM t JOIN vr USING (pidx, vkey)
+        WHERE vr.recency <= {p.max_visits}
+        GROUP BY ALL""")
+    n_rows = con.execute("SELECT count(*) FROM vt").fetchone()[0]
+    if n_rows == 0:
+        raise InputError(f"{interim / 'events.parquet'}: no events of kinds {p.event_kinds}")
+
+    # Vocabulary from the training split only: occurrences, then min count and max size.
+    counts = con.execute(f"""
+        SELECT token, count(*) AS n FROM vt WHERE split = 'train' GROUP BY token
+        HAVING count(*) >= {p.min_count} ORDER BY n DESC, token
+        LIMIT {p.max_vocab - len(SPECIALS)}""").df()
+    if counts.empty:
+        raise InputError("the training split has no token with count >= "
+                         f"sequences.min_count={p.min_count}; lower it or use more patients")
+    tokens = list(SPECIALS) + counts["token"].tolist()
+    vocab = pd.DataFrame({"token": counts["token"], "id": np.arange(len(SPECIALS), len(tokens))})
+    con.register("vocab", vocab)
+
+    rows = con.execute(f"""
+        WITH r AS (
+            SELECT vt.pidx, vt.vtime, vt.vkey, vt.split, COALESCE(vocab.id, {UNK}) AS id,
+                   vocab.id IS NULL AS oov,
+                   row_number() OVER (PARTITION BY vt.pidx, vt.vkey
+                                      ORDER BY vt.first_time, vt.token) AS k
+            FROM vt LEFT JOIN vocab USING (token))
+        SELECT pidx, epoch_us(vtime) AS vtime_us, vkey, id, oov, split FROM r
+        WHERE k <= {p.max_codes_per_visit}
+        ORDER BY pidx, vtime, vkey, k""").df()
+    con.close()
+
+    # Arrays: a visit starts wherever (pidx, vkey) changes in the sorted rows.
+    pidx = rows["pidx"].to_numpy(np.int64)
+    vkey = rows["vkey"].to_numpy()
+    new_visit = np.ones(len(rows), dtype=bool)
+    new_visit[1:] = (pidx[1:] != pidx[:-1]) | (vkey[1:] != vkey[:-1])
+    starts = np.flatnonzero(new_visit)
+    visit_offsets = np.append(starts, len(rows)).astype(np.int64)
+    visit_pidx = pidx[starts]
+    visits_per_patient = np.bincount(visit_pidx, minlength=len(patients))
+    patient_offsets = np.concatenate([[0], np.cumsum(visits_per_patient)]).astype(np.int64)
+    visit_time = rows["vtime_us"].to_numpy(np.float64)[starts] / 86_400e6
+    birth_days = ((pd.to_datetime(patients["birth_date"]).dt.tz_localize("UTC") - EPOCH)
+                  .dt.days.to_numpy(np.float64))
+    visit_age = ((visit_time - birth_days[visit_pidx]) / 365.25).astype(np.float32)
+    codes = rows["id"].to_numpy(np.int32)
+
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "codes.npy", codes)
+    np.save(out / "visit_offsets.npy", visit_offsets)
+    np.save(out / "patient_offsets.npy", patient_offsets)
+    np.save(out / "visit_time.npy", visit_time)
+    np.save(out / "visit_age.npy", visit_age)
+    pat_out = patients[["patient", "split", "gender", "birth_date", "death_date"]].copy()
+    pat_out["end_of_record"] = (pd.to_datetime(patients["end_of_record"], utc=True) - EPOCH) \
+        / pd.Timedelta(days=1)
+    pat_out["n_visits"] = visits_per_patient
+    pat_out.to_parquet(out / "patients.parquet", index=False)
+    (out / "vocab.json").write_text(json.dumps({
+        "tokens": tokens,
+        "counts": [0] * len(SPECIALS) + counts["n"].astype(int).tolist(),
+        "specials": {s: i for i, s in enumerate(SPECIALS)},
+    }, indent=1) + "\n")
+
+    tokens_per_patient = np.bincount(pidx, minlength=len(patients))
+    split = rows["split"].to_numpy()
+    oov = rows["oov"].to_numpy(bool)
+    metrics = {
+        "patients": len(patients),
+        **{f"patients_{s}": int((patients["split"] == s).sum()) for s in ("train", "val", "test")},
+        "patients_without_visits": int((visits_per_patient == 0).sum()),
+        "vocab_size": len(tokens),
+        "tokens": len(codes),
+        "visits": len(starts),
+        **{f"oov_rate_{s}": float(oov[split == s].mean()) if (split == s).any() else None
+           for s in ("val", "test")},
+    }
+    for name, arr in (("visits_per_patient", visits_per_patient),
+                      ("tokens_per_patient", tokens_per_patient)):
+        for q in (50, 90, 99):
+            metrics[f"{name}_p{q}"] = float(np.percentile(arr, q))
+    return SequencesResult(metrics=metrics, visits_per_patient=visits_per_patient)

@@ -1,0 +1,42 @@
+"""Stage `ingest`: data/raw/synthea (Synthea CSV) → data/interim/{events,patients,dropped_rows}.parquet."""
+
+import logging
+import time
+from pathlib import Path
+
+
+from ehrseq.data.ingest import ingest
+from ehrseq.io import atomic_outputs, run_stage, write_json
+from ehrseq.params import load_params
+from ehrseq.plots import histogram
+
+RAW = Path("data/raw/synthea")
+OUT = Path("data/interim")
+
+
+def main() -> None:
+    params = load_params()
+    t0 = time.time()
+    with atomic_outputs(OUT) as (tmp,):
+        tmp.mkdir()
+        res = ingest(RAW, tmp, on_bad_rows=params.data.on_bad_rows)
+    metrics = {
+        "patients": res.patients,
+        "events": res.events,
+        **{f"events_{k}": n for k, n in res.events_by_kind.items()},
+        "dropped_rows": sum(res.dropped.values()),
+        **{f"dropped.{k}": n for k, n in res.dropped.items()},
+        "first_year": int(res.first_time[:4]),
+        "last_year": int(res.last_time[:4]),
+        "seconds": round(time.time() - t0, 2),
+    }
+    write_json("metrics/ingest.json", metrics)
+    histogram(res.events_per_patient, "plots/ingest/events_per_patient",
+              "Events per patient", "events", log_x=True)
+    print(f"ingest: {res.patients} patients, {res.events} events, "
+          f"{metrics['dropped_rows']} rows dropped")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_stage(main)
