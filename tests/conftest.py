@@ -1,0 +1,25 @@
+"""Shared fixtures. Real Synthea exports live in ../shared/data/synthea-csv beside the clone
+(CI has them; users don't): tests that need them skip cleanly when absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CSV = Path(os.environ.get("EHRSEQ_SHARED_CSV", ROOT.parent / "shared/data/synthea-csv"))
+EXPORTS = ("dbt-synthea-v3.0", "unmc-v3.2")
+
+
+def export_dir(name: str) -> Path:
+    d = SHARED_CSV / name
+    if not (d / "patients.csv").is_file():
+        pytest.skip(f"real Synthea export {d} not present")
+    return d
+
+
+@pytest.fixture(params=EXPORTS)
+def real_export(request) -> Path:
+    return export_dir(request.param)
