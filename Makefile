@@ -1,0 +1,44 @@
+# Set-up and the two commands of the README. Everything is installed into .venv from this repo's
+# own files (pyproject.toml + constraints.txt, the committed lock of every version).
+#
+#   make repro   install what the pipeline needs, then `dvc repro` the default pipeline
+#   make test    install what the tests need, then run the test suite (fast tests by default)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The package asks for torch>=2.2 (CUDA, MPS and CPU builds all fit). Where no NVIDIA GPU is
+# visible, pin the CPU build; on a GPU machine keep whatever torch is there, or let pip choose.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install repro test test-all lint bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+repro: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src stages tests bench
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/ingest.py
+
+clean-venv:
+	rm -rf $(VENV)
