@@ -1,0 +1,88 @@
+"""The survival task every model stage shares: sequences + outcomes, the common time grid, and
+scoring on the test split with the one evaluation module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.features import code_counts
+from ..data.sequences import EPOCH
+from ..data.tensors import Sequences
+from ..io import InputError
+from ..params import EvaluateParams
+from . import survival
+
+SEQUENCES = Path("data/processed/sequences")
+OUTCOMES = Path("data/processed/outcomes")
+
+
+@dataclass
+class SurvivalTask:
+    seqs: Sequences
+    table: pd.DataFrame  # outcomes.parquet
+    cuts: np.ndarray  # time-bin edges (days) for discrete-time models
+    age: np.ndarray  # years at the landmark, per row of ``table``
+    male: np.ndarray
+
+    @classmethod
+    def load(cls, sequences: str | Path = SEQUENCES, outcomes: str | Path = OUTCOMES):
+        seqs = Sequences.load(sequences)
+        path = Path(outcomes) / "outcomes.parquet"
+        if not path.exists():
+            raise InputError(f"{path}: missing; run the outcomes stage first")
+        table = pd.read_parquet(path)
+        cuts = np.asarray(json.loads((Path(outcomes) / "time_bins.json").read_text())["cuts"],
+                          dtype=float)
+        for s in ("train", "val", "test"):
+            if not (table["split"] == s).any():
+                raise InputError(f"{path}: no eligible patient in the {s} split; "
+                                 "use a larger cohort (data.patients)")
+        pats = seqs.patients.iloc[table["index"].to_numpy()]
+        birth = (pd.to_datetime(pats["birth_date"]).dt.tz_localize("UTC") - EPOCH).dt.days
+        age = (table["landmark_time"].to_numpy() - birth.to_numpy()) / 365.25
+        male = (pats["gender"].astype(str).str.upper() == "M").to_numpy()
+        return cls(seqs, table, cuts, age.astype(float), male)
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def outcome(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        r = self.rows(split)
+        return (self.table["duration"].to_numpy(float)[r],
+                self.table["event"].to_numpy(int)[r])
+
+    def counts(self, split: str):
+        """Bag-of-codes counts up to the landmark for the rows of ``split``."""
+        r = self.rows(split)
+        s = self.seqs
+        return code_counts(s.codes, s.visit_offsets, s.patient_offsets,
+                           self.table["index"].to_numpy()[r],
+                           self.table["landmark_visits"].to_numpy()[r], s.vocab_size)
+
+    def time_grid(self, horizons) -> np.ndarray:
+        """Where every model reports S(t|x): the bin edges and the evaluation horizons."""
+        return np.unique(np.concatenate([self.cuts[self.cuts > 0], np.asarray(horizons, float)]))
+
+
+def score(name: str, surv: np.ndarray, times: np.ndarray, task: SurvivalTask,
+          ev: EvaluateParams, plots_dir: str | Path | None = None) -> dict:
+    """Evaluate a test-split survival matrix; flat metrics ``<name>.<metric>`` (+ plots)."""
+    d, e = task.outcome("test")
+    td, te = task.outcome("train")
+    res = survival.evaluate_survival(d, e, surv, times, td, te, ev.horizons, ev.bootstrap,
+                                     ev.seed)
+    if plots_dir is not None:
+        stem = Path(plots_dir) / name
+        risk = survival.risk_score(surv, times, res["risk_horizon"])
+        survival.plot_km_by_risk_group(d, e, risk, f"{stem}_km_by_risk.png",
+                                       f"{stem}_km_by_risk.csv",
+                                       title=f"{name}: Kaplan–Meier by predicted-risk quartile")
+        survival.plot_calibration(res["calibration"], f"{stem}_calibration.png",
+                                  f"{stem}_calibration.csv", title=f"{name}: calibration")
+    return {f"{name}.{k}": v for k, v in survival.scalar_metrics(res).items()}

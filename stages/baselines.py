@@ -1,0 +1,50 @@
+"""Stage `baselines`: Kaplan–Meier, penalised Cox, LR and RF per horizon, random survival
+forest, all scored on the test split by the one evaluation module."""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ehrseq.evaluate.task import SurvivalTask, score
+from ehrseq.io import atomic_outputs, run_stage, write_json
+from ehrseq.models.classical import Featurizer, make_models
+from ehrseq.params import load_params
+
+PRED = Path("data/predictions/baselines")
+PLOTS = Path("plots/baselines")
+log = logging.getLogger("baselines")
+
+
+def main() -> None:
+    params = load_params()
+    ev = params.evaluate
+    task = SurvivalTask.load()
+    times = task.time_grid(ev.horizons)
+    tr, te = task.rows("train"), task.rows("test")
+    d_tr, e_tr = task.outcome("train")
+    feat = Featurizer(seed=params.train.seed).fit(task.counts("train"), task.age[tr],
+                                                  task.male[tr])
+    X = {split: {"sparse": feat.sparse(task.counts(split), task.age[r], task.male[r]),
+                 "dense": feat.dense(task.counts(split), task.age[r], task.male[r])}
+         for split, r in (("train", tr), ("test", te))}
+    metrics: dict = {"n_train": len(tr), "n_test": len(te)}
+    with atomic_outputs(PRED) as (out,):
+        out.mkdir()
+        for name, (model, kind) in make_models(ev.horizons, params.train.seed).items():
+            t0 = time.time()
+            model.fit(X["train"][kind], d_tr, e_tr)
+            surv = model.predict_survival(X["test"][kind], times)
+            metrics[f"{name}.train_seconds"] = round(time.time() - t0, 3)
+            np.savez_compressed(out / f"{name}.npz", index=task.table["index"].to_numpy()[te],
+                                times=times, surv=surv)
+            metrics.update(score(name, surv, times, task, ev, PLOTS))
+            log.info("%s: C-index %.3f [%.3f, %.3f]", name, metrics[f"{name}.c_harrell"],
+                     metrics[f"{name}.c_harrell_lo"], metrics[f"{name}.c_harrell_hi"])
+    write_json("metrics/baselines.json", metrics)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_stage(main)
