@@ -1,0 +1,280 @@
+"""Landmarks: the prediction time of every patient, and the outcome table built at it.
+
+A landmark is chosen once per patient from the visit times alone (never from an outcome), so
+every outcome (synthetic, mortality, onset) shares the same landmarks; an outcome may only
+exclude patients (e.g. onset: already has the condition). Modes (``outcome.landmark.mode``):
+
+- ``random_visit``: a visit drawn uniformly, with a per-patient hash of
+  (``landmark.seed``, patient id) as the random number (a patient keeps its landmark when the
+  cohort grows), among the visits that have at least ``min_visits`` visits at or before them
+  and at least ``min_followup_days`` (and always > 0 days) of record after them.
+  ``landmark_time`` is that visit's start.
+- ``age`` / ``date``: ``landmark_time`` is the calendar time the patient reaches
+  ``landmark.age`` years (365.25-day years from the birth date), or ``landmark.date``
+  (00:00 UTC); the patient needs ``min_visits`` visits at or before it and
+  ``min_followup_days`` of record after it.
+
+Model inputs are the first ``landmark_visits`` visits: exactly the visits whose start is at or
+before ``landmark_time`` (all visits sharing the landmark's timestamp included). Everything is
+NumPy over the offset arrays: no Python loop per patient, visit or event.
+
+:func:`build_outcomes` assembles the ``outcomes`` contract (docs/architecture.md,
+docs/outcomes.md) from the landmarks and the outcome chosen by ``outcome.name``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import InputError
+from ..params import LandmarkParams, OutcomeParams, ParamsError
+
+EPOCH = pd.Timestamp("1970-01-01")
+MIN_DURATION = 1.0 / 24.0
+"""Durations are floored at one hour (days), so every duration is > 0."""
+
+COLUMNS = ("patient", "index", "split", "landmark_time", "landmark_visits", "duration",
+           "event", "subtype", "true_risk")
+
+
+def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
+    """One U(0, 1) number per id from SHA-256 of (tag, seed, id), strictly inside (0, 1).
+
+    Per-patient draws that do not depend on the other patients or their order.
+    """
+    raw = np.array([int.from_bytes(hashlib.sha256(f"{tag}:{seed}:{i}".encode()).digest()[:8],
+                                   "big") for i in ids], dtype=np.float64)
+    return (raw + 0.5) / 2.0**64
+
+
+def ranges(starts, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ``arange(s, s + l)`` for every pair, and which pair each value came from."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    first = np.cumsum(lengths) - lengths
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - first[owner]
+    return np.asarray(starts, dtype=np.int64)[owner] + within, owner
+
+
+def days_since_epoch(values) -> np.ndarray:
+    """Dates/timestamps (naive = UTC) → float days since 1970-01-01; missing → NaN."""
+    ts = pd.to_datetime(pd.Series(values), utc=True)
+    return ((ts - EPOCH.tz_localize("UTC")) / pd.Timedelta(days=1)).to_numpy(np.float64)
+
+
+@dataclass
+class Landmarks:
+    """Eligible patients (rows of the sequences arrays) and their landmarks."""
+
+    index: np.ndarray            # int64 [m] row in sequences/patients.parquet
+    landmark_time: np.ndarray    # float64 [m] days since epoch
+    landmark_visits: np.ndarray  # int64 [m] visits at or before landmark_time
+    excluded: dict = field(default_factory=dict)  # reason -> patients
+
+    def subset(self, keep: np.ndarray) -> Landmarks:
+        return Landmarks(self.index[keep], self.landmark_time[keep],
+                         self.landmark_visits[keep], dict(self.excluded))
+
+
+def choose_landmarks(visit_time, patient_offsets, patients: pd.DataFrame,
+                     p: LandmarkParams) -> Landmarks:
+    """Landmarks for every patient that has one (see the module docstring).
+
+    ``patients``: the sequences ``patients.parquet`` (patient, birth_date, end_of_record in
+    days since epoch), one row per patient in offset order.
+    """
+    t = np.asarray(visit_time, dtype=np.float64)
+    po = np.asarray(patient_offsets, dtype=np.int64)
+    n = len(po) - 1
+    if len(patients) != n:
+        raise InputError(f"patients.parquet has {len(patients)} rows, patient_offsets {n}")
+    n_vis = np.diff(po)
+    owner = np.repeat(np.arange(n), n_vis)
+    eor = patients["end_of_record"].to_numpy(np.float64)
+    min_fu = float(p.min_followup_days)
+
+    # Visits sharing a timestamp form one group; count_le[v] = visits at or before t[v].
+    same_next = (owner[1:] == owner[:-1]) & (t[1:] == t[:-1])
+    is_last = np.append(~same_next, True) if len(t) else np.zeros(0, bool)
+    group = np.cumsum(np.concatenate([[True], ~same_next])) - 1 if len(t) else owner
+    last_of_group = np.flatnonzero(is_last)[group] if len(t) else owner
+    count_le = last_of_group - po[owner] + 1
+
+    if p.mode == "random_visit":
+        enough = is_last & (count_le >= p.min_visits)
+        followup = eor[owner] - t
+        cand = enough & (followup >= min_fu) & (followup > 0)
+        n_cand = np.bincount(owner[cand], minlength=n)
+        has_enough = np.bincount(owner[enough], minlength=n) > 0
+        ok = n_cand > 0
+        u = hash_uniform(patients["patient"].to_numpy()[ok], p.seed, "landmark")
+        k = np.minimum((u * n_cand[ok]).astype(np.int64), n_cand[ok] - 1)
+        cand_idx = np.flatnonzero(cand)
+        first_cand = np.cumsum(n_cand) - n_cand
+        chosen = cand_idx[first_cand[ok] + k]
+        index = np.flatnonzero(ok)
+        lm_time, lm_visits = t[chosen], count_le[chosen]
+        excluded = {
+            "no_visits": int((n_vis == 0).sum()),
+            "too_few_visits": int(((n_vis > 0) & ~has_enough).sum()),
+            "no_followup": int((has_enough & ~ok).sum()),
+        }
+    else:
+        if p.mode == "age":
+            if p.age is None:
+                raise ParamsError("outcome.landmark.age: required (years, 0-120) when "
+                                  "outcome.landmark.mode is 'age'")
+            birth = days_since_epoch(patients["birth_date"])
+            lm_all = birth + p.age * 365.25
+        else:
+            if p.date is None:
+                raise ParamsError("outcome.landmark.date: required (YYYY-MM-DD) when "
+                                  "outcome.landmark.mode is 'date'")
+            lm_all = np.full(n, float((pd.Timestamp(p.date) - EPOCH).days))
+        before = np.bincount(owner[t <= lm_all[owner]], minlength=n) if len(t) else \
+            np.zeros(n, np.int64)
+        followup = eor - lm_all
+        enough = before >= p.min_visits
+        ok = enough & (followup >= min_fu) & (followup > 0) & ~np.isnan(lm_all)
+        index = np.flatnonzero(ok)
+        lm_time, lm_visits = lm_all[ok], before[ok]
+        excluded = {
+            "no_visits": int((n_vis == 0).sum()),
+            "too_few_visits": int(((n_vis > 0) & ~enough).sum()),
+            "no_followup": int((enough & ~ok).sum()),
+        }
+    return Landmarks(index.astype(np.int64), np.asarray(lm_time, np.float64),
+                     np.asarray(lm_visits, np.int64), excluded)
+
+
+def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visits
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model inputs, flat: (token id, row in ``index``, global visit) of every token in
+    each patient's first ``landmark_visits`` visits."""
+    po = np.asarray(patient_offsets)
+    vo = np.asarray(visit_offsets)
+    vis, row = ranges(po[np.asarray(index)], landmark_visits)
+    pos, which = ranges(vo[vis], vo[vis + 1] - vo[vis])
+    return np.asarray(codes)[pos].astype(np.int64), row[which], vis[which]
+
+
+@dataclass
+class OutcomesResult:
+    table: pd.DataFrame
+    cuts: list
+    metrics: dict
+
+
+def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
+                   p: OutcomeParams, event_kinds=None) -> OutcomesResult:
+    """Landmarks + the outcome ``p.name`` → ``out/outcomes.parquet`` and ``out/time_bins.json``.
+
+    ``event_kinds``: ``sequences.event_kinds`` (how visits were formed; onset outcomes use it
+    to decide which condition records lie in the model inputs).
+    """
+    import json
+
+    from ..data.tensors import Sequences
+    from .bins import time_bins
+    from .real import mortality, onset
+    from .synthetic import SyntheticResult, subtypes_and_risk, synthetic
+
+    interim, out = Path(interim), Path(out)
+    seqs = Sequences.load(sequences)
+    pats = seqs.patients
+    lm = choose_landmarks(seqs.visit_time, seqs.patient_offsets, pats, p.landmark)
+    n_landmarked = len(lm.index)
+    eor = pats["end_of_record"].to_numpy(np.float64)
+    metrics: dict = {}
+
+    if p.name == "synthetic":
+        res = synthetic(seqs, lm, p.synthetic)
+        metrics.update(res.metrics)
+    else:
+        if p.name == "mortality":
+            death = days_since_epoch(pats["death_date"])
+            dur, ev, keep, why = mortality(lm, death, eor)
+        else:
+            code = p.name.split(":", 1)[1]
+            dur, ev, keep, why = onset(interim / "events.parquet", pats["patient"], lm, code,
+                                       eor, event_kinds)
+        if why:
+            lm.excluded[why] = int((~keep).sum())
+        lm = lm.subset(keep)
+        subtype = subtypes_and_risk(seqs, lm, p.synthetic)[0]
+        res = SyntheticResult(dur[keep], ev[keep], np.full(len(lm.index), np.nan), subtype)
+
+    split = pats["split"].to_numpy()[lm.index]
+    table = pd.DataFrame({
+        "patient": pats["patient"].to_numpy()[lm.index].astype(str),
+        "index": lm.index.astype(np.int64),
+        "split": split.astype(str),
+        "landmark_time": lm.landmark_time.astype(np.float64),
+        "landmark_visits": lm.landmark_visits.astype(np.int64),
+        "duration": np.maximum(res.duration, MIN_DURATION).astype(np.float64),
+        "event": res.event.astype(np.int64),
+        "subtype": res.subtype.astype(np.int64),
+        "true_risk": res.true_risk.astype(np.float64),
+    }, columns=list(COLUMNS))
+
+    n_all = len(pats)
+    reasons = ", ".join(f"{k}: {v}" for k, v in lm.excluded.items() if v)
+    if table.empty:
+        raise InputError(f"outcome {p.name!r}: no eligible patient among {n_all} "
+                         f"(excluded: {reasons or 'none'}); check outcome.landmark "
+                         f"(mode={p.landmark.mode}, min_visits={p.landmark.min_visits}, "
+                         f"min_followup_days={p.landmark.min_followup_days})")
+    train = table["split"] == "train"
+    n_train_events = int(table.loc[train, "event"].sum())
+    if n_train_events == 0:
+        raise InputError(f"outcome {p.name!r}: no events in the training split "
+                         f"({int(train.sum())} eligible training patients of "
+                         f"{len(table)} eligible); a model cannot learn it: use more patients, "
+                         "another outcome, or (synthetic) a longer censoring_days")
+    cuts = time_bins(table.loc[train, "duration"], table.loc[train, "event"],
+                     p.time_bins.n, p.time_bins.scheme)
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out / "outcomes.parquet", index=False)
+    (out / "time_bins.json").write_text(json.dumps(
+        {"cuts": [float(c) for c in cuts], "scheme": p.time_bins.scheme,
+         "n_bins": len(cuts) - 1}, indent=1) + "\n")
+
+    metrics.update(_summary(table, n_all, n_landmarked, lm.excluded, cuts))
+    return OutcomesResult(table=table, cuts=[float(c) for c in cuts], metrics=metrics)
+
+
+def _median_followup(duration, event) -> float:
+    """Reverse Kaplan–Meier median follow-up (censoring treated as the event)."""
+    from lifelines import KaplanMeierFitter
+
+    if len(duration) == 0:
+        return float("nan")
+    km = KaplanMeierFitter().fit(duration, 1 - np.asarray(event))
+    return float(km.median_survival_time_)
+
+
+def _summary(table: pd.DataFrame, n_all: int, n_landmarked: int, excluded: dict,
+             cuts) -> dict:
+    m: dict = {"patients": n_all, "with_landmark": n_landmarked, "eligible": len(table),
+               "event_rate": float(table["event"].mean()),
+               "median_followup_days": _median_followup(table["duration"], table["event"]),
+               "median_duration_days": float(table["duration"].median()),
+               "landmark_visits_median": float(table["landmark_visits"].median()),
+               "n_time_bins": len(cuts) - 1}
+    for reason, k in sorted(excluded.items()):
+        m[f"excluded_{reason}"] = int(k)
+    for s in ("train", "val", "test"):
+        part = table[table["split"] == s]
+        m[f"eligible_{s}"] = len(part)
+        m[f"events_{s}"] = int(part["event"].sum())
+        m[f"event_rate_{s}"] = float(part["event"].mean()) if len(part) else None
+    for k, part in table.groupby("subtype"):
+        m[f"subtype_{k}_patients"] = len(part)
+        m[f"subtype_{k}_event_rate"] = float(part["event"].mean())
+    return m

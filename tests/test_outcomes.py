@@ -1,0 +1,209 @@
+"""Outcomes: landmarks (no leak past them), synthetic truth, real Synthea outcomes, time bins."""
+
+import json
+import runpy
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, export_dir
+
+from ehrseq.data.ingest import ingest
+from ehrseq.data.sequences import build_sequences
+from ehrseq.data.tensors import Sequences, build_batch
+from ehrseq.io import InputError
+from ehrseq.outcomes.bins import time_bins
+from ehrseq.outcomes.landmarks import build_outcomes, choose_landmarks, days_since_epoch
+from ehrseq.outcomes.synthetic import CODES
+from ehrseq.params import LandmarkParams, OutcomeParams, ParamsError, SequencesParams
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """unmc-v3.2 (111 real Synthea patients) through ingest and sequences."""
+    root = tmp_path_factory.mktemp("cohort")
+    (root / "interim").mkdir()
+    ingest(export_dir("unmc-v3.2"), root / "interim")
+    build_sequences(root / "interim", root / "seq", SequencesParams())
+    return root
+
+
+@pytest.fixture(scope="module")
+def synth(cohort):
+    return build_outcomes(cohort / "interim", cohort / "seq", cohort / "out", OutcomeParams())
+
+
+def outcomes(cohort, tmp_path, **kw):
+    return build_outcomes(cohort / "interim", cohort / "seq", tmp_path / "out",
+                          OutcomeParams(**kw))
+
+
+def test_contract_and_landmark_visits(cohort, synth):
+    t = pd.read_parquet(cohort / "out" / "outcomes.parquet")
+    assert list(t.columns) == ["patient", "index", "split", "landmark_time", "landmark_visits",
+                               "duration", "event", "subtype", "true_risk"]
+    seqs = Sequences.load(cohort / "seq")
+    po, vt = seqs.patient_offsets, seqs.visit_time
+    assert (t["duration"] > 0).all() and set(t["event"]) <= {0, 1}
+    assert t["index"].is_monotonic_increasing and t["true_risk"].notna().all()
+    assert (seqs.patients["patient"].to_numpy()[t["index"]] == t["patient"]).all()
+    for i, lt, k in zip(t["index"], t["landmark_time"], t["landmark_visits"], strict=True):
+        v = vt[po[i]:po[i + 1]]
+        assert k >= 2 and (v[:k] <= lt).all() and (v[k:] > lt).all()
+        assert lt in v  # random_visit: the landmark is a visit start
+    eor = seqs.patients["end_of_record"].to_numpy()[t["index"]]
+    assert (t["landmark_time"] + t["duration"] <= eor + 1e-6).all()
+    m = synth.metrics
+    assert m["eligible"] == len(t) == sum(m[f"eligible_{s}"] for s in ("train", "val", "test"))
+    assert m["patients"] - m["eligible"] == sum(v for k, v in m.items()
+                                                if k.startswith("excluded_"))
+
+
+def test_landmark_includes_every_visit_at_the_same_time():
+    # patient 0: visits at 0, 10, 10, 10, 20; patient 1: one visit (too few); record ends 100
+    vt = np.array([0, 10, 10, 10, 20, 5], float)
+    po = np.array([0, 5, 6])
+    pats = pd.DataFrame({"patient": ["a", "b"], "end_of_record": [100.0, 100.0],
+                         "birth_date": pd.to_datetime(["1969-12-01", "1969-12-01"])})
+    seen = set()
+    for seed in range(30):
+        lm = choose_landmarks(vt, po, pats, LandmarkParams(min_visits=2, seed=seed))
+        assert list(lm.index) == [0] and lm.excluded["too_few_visits"] == 1
+        seen.add((lm.landmark_time[0], lm.landmark_visits[0]))
+    assert seen == {(10.0, 4), (20.0, 5)}
+    lm = choose_landmarks(vt, po, pats, LandmarkParams(min_visits=2, min_followup_days=85))
+    assert list(lm.landmark_visits) == [4] and lm.landmark_time[0] == 10.0
+    lm = choose_landmarks(vt, po, pats, LandmarkParams(mode="date", date="1970-01-11"))
+    assert list(lm.landmark_visits) == [4] and lm.landmark_time[0] == 10.0
+    lm = choose_landmarks(vt, po, pats, LandmarkParams(mode="age", age=0.1, min_visits=1))
+    assert list(lm.index) == [0, 1]
+    assert np.allclose(lm.landmark_time, -31 + 0.1 * 365.25)  # born 31 days before epoch
+    assert list(lm.landmark_visits) == [1, 1]
+    with pytest.raises(ParamsError, match="outcome.landmark.date"):
+        choose_landmarks(vt, po, pats, LandmarkParams(mode="date"))
+
+
+def test_nothing_after_the_landmark_reaches_inputs_or_truth(cohort, synth, tmp_path):
+    """The leak of the project this replaces: rewrite every token after each landmark (with
+    the risk codes themselves) and nothing a model sees, nor the truth, may change."""
+    seqs = Sequences.load(cohort / "seq", mmap=False)
+    t = synth.table
+    ids = {tok: i for i, tok in enumerate(seqs.vocab["tokens"])}
+    risk = np.array([ids[f"SNOMED-CT/{c}"] for g in CODES.values() for c in g
+                     if f"SNOMED-CT/{c}" in ids])
+    po, vo = seqs.patient_offsets, seqs.visit_offsets
+    after = np.zeros(len(seqs.codes), bool)
+    for i, k in zip(t["index"], t["landmark_visits"], strict=True):  # test code: a loop is fine
+        after[vo[po[i] + k]:vo[po[i + 1]]] = True
+    rng = np.random.default_rng(0)
+    codes = seqs.codes.copy()
+    codes[after] = rng.choice(risk, int(after.sum()))
+    assert (codes != seqs.codes).any()
+    seqs.codes = codes
+    seqs.save(tmp_path / "seq")
+    res = build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
+    pd.testing.assert_frame_equal(res.table, t)
+    before = build_batch(Sequences.load(cohort / "seq"), t["index"], t["landmark_visits"])
+    changed = build_batch(Sequences.load(tmp_path / "seq"), t["index"], t["landmark_visits"])
+    assert all((getattr(before, f) == getattr(changed, f)).all()
+               for f in ("tokens", "bag_offsets", "visit_counts", "age", "gap_days"))
+
+
+def test_oracle_cindex_and_subtypes(cohort, synth, tmp_path):
+    m, t = synth.metrics, synth.table
+    assert m["oracle_cindex_all"] > 0.7 and m["oracle_cindex_test"] > 0.6
+    assert m["synthetic_effects_absent"] == 0 and m["synthetic_subtypes_used"] == 4
+    means = t.groupby("subtype")["true_risk"].mean().to_numpy()
+    assert len(means) == 4 and (np.diff(means) > 0).all()  # ids ordered by risk
+    assert abs(t["true_risk"].std(ddof=0) - 1.0) < 1e-9    # signal = 1 sd of log-hazard
+    noise = outcomes(cohort, tmp_path, synthetic={"signal": 0.0})
+    assert noise.metrics["oracle_cindex_test"] == 0.5 and (noise.table["true_risk"] == 0).all()
+    assert (noise.table["subtype"] == t["subtype"]).all()
+    strong = outcomes(cohort, tmp_path, synthetic={"signal": 3.0})
+    assert strong.metrics["oracle_cindex_all"] > m["oracle_cindex_all"]
+
+
+def test_deterministic_bytes(cohort, synth, tmp_path):
+    outcomes(cohort, tmp_path, name="synthetic")
+    for f in ("outcomes.parquet", "time_bins.json"):
+        assert (tmp_path / "out" / f).read_bytes() == (cohort / "out" / f).read_bytes()
+
+
+def test_mortality(cohort, synth, tmp_path):
+    res = outcomes(cohort, tmp_path, name="mortality")
+    t, pats = res.table, Sequences.load(cohort / "seq").patients
+    death = days_since_epoch(pats["death_date"])[t["index"]]
+    assert (t["event"] == (death > t["landmark_time"])).all() and t["event"].sum() > 0
+    ev = t[t["event"] == 1]
+    assert np.allclose(ev["duration"], death[t["event"] == 1] - ev["landmark_time"])
+    assert t["true_risk"].isna().all()
+    # same landmarks as the synthetic outcome: landmarks never depend on the outcome
+    assert (t["landmark_time"].to_numpy() == synth.table["landmark_time"].to_numpy()).all()
+
+
+def test_onset_excludes_the_already_diagnosed(cohort, synth, tmp_path):
+    code = "59621000"  # essential hypertension
+    res = outcomes(cohort, tmp_path, name=f"onset:{code}")
+    t = res.table
+    excluded = res.metrics[f"excluded_has_{code}_at_landmark"]
+    assert excluded > 0 and len(t) + excluded == len(synth.table)
+    seqs = Sequences.load(cohort / "seq")
+    tok = seqs.vocab["tokens"].index(f"SNOMED-CT/{code}")
+    po, vo = seqs.patient_offsets, seqs.visit_offsets
+    for i, k, e in zip(t["index"], t["landmark_visits"], t["event"], strict=True):
+        assert tok not in seqs.codes[vo[po[i]]:vo[po[i] + k]]       # not known at landmark
+        if e:
+            assert tok in seqs.codes[vo[po[i] + k]:vo[po[i + 1]]]   # diagnosed after it
+    dropped = set(synth.table["index"]) - set(t["index"])
+    lm = synth.table.set_index("index")["landmark_visits"]
+    # known at the landmark: in the inputs, or in older visits cut by sequences.max_visits
+    truncated = seqs.n_visits == SequencesParams().max_visits
+    assert all(tok in seqs.codes[vo[po[i]]:vo[po[i] + lm[i]]] or truncated[i] for i in dropped)
+
+
+def test_onset_of_absent_code_lists_frequent_codes(cohort, tmp_path):
+    with pytest.raises(InputError, match=r"230690007 never occurs.*162864005"):
+        outcomes(cohort, tmp_path, name="onset:230690007")
+    assert not (tmp_path / "out" / "outcomes.parquet").exists()
+
+
+def test_no_training_events_is_an_error(cohort, tmp_path):
+    with pytest.raises(InputError, match="no events in the training split"):
+        outcomes(cohort, tmp_path, synthetic={"median_days": 1e12})
+
+
+def test_time_bins():
+    d = np.arange(1, 101, dtype=float)
+    e = np.ones(100, int)
+    q = time_bins(d, e, 4, "quantile")
+    assert q[0] == 0 and q[-1] == 100 and len(q) == 5
+    counts = np.histogram(d, q)[0]
+    assert counts.max() - counts.min() <= 1
+    assert np.allclose(time_bins(d, e, 4, "equal"), [0, 25, 50, 75, 100])
+    e[50:] = 0  # censored durations do not place edges
+    assert time_bins(d, e, 2, "quantile")[-1] == 50
+    assert list(time_bins(np.full(10, 7.0), np.ones(10), 5)) == [0, 7]  # ties merge
+    with pytest.raises(InputError, match="no events"):
+        time_bins(d, np.zeros(100), 4)
+
+
+def test_stage_writes_outputs_and_fails_cleanly(cohort, synth, tmp_path, monkeypatch, capsys):
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    shutil.copytree(cohort / "interim", tmp_path / "data" / "interim")
+    shutil.copytree(cohort / "seq", tmp_path / "data" / "processed" / "sequences")
+    monkeypatch.chdir(tmp_path)
+    script = str(ROOT / "stages" / "outcomes.py")
+    (tmp_path / "params.yaml").write_text("outcome:\n  name: 'onset:999999'\n")
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(script, run_name="__main__")
+    assert exit_.value.code == 2 and "999999 never occurs" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "processed" / "outcomes").exists()
+    (tmp_path / "params.yaml").write_text("outcome:\n  name: synthetic\n")
+    runpy.run_path(script, run_name="__main__")
+    out = tmp_path / "data" / "processed" / "outcomes" / "outcomes.parquet"
+    assert out.read_bytes() == (cohort / "out" / "outcomes.parquet").read_bytes()
+    m = json.loads((tmp_path / "metrics" / "outcomes.json").read_text())
+    assert m["oracle_cindex_test"] == round(synth.metrics["oracle_cindex_test"], 6)
+    for f in ("km_by_subtype.png", "km_by_subtype.csv"):
+        assert (tmp_path / "plots" / "outcomes" / f).stat().st_size > 0
