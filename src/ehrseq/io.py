@@ -47,13 +47,13 @@ def atomic_outputs(*paths: str | Path) -> Iterator[list[Path]]:
     """
     finals = [Path(p) for p in paths]
     holders = [_tmp_sibling(p) for p in finals]
-    temps = [h / p.name for h, p in zip(holders, finals)]
+    temps = [h / p.name for h, p in zip(holders, finals, strict=True)]
     try:
         yield temps
-        for tmp, final in zip(temps, finals):
+        for tmp, final in zip(temps, finals, strict=True):
             if not tmp.exists():
                 raise RuntimeError(f"stage did not write its declared output {final}")
-        for tmp, final in zip(temps, finals):
+        for tmp, final in zip(temps, finals, strict=True):
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             if final.exists() or final.is_symlink():
                 os.replace(final, old)

@@ -1,0 +1,102 @@
+"""Discrete-time survival LSTM: visits in, a logistic hazard per time bin out.
+
+Each visit becomes the mean of its code embeddings, concatenated with its time features
+(log1p of the gap in days since the previous visit, age / 100). An LSTM reads the visits in
+order; its state at the last visit (the landmark) gives one hazard logit per time bin, trained
+with :func:`ehrseq.models.losses.nll_logistic_hazard`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from ..data.tensors import Batch
+from ..params import ModelParams
+from .losses import hazard_to_survival, nll_logistic_hazard
+
+SIZE_PRESETS = {  # size: (embed_dim, hidden_dim, layers)
+    "small": (64, 128, 1),
+    "medium": (128, 256, 2),
+    "large": (256, 512, 3),
+}
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    vocab_size: int
+    n_bins: int
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    layers: int = 1
+    dropout: float = 0.1
+    size: str = "small"
+    model_class: str = "ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM"
+
+
+def lstm_config(params: ModelParams, vocab_size: int, n_bins: int) -> LSTMConfig:
+    """The size preset of ``params.size`` with any ``params.lstm`` field that is set on top."""
+    embed, hidden, layers = SIZE_PRESETS[params.size]
+    o = params.lstm
+    return LSTMConfig(
+        vocab_size=vocab_size, n_bins=n_bins,
+        embed_dim=o.embed_dim or embed, hidden_dim=o.hidden_dim or hidden,
+        layers=o.layers or layers, dropout=params.dropout, size=params.size,
+    )
+
+
+class DiscreteTimeSurvivalLSTM(nn.Module):
+    """LSTM over visits with a logistic-hazard head; ``forward(batch)`` gives logits [B, K]."""
+
+    N_TIME_FEATURES = 2
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed = nn.EmbeddingBag(c.vocab_size, c.embed_dim, mode="mean", padding_idx=0)
+        self.drop = nn.Dropout(c.dropout)
+        self.lstm = nn.LSTM(c.embed_dim + self.N_TIME_FEATURES, c.hidden_dim, c.layers,
+                            batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
+        self.head = nn.Linear(c.hidden_dim, c.n_bins)
+
+    @classmethod
+    def from_config(cls, config: dict | LSTMConfig) -> DiscreteTimeSurvivalLSTM:
+        return cls(config if isinstance(config, LSTMConfig) else LSTMConfig(**config))
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def encode_visits(self, batch: Batch) -> torch.Tensor:
+        """Visit vectors ``[B, V, embed_dim + 2]``: mean code embedding, time features."""
+        b, v = batch.visit_mask.shape
+        codes = self.drop(self.embed(batch.tokens, batch.bag_offsets).view(b, v, -1))
+        gap = torch.log1p(batch.gap_days.clamp(min=0)) / 5  # ~[0, 2] for gaps up to decades
+        feats = torch.stack([gap, batch.age / 100], -1).to(codes.dtype)
+        return torch.cat([codes, feats], -1) * batch.visit_mask.unsqueeze(-1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = self.encode_visits(batch)
+        packed = pack_padded_sequence(x, batch.lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return self.head(self.drop(h[-1]))  # the top layer's state at each landmark visit
+
+    @torch.no_grad()
+    def predict_survival(self, batch: Batch) -> torch.Tensor:
+        """Survival probabilities at the bin edges ``[B, K+1]``, starting with S(0) = 1."""
+        return hazard_to_survival(self(batch))
+
+    @torch.no_grad()
+    def predict_risk(self, batch: Batch) -> torch.Tensor:
+        """Cumulative hazard ``-log S`` at the last edge (higher = earlier event)."""
+        return F.softplus(self(batch).float()).sum(1)  # -log(1 - h) = softplus(logit)
+
+
+def survival_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Loss function for :func:`ehrseq.train.loop.fit` (calls ``model`` so DDP wrappers work)."""
+    return nll_logistic_hazard(model(batch).float(), batch.target_bin, batch.target_event)

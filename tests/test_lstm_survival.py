@@ -1,0 +1,143 @@
+"""Logistic-hazard loss, label transform and the discrete-time survival LSTM."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from lifelines.utils import concordance_index
+
+from ehrseq.data.tensors import SequenceDataset, Sequences, make_loader, toy_sequences
+from ehrseq.models.losses import bin_targets, hazard_to_survival, nll_logistic_hazard
+from ehrseq.models.lstm_survival import (
+    DiscreteTimeSurvivalLSTM,
+    LSTMConfig,
+    lstm_config,
+    survival_loss,
+)
+from ehrseq.params import LSTMParams, ModelParams, TrainParams
+from ehrseq.train.loop import fit, load_model, predict, save_model, seed_everything
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_nll_matches_hand_computed_example():
+    logits = torch.tensor([[0.0, 1.0, -1.0], [2.0, -0.5, 0.3], [-1.0, 0.5, 0.0]])
+    idx = torch.tensor([2, 1, 0])
+    event = torch.tensor([1.0, 0.0, 1.0])
+
+    def h(x):
+        return 1 / (1 + math.exp(-x))
+
+    # patient 0: survived bins 0 and 1, event in bin 2
+    p0 = -(math.log(1 - h(0.0)) + math.log(1 - h(1.0)) + math.log(h(-1.0)))
+    # patient 1: censored in bin 1, so survived bins 0 and 1
+    p1 = -(math.log(1 - h(2.0)) + math.log(1 - h(-0.5)))
+    # patient 2: event in bin 0
+    p2 = -math.log(h(-1.0))
+    got = nll_logistic_hazard(logits, idx, event, reduction="none")
+    assert got.tolist() == pytest.approx([p0, p1, p2], rel=1e-6)
+    assert nll_logistic_hazard(logits, idx, event).item() == pytest.approx((p0 + p1 + p2) / 3)
+    # stable for extreme logits where log(sigmoid) would underflow
+    big = nll_logistic_hazard(torch.tensor([[-200.0, 200.0]]), torch.tensor([1]),
+                              torch.tensor([1.0]))
+    assert torch.isfinite(big) and big.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bin_targets():
+    cuts = [0, 10, 20, 40]
+    dur = [5, 10, 12, 18, 39, 41, 3, 0.0]
+    ev = [1, 1, 0, 0, 1, 1, 0, 1]
+    idx, e = bin_targets(dur, ev, cuts)
+    # events: the bin holding t (right-closed); censored: its bin once past the midpoint,
+    # else the previous one; beyond the last edge: censored in the last bin.
+    assert idx.tolist() == [0, 0, 0, 1, 2, 2, 0, 0]
+    assert e.tolist() == [1, 1, 0, 0, 1, 0, 0, 1]
+    assert bin_targets(dur, ev, [10, 20, 40])[0].tolist() == idx.tolist()  # 0 added
+    with pytest.raises(ValueError, match="increasing"):
+        bin_targets([1], [1], [0, 5, 5])
+
+
+def test_survival_from_hazards():
+    s = hazard_to_survival(torch.tensor([[0.0, 0.0], [-50.0, 3.0]]))
+    assert s.shape == (2, 3)
+    assert torch.allclose(s[0], torch.tensor([1.0, 0.5, 0.25]))
+    assert (s[:, 1:] <= s[:, :-1]).all() and (s[:, 0] == 1).all()
+
+
+def test_sizes_presets_and_overrides():
+    counts = {}
+    for size in ("small", "medium", "large"):
+        cfg = lstm_config(ModelParams(size=size), vocab_size=500, n_bins=12)
+        counts[size] = sum(p.numel() for p in DiscreteTimeSurvivalLSTM(cfg).parameters())
+    assert counts["small"] < counts["medium"] < counts["large"]
+    cfg = lstm_config(ModelParams(size="medium", lstm=LSTMParams(hidden_dim=32)), 500, 12)
+    assert (cfg.embed_dim, cfg.hidden_dim, cfg.layers) == (128, 32, 2)
+
+
+def _planted_cohort(n, seed, fast=40.0, slow=600.0):
+    """Patients carrying code 5 (at or before the landmark) have events much earlier."""
+    s = toy_sequences(n, vocab_size=30, max_visits=8, max_codes=4, seed=seed)
+    rng = np.random.default_rng(seed)
+    codes = np.where(s.codes == 5, 6, s.codes)
+    landmark = np.floor(rng.uniform(1, s.n_visits + 1)).astype(int)
+    high = rng.random(n) < 0.5
+    visit = s.patient_offsets[:-1] + np.floor(rng.uniform(0, landmark)).astype(int)
+    codes[s.visit_offsets[visit[high]]] = 5
+    s.codes = codes.astype(np.int32)
+    t = rng.exponential(np.where(high, fast, slow))
+    c = rng.uniform(50, 1000, n)
+    return s, landmark, np.minimum(t, c), (t <= c).astype(float)
+
+
+def test_lstm_learns_a_planted_signal(tmp_path):
+    s, landmark, dur, ev = _planted_cohort(800, seed=4)
+    s.save(tmp_path / "seq")
+    s = Sequences.load(tmp_path / "seq")
+    cuts = np.quantile(dur[ev == 1], np.linspace(0, 1, 7)[1:]).tolist()
+    tr, va = np.arange(600), np.arange(600, 800)
+    train = SequenceDataset(s, tr, landmark[tr], dur[tr], ev[tr], cuts)
+    val = SequenceDataset(s, va, landmark[va], dur[va], ev[va], cuts)
+    batch = val[np.arange(len(va))]  # the oracle: does the input hold the planted code?
+    n_vis = batch.visit_mask.shape[1]
+    owner = torch.repeat_interleave(torch.arange(batch.visit_counts.numel()),
+                                    batch.visit_counts.reshape(-1)) // n_vis
+    carrier = torch.zeros(len(va)).index_add_(0, owner, (batch.tokens == 5).float()) > 0
+    seed_everything(0)
+    cfg = LSTMConfig(vocab_size=s.vocab_size, n_bins=6, embed_dim=16, hidden_dim=32, layers=1,
+                     dropout=0.0)
+    model = DiscreteTimeSurvivalLSTM(cfg)
+    val_loader = make_loader(val, 100)
+
+    def c_index(m):
+        risk = predict(m, val_loader, lambda m, b: m.predict_risk(b), len(va))
+        return concordance_index(dur[va], -risk, ev[va])
+
+    c_untrained = c_index(model)
+    stats = fit(model, make_loader(train, 32, shuffle=True), survival_loss,
+                TrainParams(epochs=10, lr=1e-2, warmup_frac=0.0, patience=10),
+                val_loader=val_loader, checkpoint=False, progress=False)
+    c_trained = c_index(model)
+    c_oracle = concordance_index(dur[va], -carrier.float().numpy(), ev[va])
+    assert c_trained > c_untrained + 0.12 and c_trained > c_oracle - 0.04, \
+        (c_untrained, c_trained, c_oracle)
+    hist = stats["history"]
+    assert stats["best_value"] < hist[0]["val_loss"] - 0.1
+    surv = predict(model, val_loader, lambda m, b: m.predict_survival(b), len(va))
+    assert surv.shape == (len(va), cfg.n_bins + 1) and np.all(np.diff(surv, axis=1) <= 1e-6)
+
+    save_model(tmp_path / "model", model, cfg, s.vocab)
+    loaded, config, vocab = load_model(tmp_path / "model")
+    assert isinstance(loaded, DiscreteTimeSurvivalLSTM) and vocab == s.vocab
+    assert config["hidden_dim"] == 32
+    batch = val[np.arange(10)]
+    model.eval()
+    loaded.eval()
+    assert torch.equal(model(batch), loaded(batch))
