@@ -4,7 +4,6 @@ import logging
 import time
 from pathlib import Path
 
-
 from ehrseq.data.ingest import ingest
 from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.params import load_params
