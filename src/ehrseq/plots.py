@@ -36,3 +36,23 @@ def histogram(values, path_stem: str | Path, title: str, xlabel: str, bins: int 
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
+
+
+def training_curves(history: list[dict], path_stem: str | Path) -> None:
+    """Per-epoch losses and metrics of a training run: ``<stem>.csv`` and ``<stem>.png``."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(history)
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    cols = [c for c in df.columns if c != "epoch" and pd.api.types.is_numeric_dtype(df[c])
+            and ("loss" in c or c.startswith("val"))]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    x = df["epoch"] if "epoch" in df else np.arange(len(df))
+    for c in cols:
+        ax.plot(x, df[c], marker="o", ms=3, label=c)
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=8)
+    ax.set_title("Training curves")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"))
+    plt.close(fig)

@@ -1,0 +1,93 @@
+"""Stage `train_survival`: the discrete-time survival LSTM, trained by the one training loop and
+scored on the test split by the one evaluation module."""
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ehrseq.data.tensors import SequenceDataset, make_loader
+from ehrseq.evaluate.survival import survival_at
+from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score
+from ehrseq.io import atomic_outputs, run_stage, write_json
+from ehrseq.models.losses import bin_edges
+from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
+from ehrseq.params import load_params
+from ehrseq.plots import training_curves
+from ehrseq.train.loop import fit, make_run_key, predict, save_model
+
+MODEL_DIR = Path("models/train_survival")
+PRED = Path("data/predictions/train_survival")
+PLOTS = Path("plots/train_survival")
+log = logging.getLogger("train_survival")
+
+
+def data_fingerprint() -> str:
+    """SHA-256 of the stage's data inputs: a changed input never resumes a stale checkpoint."""
+    h = hashlib.sha256()
+    for f in sorted([*SEQUENCES.iterdir(), *OUTCOMES.iterdir()]):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def main() -> None:
+    params = load_params()
+    task = SurvivalTask.load()
+    edges = bin_edges(task.cuts)
+    cfg = lstm_config(params.model, task.seqs.vocab_size, len(edges) - 1)
+    model = DiscreteTimeSurvivalLSTM(cfg)
+    t = task.table
+
+    def dataset(split):
+        r = task.rows(split)
+        return r, SequenceDataset(task.seqs, t["index"].to_numpy()[r],
+                                  t["landmark_visits"].to_numpy()[r],
+                                  t["duration"].to_numpy()[r], t["event"].to_numpy()[r],
+                                  cuts=task.cuts)
+
+    (tr, train), (va, val), (te, test) = dataset("train"), dataset("val"), dataset("test")
+    tp = params.train
+    loader = make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
+                         num_workers=tp.num_workers)
+    key = make_run_key("train_survival", params.model, tp, data_fingerprint())
+    with atomic_outputs(MODEL_DIR, PRED, PLOTS) as (model_dir, pred_dir, plots_dir):
+        stats = fit(model, loader, survival_loss, tp,
+                    val_loader=make_loader(val, tp.batch_size), run_key=key,
+                    checkpoint_root=tp.checkpoint_dir, live_dir=plots_dir / "live")
+        surv_edges = predict(model, make_loader(test, tp.batch_size),
+                             lambda m, b: m.predict_survival(b), len(te))
+        times = task.time_grid(params.evaluate.horizons)
+        surv = survival_at(surv_edges, edges, times)
+        save_model(model_dir, model, cfg, task.seqs.vocab)
+        pred_dir.mkdir()
+        np.savez_compressed(pred_dir / "lstm.npz", index=t["index"].to_numpy()[te],
+                            times=times, surv=surv)
+        training_curves(stats["history"], plots_dir / "training_curves")
+        metrics = score("lstm", surv, times, task, params.evaluate, plots_dir)
+    hours = stats["wall_time_s"] / 3600
+    metrics.update({
+        "lstm.size": params.model.size,
+        "lstm.n_params": stats["n_params"],
+        "lstm.epochs": stats["epochs"],
+        "lstm.best_epoch": stats["best_epoch"],
+        "lstm.best_val_loss": stats["best_value"],
+        "lstm.train_seconds": stats["wall_time_s"],
+        "lstm.patients_per_s": stats["patients_per_s"],
+        "lstm.tokens_per_s": stats["tokens_per_s"],
+        "lstm.peak_memory_mb": stats["peak_memory_mb"],
+        "lstm.device": stats["device_name"],
+        "lstm.gpu_cost_usd": hours * params.evaluate.gpu_hourly_usd
+        if stats["device"].startswith("cuda") else 0.0,
+    })
+    write_json("metrics/train_survival.json", metrics)
+    log.info("lstm (%s, %d params): test C-index %.3f [%.3f, %.3f] in %.0f s on %s",
+             params.model.size, stats["n_params"], metrics["lstm.c_harrell"],
+             metrics["lstm.c_harrell_lo"], metrics["lstm.c_harrell_hi"],
+             stats["wall_time_s"], stats["device_name"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_stage(main)
