@@ -380,3 +380,16 @@ def test_plots_and_metrics_json(tmp_path, train):
     assert json.loads((tmp_path / "m.json").read_text())["c_harrell"] == pytest.approx(
         res["c_harrell"], abs=1e-6
     )
+
+
+def test_harrell_c_interval_matches_point_and_covers_it():
+    from ehrseq.evaluate.survival import harrell_c, harrell_c_interval
+
+    rng = np.random.default_rng(3)
+    t = rng.exponential(size=400)
+    d = rng.random(400) < 0.6
+    risk = -t + rng.normal(scale=2.0, size=400)
+    res = harrell_c_interval(t, d, risk, n_boot=100, seed=1)
+    assert res["c_harrell"] == pytest.approx(harrell_c(t, d, risk))
+    assert res["c_harrell_lo"] < res["c_harrell"] < res["c_harrell_hi"]
+    assert res["c_harrell_lo"] > 0.5  # a real signal: the interval excludes 0.5

@@ -208,6 +208,17 @@ def harrell_c(duration, event, risk) -> float:
     )
 
 
+def harrell_c_interval(duration, event, risk, n_boot: int = 200, seed: int = 0) -> dict:
+    """Harrell's C of a bare risk score with its 95% bootstrap interval (same resamples as
+    :func:`evaluate_survival` for the same ``n_boot`` and ``seed``): used for the oracle."""
+    t = np.asarray(duration, float)
+    d = np.asarray(event).astype(bool)
+    w = _bootstrap_weights(t.size, n_boot, seed)
+    boot = _harrell_boot(t, d, np.asarray(risk, float), w)
+    lo, hi = _interval(boot[1:]) if n_boot else (math.nan, math.nan)
+    return {"c_harrell": float(boot[0]), "c_harrell_lo": lo, "c_harrell_hi": hi}
+
+
 def antolini_c(duration, event, surv, times) -> float:
     """Antolini's time-dependent C from a survival matrix (ties one half); see module docstring."""
     duration, event, surv, times = _check_prediction(duration, event, surv, times)
