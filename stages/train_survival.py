@@ -42,12 +42,13 @@ def main() -> None:
 
     def dataset(split):
         r = task.rows(split)
-        return r, SequenceDataset(task.seqs, t["index"].to_numpy()[r],
+        return SequenceDataset(task.seqs, t["index"].to_numpy()[r],
                                   t["landmark_visits"].to_numpy()[r],
                                   t["duration"].to_numpy()[r], t["event"].to_numpy()[r],
                                   cuts=task.cuts)
 
-    (tr, train), (va, val), (te, test) = dataset("train"), dataset("val"), dataset("test")
+    train, val, test = dataset("train"), dataset("val"), dataset("test")
+    te = task.rows("test")
     tp = params.train
     loader = make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
                          num_workers=tp.num_workers)
