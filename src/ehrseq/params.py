@@ -157,11 +157,59 @@ class BEHRTParams(_Section):
     max_len: int | None = Field(None, ge=8)
 
 
+class Med2VecParams(_Section):
+    code_dim: int | None = Field(None, ge=4)
+    visit_dim: int | None = Field(None, ge=4)
+    window: int = Field(1, ge=1, le=10)
+    """Visit-level objective: predict the codes of visits within this many steps."""
+    demographics: bool = True
+
+
 class ModelParams(_Section):
     size: Literal["small", "medium", "large"] = "small"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lstm: LSTMParams = Field(default_factory=LSTMParams)
     behrt: BEHRTParams = Field(default_factory=BEHRTParams)
+    med2vec: Med2VecParams = Field(default_factory=Med2VecParams)
+
+
+class PretrainParams(_Section):
+    """BEHRT pre-training objectives (the loop itself reads ``train``)."""
+
+    mlm_weight: float = Field(1.0, ge=0)
+    next_visit_weight: float = Field(1.0, ge=0)
+    contrastive_weight: float = Field(0.0, ge=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    epochs: int | None = Field(None, ge=1)
+    """Overrides ``train.epochs`` for pre-training."""
+
+    @model_validator(mode="after")
+    def _some_objective(self):
+        if self.mlm_weight + self.next_visit_weight + self.contrastive_weight <= 0:
+            raise ValueError("at least one of mlm_weight, next_visit_weight, "
+                             "contrastive_weight must be > 0")
+        return self
+
+
+FINETUNE_MODES = ("full", "lora", "probe", "scratch")
+
+
+class FinetuneParams(_Section):
+    modes: list[str] = Field(default_factory=lambda: list(FINETUNE_MODES))
+    lora_r: int = Field(8, ge=1, le=256)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lr: float | None = Field(None, gt=0, le=1.0)
+    """Overrides ``train.lr`` for fine-tuning."""
+    epochs: int | None = Field(None, ge=1)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in FINETUNE_MODES]
+        if bad or not v:
+            raise ValueError(f"unknown fine-tuning mode(s) {bad}; accepted: {list(FINETUNE_MODES)}")
+        return v
 
 
 class TrainParams(_Section):
@@ -208,6 +256,8 @@ class Params(_Section):
     outcome: OutcomeParams = Field(default_factory=OutcomeParams)
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 
