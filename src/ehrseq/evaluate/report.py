@@ -18,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODEL_FILES = {"baselines": ("km", "cox", "lr", "rf", "rsf"), "train_survival": ("lstm",)}
 COLUMNS = ("outcome", "model", "size", "C (Harrell) [95% CI]", "C (Antolini)", "C (Uno)",
            "IBS", "AUC@365d", "params", "train s", "test n (events)")
 
@@ -39,33 +38,44 @@ def _num(v, fmt="{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v)
 
 
-def collect(metrics_dir: str | Path = "metrics", params: dict | None = None) -> list[dict]:
-    """One row per model (and the oracle) from the stage metrics of one run."""
-    metrics_dir = Path(metrics_dir)
+def model_metric_files(metrics_dir: str | Path = "metrics") -> list[Path]:
+    """The stage metrics files that hold scored models (not the report's own)."""
+    return [p for p in sorted(Path(metrics_dir).rglob("*.json")) if p.name != "evaluate.json"]
+
+
+def collect(files, params: dict | None = None) -> list[dict]:
+    """One row per model (and the oracle) from the stage metrics files of one run.
+
+    Every key ``<model>.c_harrell`` is a model scored by the evaluation
+    module; its other ``<model>.*`` keys fill the row. Nothing is listed by hand, so a new model
+    stage appears in the table by writing its metrics the same way.
+    """
     params = params or {}
     outcome = params.get("outcome", {}).get("name", "?")
     size = params.get("model", {}).get("size", "?")
     rows = []
-    base = _read(metrics_dir / "baselines.json")
-    if "oracle.c_harrell" in base:
-        rows.append({"outcome": outcome, "model": "oracle (true risk)", "size": "",
-                     "C (Harrell) [95% CI]": _ci({k[7:]: v for k, v in base.items()
-                                                  if k.startswith("oracle.")}, "c_harrell")})
-    for stage, models in MODEL_FILES.items():
-        m = _read(metrics_dir / f"{stage}.json")
-        for name in models:
-            if f"{name}.c_harrell" not in m:
-                continue
+    for path in files:
+        m = _read(Path(path))
+        for name in sorted(k[: -len(".c_harrell")] for k in m if k.endswith(".c_harrell")):
             g = {k[len(name) + 1:]: v for k, v in m.items() if k.startswith(f"{name}.")}
+            if name == "oracle":
+                rows.insert(0, {"outcome": outcome, "model": "oracle (true risk)", "size": "",
+                                "C (Harrell) [95% CI]": _ci(g, "c_harrell"),
+                                "_c": g["c_harrell"], "_lo": g.get("c_harrell_lo"),
+                                "_hi": g.get("c_harrell_hi")})
+                continue
+            neural = "n_params" in g
             rows.append({
-                "outcome": outcome, "model": name,
-                "size": size if stage != "baselines" else "",
+                "outcome": outcome, "model": name, "size": size if neural else "",
                 "C (Harrell) [95% CI]": _ci(g, "c_harrell"),
                 "C (Antolini)": _ci(g, "c_antolini"), "C (Uno)": _ci(g, "c_uno"),
                 "IBS": _ci(g, "ibs"), "AUC@365d": _ci(g, "auc_365"),
                 "params": _num(g.get("n_params"), "{:,}"),
                 "train s": _num(g.get("train_seconds"), "{:.1f}"),
                 "test n (events)": f"{g.get('n')} ({g.get('n_events')})",
+                "_c": g["c_harrell"], "_lo": g.get("c_harrell_lo"), "_hi": g.get("c_harrell_hi"),
+                "_params": g.get("n_params"), "_seconds": g.get("train_seconds"),
+                "_gpu_usd": g.get("gpu_cost_usd"),
             })
     return rows
 
@@ -108,8 +118,8 @@ def sweep(outcomes, sizes, overrides, out: Path) -> None:
             cmd = ["dvc", "exp", "run", *[a for s in sets for a in ("-S", s)]]
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-            new = collect("metrics", _params())
-            rows += [r for r in new if r["model"] in ("lstm",) or size == sizes[0]]
+            new = collect(model_metric_files(), _params())
+            rows += [r for r in new if r["size"] or size == sizes[0]]
             cohort = _read(Path("metrics/sequences.json"))
             cohort["stage_seconds"] = {s: _read(Path(f"metrics/{s}.json")).get("seconds")
                                        for s in ("synthesize", "ingest", "sequences",
@@ -147,7 +157,7 @@ def main(argv=None) -> None:
     sw.add_argument("--out", type=Path, default=Path("docs/results.md"))
     a = ap.parse_args(argv)
     if a.cmd == "table":
-        print(to_markdown(collect("metrics", _params())))
+        print(to_markdown(collect(model_metric_files(), _params())))
     else:
         sweep(a.outcomes, a.sizes, a.set, a.out)
 

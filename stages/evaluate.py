@@ -1,0 +1,89 @@
+"""Stage `evaluate`: one benchmark table across every model that ran, from the stage metrics:
+metrics/evaluate.json (for `dvc metrics diff`), a Markdown report and figures."""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+from ehrseq.evaluate.report import collect, machine, to_markdown  # noqa: E402
+from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
+from ehrseq.params import load_params  # noqa: E402
+
+PLOTS = Path("plots/evaluate")
+
+
+def forest(rows, path: Path) -> None:
+    """C-index with 95% intervals per model; the oracle as a dashed line."""
+    models = [r for r in rows if not r["model"].startswith("oracle")]
+    oracle = next((r for r in rows if r["model"].startswith("oracle")), None)
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(models) + 1.2), dpi=110)
+    y = range(len(models))
+    c = [r["_c"] for r in models]
+    err = [[r["_c"] - (r["_lo"] if r["_lo"] is not None else r["_c"]) for r in models],
+           [(r["_hi"] if r["_hi"] is not None else r["_c"]) - r["_c"] for r in models]]
+    ax.errorbar(c, list(y), xerr=err, fmt="o", capsize=3)
+    ax.set_yticks(list(y), [f"{r['model']} {r['size']}".strip() for r in models])
+    ax.axvline(0.5, color="grey", lw=1)
+    if oracle:
+        ax.axvline(oracle["_c"], color="tab:red", ls="--", lw=1, label="oracle (true risk)")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, frameon=False)
+    ax.set_xlabel("test C-index (Harrell), 95% bootstrap interval")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def params_vs_c(rows, path: Path) -> None:
+    pts = [r for r in rows if r.get("_params")]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+    for r in pts:
+        ax.scatter(r["_params"], r["_c"])
+        ax.annotate(f"{r['model']} {r['size']}", (r["_params"], r["_c"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("test C-index")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    params = load_params()
+    files = sys.argv[1:]
+    rows = collect(files, yaml.safe_load(Path("params.yaml").read_text()))
+    price = params.evaluate.gpu_hourly_usd
+    flat = {}
+    for r in rows:
+        key = r["model"].split(" ")[0]
+        flat[f"{key}.c_harrell"] = r["_c"]
+        flat[f"{key}.c_harrell_lo"] = r["_lo"]
+        flat[f"{key}.c_harrell_hi"] = r["_hi"]
+        if r.get("_seconds") is not None:
+            flat[f"{key}.train_seconds"] = r["_seconds"]
+        if r.get("_gpu_usd") is not None:
+            flat[f"{key}.gpu_cost_usd"] = r["_gpu_usd"]
+    scored = [r for r in rows if not r["model"].startswith("oracle")]
+    best = max(scored, key=lambda r: r["_c"])
+    flat["best.c_harrell"] = best["_c"]
+    if "oracle.c_harrell" in flat:
+        flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
+    with atomic_outputs(PLOTS) as (out,):
+        out.mkdir()
+        forest(rows, out / "cindex.png")
+        params_vs_c(rows, out / "params_vs_cindex.png")
+        (out / "report.md").write_text(
+            f"# Benchmark: outcome `{params.outcome.name}`, model size `{params.model.size}`\n\n"
+            f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). GPU price "
+            f"for costs: ${price}/h. Machine: {machine()}.\n\n" + to_markdown(rows)
+            + "\n![C-index](cindex.png)\n")
+    write_json("metrics/evaluate.json", flat)
+    print(to_markdown(rows))
+
+
+if __name__ == "__main__":
+    run_stage(main)
