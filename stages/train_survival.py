@@ -15,7 +15,8 @@ from ehrseq.models.losses import bin_edges
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
 from ehrseq.params import load_params
 from ehrseq.plots import training_curves
-from ehrseq.train.loop import fit, make_run_key, predict, save_model
+from ehrseq.train import distributed
+from ehrseq.train.loop import fit, make_run_key, predict, save_model, seed_everything
 
 MODEL_DIR = Path("models/train_survival")
 PRED = Path("data/predictions/train_survival")
@@ -37,26 +38,34 @@ def main() -> None:
     task = SurvivalTask.load()
     edges = bin_edges(task.cuts)
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(edges) - 1)
+    seed_everything(params.train.seed, params.train.deterministic)  # reproducible initial weights
     model = DiscreteTimeSurvivalLSTM(cfg)
     t = task.table
 
     def dataset(split):
         r = task.rows(split)
         return SequenceDataset(task.seqs, t["index"].to_numpy()[r],
-                                  t["landmark_visits"].to_numpy()[r],
-                                  t["duration"].to_numpy()[r], t["event"].to_numpy()[r],
-                                  cuts=task.cuts)
+                               t["landmark_visits"].to_numpy()[r],
+                               t["duration"].to_numpy()[r], t["event"].to_numpy()[r],
+                               cuts=task.cuts)
 
     train, val, test = dataset("train"), dataset("val"), dataset("test")
     te = task.rows("test")
     tp = params.train
+    ddp = distributed.setup()
     loader = make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
-                         num_workers=tp.num_workers)
-    key = make_run_key("train_survival", params.model, tp, data_fingerprint())
+                         num_workers=tp.num_workers, rank=ddp.rank, world_size=ddp.world_size)
+    key = make_run_key("train_survival", params.model, tp, ddp.world_size, data_fingerprint())
+    train_kw = dict(val_loader=make_loader(val, tp.batch_size), run_key=key,
+                    checkpoint_root=tp.checkpoint_dir, wrap_model=distributed.wrap,
+                    rank=ddp.rank, world_size=ddp.world_size)
+    if not ddp.is_main:  # other ranks train; rank 0 alone writes outputs
+        fit(model, loader, survival_loss, tp, **train_kw)
+        distributed.teardown()
+        return
     with atomic_outputs(MODEL_DIR, PRED, PLOTS) as (model_dir, pred_dir, plots_dir):
-        stats = fit(model, loader, survival_loss, tp,
-                    val_loader=make_loader(val, tp.batch_size), run_key=key,
-                    checkpoint_root=tp.checkpoint_dir, live_dir=plots_dir / "live")
+        stats = fit(model, loader, survival_loss, tp, live_dir=plots_dir / "live", **train_kw)
+        distributed.teardown()
         surv_edges = predict(model, make_loader(test, tp.batch_size),
                              lambda m, b: m.predict_survival(b), len(te))
         times = task.time_grid(params.evaluate.horizons)
@@ -79,6 +88,7 @@ def main() -> None:
         "lstm.tokens_per_s": stats["tokens_per_s"],
         "lstm.peak_memory_mb": stats["peak_memory_mb"],
         "lstm.device": stats["device_name"],
+        "lstm.world_size": ddp.world_size,
         "lstm.gpu_cost_usd": hours * params.evaluate.gpu_hourly_usd
         if stats["device"].startswith("cuda") else 0.0,
     })
