@@ -222,7 +222,7 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
     if missing_cols:
         log.warning("optional columns absent: %s", ", ".join(missing_cols))
 
-    con.execute("CREATE TEMP VIEW ev AS " + " UNION ALL ".join(selects))
+    con.execute("CREATE TEMP TABLE ev AS " + " UNION ALL ".join(selects))
     con.execute("""
         CREATE TEMP TABLE ev_bad AS
         SELECT file, _row AS row,
