@@ -14,13 +14,14 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo tor
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install repro test test-all lint bench clean-venv
+.PHONY: install repro test test-all lint bench clean-venv plots-diff
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m ehrseq.offline_plots .dvc/plots-offline.html >/dev/null
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -39,6 +40,12 @@ lint: install
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/ingest.py
+
+# Compare plots with another revision, rendered offline (Vega inlined): make plots-diff REV=main
+REV ?= HEAD
+plots-diff: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc plots diff $(REV) -o plots-diff
+	@echo "open plots-diff/index.html (works without network)"
 
 clean-venv:
 	rm -rf $(VENV)
