@@ -47,7 +47,7 @@ def main() -> None:
         return SequenceDataset(task.seqs, t["index"].to_numpy()[r],
                                t["landmark_visits"].to_numpy()[r],
                                t["duration"].to_numpy()[r], t["event"].to_numpy()[r],
-                               cuts=task.cuts)
+                               cuts=task.cuts, max_visits=params.model.lstm.max_visits)
 
     train, val, test = dataset("train"), dataset("val"), dataset("test")
     te = task.rows("test")

@@ -52,8 +52,10 @@ def estimate(model_name: str, size: str, batch_size: int | None = None, device: 
     has_visits = np.flatnonzero(seqs.n_visits > 0)
     rng = np.random.default_rng(0)
     idx = rng.choice(has_visits, size=min(bs, has_visits.size), replace=False)
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
     ds = SequenceDataset(seqs, idx, seqs.n_visits[idx], np.full(idx.size, 100.0),
-                         np.ones(idx.size, int), cuts=cuts)
+                         np.ones(idx.size, int), cuts=cuts, max_visits=params.model.lstm.max_visits)
     batch = ds[np.arange(idx.size)].to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -147,6 +147,8 @@ class LSTMParams(_Section):
     embed_dim: int | None = Field(None, ge=4)
     hidden_dim: int | None = Field(None, ge=4)
     layers: int | None = Field(None, ge=1, le=8)
+    max_visits: int = Field(128, ge=1)
+    """The most recent visits up to the landmark that the LSTM reads."""
 
 
 class BEHRTParams(_Section):
@@ -231,6 +233,9 @@ class TrainParams(_Section):
     amp: bool = True
     """bf16 autocast on CUDA (ignored elsewhere)."""
     num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)
+    """CPU threads for torch (0 = torch's default, every core). 1 is much faster on a machine
+    that other jobs share."""
     checkpoint_every_steps: int = Field(0, ge=0)
     checkpoint_every_minutes: float = Field(10.0, ge=0)
     checkpoint_dir: str = "checkpoints"

@@ -593,6 +593,8 @@ def fit(
     """
     t_start = time.monotonic()
     is_main = rank == 0
+    if params.threads:
+        torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
     seed_everything(params.seed, params.deterministic)
     if device.type == "cuda":
