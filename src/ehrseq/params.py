@@ -255,6 +255,70 @@ class EvaluateParams(_Section):
         return sorted(v)
 
 
+EMBEDDING_METHODS = ("lstm", "tfidf_svd", "random_proj")
+"""Names registered in ehrseq.evaluate.embed.EMBEDDERS (checked there at import)."""
+
+
+class EmbedParams(_Section):
+    methods: list[str] = Field(default_factory=lambda: list(EMBEDDING_METHODS))
+    dim: int = Field(64, ge=2, le=4096)
+    """Output dimension of tfidf_svd and random_proj (learned models keep their own)."""
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "cpu"
+    """cpu by default: the same floats on a laptop and a GPU pod, so the same clusters."""
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in EMBEDDING_METHODS]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"unknown, missing or repeated method(s) {bad or v}; "
+                             f"accepted: {list(EMBEDDING_METHODS)}")
+        return v
+
+
+CLUSTER_BEST_BY = ("kmeans.ari_subtype", "kmeans.ami_subtype", "kmeans.ari_phenotype",
+                   "kmeans.stability_boot_ari", "kmeans.silhouette")
+
+
+class ClusterParams(_Section):
+    embeddings: list[str] | None = None
+    """Embedding names to cluster; null = every file the embed stage wrote."""
+    umap_dims: int = Field(5, ge=2, le=100)
+    umap_neighbors: int = Field(15, ge=2, le=500)
+    umap_metric: Literal["euclidean", "cosine", "manhattan", "correlation"] = "euclidean"
+    min_cluster_size: int | None = Field(None, ge=2)
+    """HDBSCAN; null = max(10, 2 % of the patients)."""
+    min_samples: int = Field(10, ge=1)
+    kmeans_k: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])
+    kmeans_n_init: int = Field(4, ge=1)
+    seeds: int = Field(3, ge=1, le=20)
+    """Stability: UMAP / K-means seeds compared pairwise."""
+    bootstrap: int = Field(5, ge=0, le=200)
+    """Stability: refits on bootstrap samples (K-means) / 80 % subsamples (HDBSCAN)."""
+    silhouette_sample: int = Field(5000, ge=100)
+    seed: int = Field(0, ge=0)
+    best_by: str = "kmeans.ari_subtype"
+    """Which embedding's K-means subtypes are characterised; one of CLUSTER_BEST_BY."""
+    top_codes: int = Field(10, ge=1, le=100)
+    min_code_count: int = Field(3, ge=1)
+
+    @field_validator("kmeans_k")
+    @classmethod
+    def _k(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 2:
+            raise ValueError("kmeans_k must be a non-empty list of integers >= 2")
+        return sorted(set(v))
+
+    @field_validator("best_by")
+    @classmethod
+    def _best(cls, v: str) -> str:
+        if v not in CLUSTER_BEST_BY:
+            raise ValueError(f"got {v!r}; accepted: {list(CLUSTER_BEST_BY)}")
+        return v
+
+
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     sequences: SequencesParams = Field(default_factory=SequencesParams)
@@ -263,6 +327,8 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    embed: EmbedParams = Field(default_factory=EmbedParams)
+    cluster: ClusterParams = Field(default_factory=ClusterParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 

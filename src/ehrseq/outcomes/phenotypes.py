@@ -1,0 +1,140 @@
+"""Phenotype labels from Synthea itself: which chronic disease each patient had by the landmark.
+
+A second, independent ground truth for patient subtypes (beside the planted synthetic
+subtypes): the chronic-disease modules that Synthea ran for a patient leave condition records
+with fixed SNOMED codes. A patient *has* a phenotype at the landmark when a ``condition``
+event with one of the group's codes lies in a visit that starts at or before the landmark
+time, i.e. in the model inputs (visits are formed exactly as the sequences stage forms them:
+by encounter, else by calendar day (UTC), over ``sequences.event_kinds`` plus conditions; a
+visit starts at its earliest event).
+
+Groups (:data:`GROUPS`; a group matches any of its codes, across Synthea versions):
+
+==============  =================================================================
+ckd             chronic kidney disease stages 1-4, end-stage renal disease,
+                disorder of kidney due to diabetes
+cardiovascular  hypertension, ischemic heart disease, myocardial infarction (incl.
+                STEMI/NSTEMI, history of MI), chronic congestive heart failure,
+                atrial fibrillation, stroke
+diabetes        type 2 diabetes or prediabetes
+respiratory     COPD (chronic obstructive bronchitis, emphysema), asthma,
+                childhood asthma
+obesity         BMI 30+ or BMI 40+ finding
+==============  =================================================================
+
+One label per patient (:func:`phenotype_labels`) by priority, in the order above: the most
+advanced disease wins (in Synthea CKD follows diabetes or hypertension, and cardiovascular
+disease outranks the metabolic precursors), ``none`` when no group matches. The full
+combination (e.g. ``cardiovascular+diabetes+obesity``) is kept as ``pattern`` for the
+characterisation tables; it is too fragmented on small cohorts to serve as a label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import InputError
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "ckd": ("431855005", "431856006", "433144002", "431857002", "46177005", "127013003"),
+    "cardiovascular": ("59621000", "38341003", "414545008", "22298006", "401303003",
+                       "401314000", "399211009", "88805009", "49436004", "230690007"),
+    "diabetes": ("44054006", "15777000", "714628002"),
+    "respiratory": ("13645005", "185086009", "87433001", "195967001", "233678006"),
+    "obesity": ("162864005", "408512008"),
+}
+PRIORITY = tuple(GROUPS)
+"""Label priority: the first group a patient has is its label."""
+NONE = "none"
+DEFAULT_KINDS = ("condition", "medication", "procedure", "observation", "immunization",
+                 "allergy", "careplan", "device")
+
+
+def _lit(s) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def condition_visits(events: str | Path, event_kinds=None,
+                     codes: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
+    """Condition records of the phenotype codes with the start of their visit.
+
+    Returns ``patient, code, visit_start`` (days since 1970-01-01 UTC) for every ``condition``
+    event in ``events.parquet`` whose code is in ``codes`` (default :data:`GROUPS`). DuckDB
+    reads only the needed columns, so this stays small on large cohorts.
+    """
+    import duckdb
+
+    events = Path(events)
+    if not events.is_file():
+        raise InputError(f"{events}: missing; run the ingest stage first")
+    codes = codes or GROUPS
+    kinds = sorted(set(event_kinds or DEFAULT_KINDS) | {"condition"})
+    wanted = sorted({c for cs in codes.values() for c in cs})
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    src = f"read_parquet({_lit(events)})"
+    try:
+        df = con.execute(f"""
+            WITH ev AS (
+                SELECT patient, CAST(time AS TIMESTAMPTZ) AS time, kind, code,
+                       COALESCE(encounter, 'day:' || strftime(time, '%Y-%m-%d')) AS vkey
+                FROM {src} WHERE kind IN ({", ".join(_lit(k) for k in kinds)})),
+            v AS (SELECT patient, vkey, min(time) AS vstart FROM ev GROUP BY patient, vkey)
+            SELECT ev.patient, ev.code, epoch_us(v.vstart) / 86400e6 AS visit_start
+            FROM ev JOIN v USING (patient, vkey)
+            WHERE ev.kind = 'condition' AND ev.code IN ({", ".join(map(_lit, wanted))})
+            ORDER BY ev.patient, visit_start, ev.code""").df()
+    except duckdb.Error as err:
+        raise InputError(f"{events}: cannot read phenotype conditions ({err}); expected the "
+                         "events contract (patient, time, encounter, kind, code)") from None
+    finally:
+        con.close()
+    df["code"] = df["code"].astype(str)
+    return df
+
+
+def phenotype_flags(conditions: pd.DataFrame, patient_ids, landmark_time,
+                    codes: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
+    """Boolean ``[n_patients, n_groups]`` frame: group present by each patient's landmark.
+
+    ``conditions``: ``patient, code, visit_start`` (from :func:`condition_visits`);
+    ``patient_ids`` and ``landmark_time`` (days since epoch) give one row per patient, in
+    that order. A record counts when its visit starts at or before the landmark.
+    """
+    codes = codes or GROUPS
+    ids = pd.Index(np.asarray(patient_ids, dtype=object))
+    lm = np.asarray(landmark_time, np.float64)
+    out = pd.DataFrame(False, index=range(len(ids)), columns=list(codes))
+    if len(conditions) == 0 or len(ids) == 0:
+        return out
+    row = ids.get_indexer(conditions["patient"].to_numpy(dtype=object))
+    ok = row >= 0
+    row = row[ok]
+    code = conditions["code"].astype(str).to_numpy()[ok]
+    pre = conditions["visit_start"].to_numpy(np.float64)[ok] <= lm[row]
+    for g, cs in codes.items():          # one pass per group (a handful), not per event
+        hit = pre & np.isin(code, cs)
+        col = np.zeros(len(ids), bool)
+        col[row[hit]] = True
+        out[g] = col
+    return out
+
+
+def phenotype_labels(flags: pd.DataFrame, priority=PRIORITY) -> pd.DataFrame:
+    """``label`` (the first group of ``priority`` present, else ``none``) and ``pattern``
+    (all groups present, joined by ``+`` in priority order, else ``none``) per patient."""
+    f = flags[list(priority)].to_numpy(bool)
+    names = np.array(list(priority) + [NONE], dtype=object)
+    first = np.where(f.any(1), f.argmax(1), len(priority))
+    pattern = ["+".join(names[:-1][r]) or NONE for r in f]   # strings: one join per patient
+    return pd.DataFrame({"label": names[first], "pattern": pattern}, index=flags.index)
+
+
+def load_phenotypes(events: str | Path, patient_ids, landmark_time,
+                    event_kinds=None) -> pd.DataFrame:
+    """Flags, ``label`` and ``pattern`` per patient (rows in the order of ``patient_ids``)."""
+    flags = phenotype_flags(condition_visits(events, event_kinds), patient_ids, landmark_time)
+    return pd.concat([flags, phenotype_labels(flags)], axis=1)
