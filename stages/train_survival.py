@@ -17,6 +17,7 @@ from ehrseq.params import load_params
 from ehrseq.plots import training_curves
 from ehrseq.train import distributed
 from ehrseq.train.loop import fit, make_run_key, predict, save_model, seed_everything
+from ehrseq.train.mirror import CheckpointMirror
 
 MODEL_DIR = Path("models/train_survival")
 PRED = Path("data/predictions/train_survival")
@@ -58,6 +59,7 @@ def main() -> None:
     key = make_run_key("train_survival", params.model, tp, ddp.world_size, data_fingerprint())
     train_kw = dict(val_loader=make_loader(val, tp.batch_size), run_key=key,
                     checkpoint_root=tp.checkpoint_dir, wrap_model=distributed.wrap,
+                    mirror=CheckpointMirror.from_dvc() if tp.mirror_checkpoints else None,
                     rank=ddp.rank, world_size=ddp.world_size)
     if not ddp.is_main:  # other ranks train; rank 0 alone writes outputs
         fit(model, loader, survival_loss, tp, **train_kw)

@@ -239,6 +239,9 @@ class TrainParams(_Section):
     checkpoint_every_steps: int = Field(0, ge=0)
     checkpoint_every_minutes: float = Field(10.0, ge=0)
     checkpoint_dir: str = "checkpoints"
+    mirror_checkpoints: bool = True
+    """Copy checkpoints to the default DVC remote (when one is configured) and resume from
+    there on a fresh machine (src/ehrseq/train/mirror.py)."""
 
 
 class EvaluateParams(_Section):
@@ -318,6 +321,48 @@ class ClusterParams(_Section):
             raise ValueError(f"got {v!r}; accepted: {list(CLUSTER_BEST_BY)}")
         return v
 
+class TrajectoryParams(_Section):
+    """The ``trajectory`` section of params.yaml."""
+
+    horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
+    """Days after the landmark; P(onset within h) for each."""
+    targets: list[str] | None = None
+    """SNOMED condition codes and/or ``death``; null = outcome.onset_codes + death."""
+    encoder: Literal["lstm"] = "lstm"
+    """Only the LSTM for now; docs/trajectory.md says how a BEHRT encoder plugs in."""
+    init_from_survival: bool = False
+    """Start the LSTM encoder from models/train_survival when it exists."""
+    pos_weight: float | Literal["auto"] | None = None
+    """Weight of positive labels in the loss: null = 1, a number, or ``auto`` = negatives /
+    positives per target and horizon in the training split (clipped to [1, 100])."""
+    baselines: list[Literal["lr", "rf"]] = Field(default_factory=lambda: ["lr", "rf"])
+    example_landmarks: int = Field(120, ge=2, le=2000)
+    """Most landmarks (visits) of the example patient whose risks are plotted over time."""
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, v: list[int]) -> list[int]:
+        if not v or min(v) <= 0 or len(set(v)) != len(v):
+            raise ValueError("horizons must be distinct positive day counts, e.g. [30, 90, 365]")
+        return sorted(v)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        bad = [t for t in v if t != "death" and not t.replace(".", "").replace("-", "").isalnum()]
+        if not v or bad or len(set(v)) != len(v):
+            raise ValueError(f"targets must be distinct SNOMED codes or 'death'; bad: {bad or v}")
+        return v
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pw(cls, v):
+        if isinstance(v, float) and v <= 0:
+            raise ValueError("pos_weight must be > 0, 'auto' or null")
+        return v
+
 
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
@@ -329,6 +374,7 @@ class Params(_Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
     cluster: ClusterParams = Field(default_factory=ClusterParams)
+    trajectory: TrajectoryParams = Field(default_factory=TrajectoryParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 

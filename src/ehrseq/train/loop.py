@@ -559,6 +559,7 @@ def fit(
     run_key: str = "run",
     checkpoint: bool = True,
     checkpoint_root: str | Path | None = None,
+    mirror: Any = None,
     keep_checkpoints: int = 2,
     resume: bool = True,
     live_dir: str | Path | None = None,
@@ -635,6 +636,11 @@ def fit(
     run_dir = Path(checkpoint_root or params.checkpoint_dir) / run_key
     resumed_from = None
 
+    if checkpoint and resume and mirror is not None and not list_checkpoints(run_dir):
+        try:  # a fresh machine: continue from the newest checkpoint mirrored to the remote
+            mirror.pull_latest(run_key, run_dir)
+        except Exception as err:  # noqa: BLE001 - an unreachable remote must not stop training
+            log.warning("could not pull mirrored checkpoints: %s", err)
     if checkpoint and resume and (found := load_checkpoint(run_dir)) is not None:
         path, ck = found
         model.load_state_dict(ck["model"])
@@ -664,11 +670,16 @@ def fit(
         if not (checkpoint and is_main):
             return
         state.seq += 1
-        save_checkpoint(run_dir, f"{state.seq:06d}-step{state.step:09d}", {
+        path = save_checkpoint(run_dir, f"{state.seq:06d}-step{state.step:09d}", {
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "best": best,
             "rng": {"at_checkpoint": _get_rng(), "epoch_start": rng_epoch_start},
             "schedule": asdict(sched), "stopper": asdict(stopper), "loop": asdict(state),
         }, keep=keep_checkpoints)
+        if mirror is not None:
+            try:
+                mirror.push(path, run_key)
+            except Exception as err:  # noqa: BLE001 - keep training; the local copy exists
+                log.warning("could not mirror checkpoint %s: %s", path.name, err)
 
     set_lr()
     live = _open_live(live_dir, state.history) if (live_dir and is_main) else None

@@ -1,0 +1,182 @@
+"""Multi-horizon onset labels for the disease-trajectory task (stage ``train_trajectory``).
+
+For every outcome-eligible patient (a row of ``outcomes.parquet``; the landmark is shared by
+every outcome), every target and every horizon ``h`` (days) the label is
+
+- ``1`` if the target's first onset after the landmark falls in ``(L, L + h]``;
+- ``0`` if the record runs to at least ``L + h`` (``end_of_record >= L + h``) without onset;
+- ``NaN`` (masked) if the target is already present at or before the landmark, or if the
+  record ends before ``L + h`` without onset (censored first: the answer is unknown).
+
+Targets are SNOMED condition codes (``outcome.onset_codes``) and ``death``.
+
+"Present at or before the landmark" uses the unit of the model inputs, the visit, exactly as
+:func:`ehrseq.outcomes.real.onset` does: a condition record whose visit (encounter, else
+calendar day, over ``sequences.event_kinds`` plus conditions) starts at or before the landmark
+is in the inputs, so the condition is known; the onset is the first record of the code whose
+visit starts after the landmark. For ``death`` the onset is Synthea's death date (00:00 UTC);
+a death at or before the landmark masks the target (landmarks need follow-up, so this does not
+happen with the default landmarks). Death ends the record, so a patient who dies before
+``L + h`` without a condition's onset is masked for that condition and horizon (censored,
+not a competing-risk zero; see docs/trajectory.md).
+
+Everything is one DuckDB query plus NumPy scatter/broadcast: no loop per patient or event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ..io import InputError
+from ..params import SequencesParams
+
+DEATH = "death"
+US_PER_DAY = 86_400e6
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+@dataclass
+class TrajectoryLabels:
+    """Labels for ``n`` patients, ``T`` targets and ``H`` horizons."""
+
+    targets: list[str]
+    horizons: list[int]
+    labels: np.ndarray      # float32 [n, T, H]: 1, 0 or NaN (masked)
+    onset: np.ndarray       # float64 [n, T]: days from the landmark to the first onset after
+    #                         it (inf = none in the record)
+    present: np.ndarray     # bool [n, T]: present at or before the landmark
+    followup: np.ndarray    # float64 [n]: days from the landmark to the end of record
+    first_any: np.ndarray   # float64 [n, T]: first record of the target at all, days since
+    #                         epoch (inf = never); for plots only, never a model input
+    descriptions: dict[str, str]
+
+    @property
+    def known(self) -> np.ndarray:
+        """bool [n, T, H]: the label is not masked."""
+        return ~np.isnan(self.labels)
+
+
+def label_matrix(onset, present, followup, horizons: Sequence[float]) -> np.ndarray:
+    """The label rule above as arrays: ``onset`` [n, T] days after the landmark (inf = none),
+    ``present`` [n, T] bool, ``followup`` [n] days → float32 labels ``[n, T, H]``."""
+    onset = np.asarray(onset, np.float64)[..., None]
+    h = np.asarray(horizons, np.float64)[None, None, :]
+    fu = np.asarray(followup, np.float64)[:, None, None]
+    pos = onset <= h
+    neg = ~pos & (fu >= h)
+    lab = np.where(pos, 1.0, np.where(neg, 0.0, np.nan))
+    lab[np.asarray(present, bool)] = np.nan
+    return lab.astype(np.float32)
+
+
+def _lit(s) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _condition_records(events: Path, patients, codes: Sequence[str], kinds: Sequence[str]):
+    """(patient, code, time, visit start) of every condition record with one of ``codes``,
+    visit start as the sequences stage forms visits; times in days since epoch."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    src = f"read_parquet({_lit(events)})"
+    con.register("cohort", pd.DataFrame({"patient": pd.Series(patients, dtype=str)}))
+    code_list = ", ".join(_lit(c) for c in codes) or "NULL"
+    rows = con.execute(f"""
+        WITH ev AS (
+            SELECT e.patient, CAST(e.time AS TIMESTAMPTZ) AS time, e.kind, e.code,
+                   COALESCE(e.encounter, 'day:' || strftime(e.time, '%Y-%m-%d')) AS vkey
+            FROM {src} e SEMI JOIN cohort c ON e.patient = c.patient
+            WHERE e.kind IN ({", ".join(_lit(k) for k in kinds)})),
+        v AS (SELECT patient, vkey, min(time) AS vstart FROM ev GROUP BY patient, vkey)
+        SELECT ev.patient, ev.code, epoch_us(ev.time) AS t_us, epoch_us(v.vstart) AS vs_us
+        FROM ev JOIN v USING (patient, vkey)
+        WHERE ev.kind = 'condition' AND ev.code IN ({code_list})""").df()
+    desc = dict(con.execute(f"""
+        SELECT code, min(description) FROM {src}
+        WHERE kind = 'condition' AND code IN ({code_list}) GROUP BY code""").fetchall())
+    con.close()
+    return rows, desc
+
+
+def build_labels(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataFrame,
+                 targets: Sequence[str], horizons: Sequence[int],
+                 event_kinds: Sequence[str] | None = None) -> TrajectoryLabels:
+    """Labels for the rows of ``table`` (``outcomes.parquet``: ``index``, ``landmark_time``).
+
+    ``seq_patients``: the sequences ``patients.parquet`` (patient, death_date,
+    end_of_record in days since epoch), one row per sequences patient. ``targets``: SNOMED
+    condition codes and/or ``"death"``. A code never recorded as a condition simply has no
+    onset (the stage reports it and skips targets without a training positive).
+    """
+    events = Path(events)
+    if not events.is_file():
+        raise InputError(f"{events}: missing; run the ingest stage first")
+    for col in ("patient", "death_date", "end_of_record"):
+        if col not in seq_patients.columns:
+            raise InputError(f"sequences patients.parquet: column {col!r} missing")
+    targets = [str(t) for t in targets]
+    if len(set(targets)) != len(targets) or not targets:
+        raise ValueError(f"targets must be a non-empty list without repeats, got {targets}")
+    kinds = sorted(set(event_kinds or SequencesParams().event_kinds) | {"condition"})
+    idx = table["index"].to_numpy(np.int64)
+    lm = table["landmark_time"].to_numpy(np.float64)
+    n, T = len(idx), len(targets)
+    pats = seq_patients.iloc[idx]
+    eor = pats["end_of_record"].to_numpy(np.float64)
+    onset_abs = np.full((n, T), np.inf)
+    first_any = np.full((n, T), np.inf)
+    present = np.zeros((n, T), bool)
+
+    codes = [t for t in targets if t != DEATH]
+    desc = {DEATH: "Death"}
+    if codes:
+        rows, found = _condition_records(events, pats["patient"].to_numpy(), codes, kinds)
+        desc.update(found)
+        r = pd.Index(pats["patient"].to_numpy()).get_indexer(rows["patient"])
+        c = pd.Index(targets).get_indexer(rows["code"])
+        t = rows["t_us"].to_numpy(np.float64) / US_PER_DAY
+        vs = rows["vs_us"].to_numpy(np.float64) / US_PER_DAY
+        pre = vs <= lm[r]
+        present[r[pre], c[pre]] = True
+        np.minimum.at(onset_abs, (r[~pre], c[~pre]), t[~pre])
+        np.minimum.at(first_any, (r, c), t)
+    if DEATH in targets:
+        j = targets.index(DEATH)
+        death = pd.to_datetime(pats["death_date"])
+        if death.dt.tz is not None:
+            death = death.dt.tz_convert(None)
+        death = ((death - EPOCH) / pd.Timedelta(days=1)).to_numpy(np.float64)
+        died = np.isfinite(death)
+        present[:, j] = died & (death <= lm)
+        onset_abs[:, j] = np.where(died & (death > lm), death, np.inf)
+        first_any[:, j] = np.where(died, death, np.inf)
+
+    onset = onset_abs - lm[:, None]
+    followup = eor - lm
+    labels = label_matrix(onset, present, followup, horizons)
+    return TrajectoryLabels(targets, [int(h) for h in horizons], labels, onset, present,
+                            followup, first_any, {k: str(v) for k, v in desc.items()})
+
+
+def label_summary(lab: TrajectoryLabels, splits: np.ndarray) -> pd.DataFrame:
+    """Per split, target and horizon: known (not masked) labels and positives (long table)."""
+    known, pos = lab.known, np.nan_to_num(lab.labels) > 0
+    out = []
+    for s in ("train", "val", "test"):  # three splits, each vectorised over targets/horizons
+        m = np.asarray(splits) == s
+        k, p = known[m].sum(0), pos[m].sum(0)
+        tt, hh = np.meshgrid(np.arange(len(lab.targets)), np.arange(len(lab.horizons)),
+                             indexing="ij")
+        out.append(pd.DataFrame({
+            "split": s, "target": np.asarray(lab.targets)[tt.ravel()],
+            "horizon": np.asarray(lab.horizons)[hh.ravel()],
+            "known": k.ravel(), "positives": p.ravel(),
+            "present_at_landmark": np.repeat(lab.present[m].sum(0), len(lab.horizons)),
+        }))
+    return pd.concat(out, ignore_index=True)
