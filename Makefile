@@ -14,7 +14,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo tor
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install repro test test-all lint bench clean-venv plots-diff
+.PHONY: install repro test test-all lint bench clean-venv plots-diff check-remote pod
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ lint: install
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/ingest.py
+
+check-remote: install
+	$(BIN)/python -m ehrseq.pod check-remote
+
+# On a rented GPU machine: make pod POD_ARGS="-S model.size=large --require-gpu"
+pod: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m ehrseq.pod run $(POD_ARGS)
 
 # Compare plots with another revision, rendered offline (Vega inlined): make plots-diff REV=main
 REV ?= HEAD

@@ -1,0 +1,284 @@
+"""One command for an ephemeral GPU machine ("pod"): nothing is lost when it goes away.
+
+    python -m ehrseq.pod check-remote
+    python -m ehrseq.pod run -S model.size=large [-S KEY=VALUE ...] [--name NAME]
+                             [--git-remote origin] [--require-gpu]
+
+``run`` prints each step and stops at the first failure:
+
+1. GPU: what nvidia-smi and torch see (a warning when torch cannot use a GPU;
+   ``--require-gpu`` makes it an error).
+2. DVC remote: reachable, bucket present, credentials accepted (``ehrseq.remote``);
+   stages that could never be restored from the run-cache are named.
+3. Git: an identity (``dvc exp save`` needs one) and a remote that accepts a push (dry run).
+4. The ``-S`` overrides are written to params.yaml (DVC's own ``-S`` code, as ``dvc exp run``)
+   and validated (``ehrseq.params``).
+5. ``dvc pull --run-cache --allow-missing``: the baseline's outputs and the run-cache.
+6. Every stage in dvc.yaml order: ``dvc repro --pull --allow-missing STAGE``, then
+   ``dvc push --run-cache STAGE...`` for the stages that ran or were restored. Each finished
+   stage is in the remote before the next starts, so a pod lost mid-pipeline loses only the
+   stage it was running: the same command on a new pod restores the finished ones from the
+   run-cache ("is cached - skipping run") instead of recomputing them.
+7. ``dvc exp save --force -n NAME`` and ``dvc exp push --force --no-cache GIT_REMOTE NAME``
+   (the data is already in the DVC remote).
+8. ``dvc metrics diff HEAD``: the experiment beside its baseline commit.
+
+The experiment name is ``--name`` or, by default, made from the overrides
+(``-S model.size=large`` gives ``pod-model-size-large``; no overrides give ``pod-baseline``):
+the same command on the same commit gives the same name, so a rerun replaces the experiment of
+the interrupted run instead of adding another. Continuing does not depend on the name: the
+run-cache is keyed by each stage's command, dependencies and parameters.
+
+A single ``dvc exp run`` would do steps 4, 6 and 7 too, but it pushes nothing until the whole
+pipeline has finished: a pod lost in hour five would lose all five hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ehrseq.remote import RemoteCheckError, check_remote, run_cache_blockers
+
+RAN = re.compile(r"Running stage '([^']+)'")
+RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
+
+
+class PodError(Exception):
+    """A step failed; the message is one line."""
+
+
+def say(msg: str) -> None:
+    print(f"[pod] {msg}", flush=True)
+
+
+def subprocess_env() -> dict:
+    """The environment for dvc and git: this interpreter's bin/ first on PATH, so that stage
+    commands (``python stages/...``) use the same environment even when it is not activated."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "GIT_TERMINAL_PROMPT": "0"}
+
+
+def sh(cmd: list[str], timeout: float | None = None) -> str:
+    """Run ``cmd``, echoing it and streaming its output; return the output or raise PodError."""
+    say(f"$ {shlex.join(cmd)}")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=subprocess_env(), bufsize=1)
+    except FileNotFoundError as e:
+        raise PodError(f"`{cmd[0]}` not found: activate the project's environment "
+                       f"(source .venv/bin/activate)") from e
+    lines = []
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        proc.kill()
+        raise PodError(f"`{shlex.join(cmd)}` took longer than {timeout:.0f} s") from e
+    if rc:
+        raise PodError(f"`{shlex.join(cmd)}` exited with {rc}")
+    return "".join(lines)
+
+
+def gpu_status() -> tuple[bool, str]:
+    """(usable, description): whether torch can use a CUDA GPU, and what nvidia-smi sees."""
+    smi = ""
+    if shutil.which("nvidia-smi"):
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
+                            "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        smi = "; ".join(x.strip() for x in r.stdout.splitlines() if x.strip())
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return True, (f"{len(names)} x {names[0]} (torch {torch.__version__}, "
+                      f"CUDA {torch.version.cuda}){f'; nvidia-smi: {smi}' if smi else ''}")
+    if smi:
+        return False, (f"nvidia-smi sees {smi}, but torch {torch.__version__} cannot use it: "
+                       f"install a CUDA build of torch (https://pytorch.org/get-started/locally/)")
+    return False, "no CUDA GPU visible: neural models will train on the CPU"
+
+
+def experiment_name(overrides: list[str]) -> str:
+    """A stable experiment name from the overrides: ``pod-model-size-large``."""
+    if not overrides:
+        return "pod-baseline"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(overrides)).strip("-").lower()
+    if len(slug) > 60:
+        digest = hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:8]
+        slug = f"{slug[:51].rstrip('-')}-{digest}"
+    return f"pod-{slug}"
+
+
+def apply_params(overrides: list[str]) -> None:
+    """Write ``-S [file:]key=value`` overrides into the params files, with the code that
+    ``dvc exp run -S`` uses (Hydra's override grammar), and validate params.yaml; on any error
+    the files are left as they were."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides
+
+    from ehrseq.params import ParamsError, load_params
+
+    by_path = to_path_overrides(overrides)
+    before = {p: Path(p).read_text() for p in by_path if Path(p).is_file()}
+    try:
+        for path, items in by_path.items():
+            try:
+                apply_overrides(path, items)
+            except (DvcException, OSError) as e:
+                cause = f": {e.__cause__}" if e.__cause__ else ""
+                raise PodError(f"cannot apply {items} to {path}: {e}{cause}") from e
+            say(f"{path}: {', '.join(items)}")
+        try:
+            load_params()
+        except ParamsError as e:
+            raise PodError(" ".join(str(e).split())) from e
+    except PodError:
+        for path, text in before.items():
+            Path(path).write_text(text)
+        raise
+
+
+def stage_names() -> list[str]:
+    """Pipeline stages in dvc.yaml order (``foreach``/``matrix`` variants expanded)."""
+    out = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True,
+                         text=True, env=subprocess_env())
+    if out.returncode:
+        raise PodError(f"`dvc stage list` failed: {out.stderr.strip()}")
+    return [s for s in out.stdout.split() if s]
+
+
+def check_git(remote: str) -> None:
+    """What ``dvc exp save`` and ``dvc exp push`` need at the end, checked before any work: a
+    git identity (a fresh pod often has none) and a git remote that accepts a push."""
+    for key in ("user.name", "user.email"):
+        if subprocess.run(["git", "config", key], capture_output=True).returncode:
+            raise PodError(f"git {key} is not set and `dvc exp save` needs it: "
+                           f"`git config --global {key} ...`")
+    url = subprocess.run(["git", "remote", "get-url", remote], capture_output=True, text=True)
+    if url.returncode:
+        raise PodError(f"no git remote '{remote}': `dvc exp push` needs one "
+                       f"(`git remote add {remote} URL`, or --git-remote NAME)")
+    try:  # a dry-run push authenticates for writing (receive-pack) but sends nothing
+        res = subprocess.run(["git", "push", "--dry-run", "--quiet", remote,
+                              "HEAD:refs/heads/ehrseq-pod-write-check"],
+                             capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    except subprocess.TimeoutExpired as e:
+        raise PodError(f"git remote '{remote}' did not answer in 60 s") from e
+    if res.returncode:
+        why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else ""
+        raise PodError(f"cannot push to git remote '{remote}' ({url.stdout.strip()}): {why}")
+
+
+def check_name(name: str) -> None:
+    """``dvc exp save -n`` accepts only git ref names without '/': fail now, not at the end."""
+    ok = "/" not in name and not subprocess.run(
+        ["git", "check-ref-format", f"refs/exps/x/{name}"], capture_output=True).returncode
+    if not ok:
+        raise PodError(f"--name {name!r} is not a valid experiment name (a git ref name "
+                       f"without '/', e.g. large-lr3e-4)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """The pod workflow (see the module docstring)."""
+    name = args.name or experiment_name(args.set_param)
+    check_name(name)
+    say(f"experiment '{name}' from {', '.join(args.set_param) or 'the committed params'}")
+
+    say("1/8 GPU")
+    ok, desc = gpu_status()
+    if not ok and args.require_gpu:
+        raise PodError(f"--require-gpu: {desc}")
+    say(desc if ok else f"WARNING: {desc}")
+
+    say("2/8 DVC remote")
+    summary, warnings = check_remote(".")
+    say(summary)
+    for w in warnings:
+        say(f"WARNING: {w}")
+    for b in run_cache_blockers("."):
+        say(f"WARNING: not restorable from the run-cache, re-runs on every new pod: {b}")
+
+    say(f"3/8 git identity and remote '{args.git_remote}'")
+    check_git(args.git_remote)
+
+    say("4/8 params")
+    apply_params(args.set_param)
+
+    args.started = True
+    say("5/8 pull the baseline's outputs and the run-cache")
+    sh(["dvc", "pull", "--run-cache", "--allow-missing"])
+
+    say("6/8 stages, each pushed when done")
+    ran, restored = [], []
+    for stage in stage_names():
+        out = sh(["dvc", "repro", "--pull", "--allow-missing", stage])
+        ran += RAN.findall(out)
+        restored += RESTORED.findall(out)
+        done = RAN.findall(out) + RESTORED.findall(out)
+        if done:
+            sh(["dvc", "push", "--run-cache", *dict.fromkeys(done)])
+    say(f"ran: {', '.join(ran) or 'none'}; restored from the run-cache: "
+        f"{', '.join(restored) or 'none'}")
+
+    say("7/8 save and push the experiment")
+    sh(["dvc", "exp", "save", "--force", "-n", name])
+    sh(["dvc", "exp", "push", "--force", "--no-cache", args.git_remote, name])
+
+    say("8/8 metrics: HEAD (baseline) vs the experiment")
+    sh(["dvc", "metrics", "diff", "HEAD"])
+    say(f"done. On a laptop: `git pull && dvc exp pull {args.git_remote} {name}`, then "
+        f"`dvc exp show`, `dvc metrics diff HEAD {name}`; `dvc exp apply {name} && dvc pull` "
+        f"for its models")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m ehrseq.pod``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m ehrseq.pod", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-remote", help="check the default DVC remote (exit 1 when unusable)")
+    p = sub.add_parser("run", help="pull, run every stage (pushing each), push the experiment")
+    p.add_argument("-S", "--set-param", action="append", default=[], metavar="[FILE:]KEY=VALUE",
+                   help="parameter override, as for `dvc exp run -S` (repeatable)")
+    p.add_argument("-n", "--name", help="experiment name (default: from the overrides)")
+    p.add_argument("--git-remote", default="origin", help="git remote for `dvc exp push`")
+    p.add_argument("--require-gpu", action="store_true", help="fail when torch sees no GPU")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-remote":
+            summary, warnings = check_remote(".")
+            print(summary)
+            for w in warnings:
+                print(f"WARNING: {w}", file=sys.stderr)
+        else:
+            run(args)
+    except RemoteCheckError as e:
+        print(f"remote check failed: {e}", file=sys.stderr)
+        return 1
+    except PodError as e:
+        say(f"FAILED: {e}")
+        if getattr(args, "started", False):
+            say("finished stages are in the remote: fix the cause and rerun the same command "
+                "to continue")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted: finished stages are in the remote; rerun the same command to continue")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
