@@ -19,6 +19,7 @@ PLOTS = Path("plots/evaluate")
 
 def forest(rows, path: Path) -> None:
     """C-index with 95% intervals per model; the oracle as a dashed line."""
+    rows = [r for r in rows if r["_c"] is not None]
     models = [r for r in rows if not r["model"].startswith("oracle")]
     oracle = next((r for r in rows if r["model"].startswith("oracle")), None)
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(models) + 1.2), dpi=110)
@@ -39,7 +40,7 @@ def forest(rows, path: Path) -> None:
 
 
 def params_vs_c(rows, path: Path) -> None:
-    pts = [r for r in rows if r.get("_params")]
+    pts = [r for r in rows if r.get("_params") and r["_c"] is not None]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
     for r in pts:
         ax.scatter(r["_params"], r["_c"])
@@ -67,18 +68,20 @@ def main() -> None:
             flat[f"{key}.train_seconds"] = r["_seconds"]
         if r.get("_gpu_usd") is not None:
             flat[f"{key}.gpu_cost_usd"] = r["_gpu_usd"]
-    scored = [r for r in rows if not r["model"].startswith("oracle")]
-    best = max(scored, key=lambda r: r["_c"])
-    flat["best.c_harrell"] = best["_c"]
-    if "oracle.c_harrell" in flat:
-        flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
+    scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
+    best = max(scored, key=lambda r: r["_c"]) if scored else None
+    if best is not None:
+        flat["best.c_harrell"] = best["_c"]
+        if flat.get("oracle.c_harrell") is not None:
+            flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
     with atomic_outputs(PLOTS) as (out,):
         out.mkdir()
         forest(rows, out / "cindex.png")
         params_vs_c(rows, out / "params_vs_cindex.png")
         (out / "report.md").write_text(
             f"# Benchmark: outcome `{params.outcome.name}`, model size `{params.model.size}`\n\n"
-            f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). GPU price "
+            + (f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). "
+             if best else "No model could be scored (no evaluable test pairs). ") + f"GPU price "
             f"for costs: ${price}/h. Machine: {machine()}.\n\n" + to_markdown(rows)
             + "\n![C-index](cindex.png)\n")
     write_json("metrics/evaluate.json", flat)

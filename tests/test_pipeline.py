@@ -19,7 +19,9 @@ DATA_STAGES = ("synthesize", "ingest", "sequences")
 
 
 def run(cmd, cwd, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # the copy's own src/ first: the editable install points at the working tree
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": f"{Path(cwd) / 'src'}"}
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout + res.stderr

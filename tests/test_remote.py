@@ -51,7 +51,8 @@ def s3(endpoint: str, key: str = KEY, secret: str = SECRET, service: str = "s3")
 def pod(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m ehrseq.pod ARGS` in ``cwd``; returns the finished process (not checked)."""
     return subprocess.run([sys.executable, "-m", "ehrseq.pod", *args], cwd=cwd, text=True,
-                          capture_output=True, env={**os.environ, **(env or {})}, timeout=600)
+                          capture_output=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(Path(cwd) / "src"), **(env or {})})
 
 
 def git(repo: Path, *args: str) -> str:
