@@ -247,9 +247,23 @@ def main() -> None:
         metrics[f"skipped.target.{targets_all[j]}"] = "no positive in the train split"
         log.warning("target %s (%s): no positive in the train split at any horizon; skipped",
                     targets_all[j], lab.descriptions.get(targets_all[j], "never recorded"))
-    if not len(keep_t):
-        raise InputError(f"{EVENTS}: no trajectory target {targets_all} has an onset within "
-                         f"{horizons[-1]} days of the landmark in the train split")
+    if not len(keep_t):  # a small cohort: nothing to learn; say so instead of failing the DAG
+        reason = (f"no trajectory target {targets_all} has an onset within {horizons[-1]} days "
+                  "of the landmark in the train split (use more patients or trajectory.targets)")
+        log.warning("nothing trained: %s", reason)
+        with atomic_outputs(MODEL_DIR, PRED, PLOTS) as (model_dir, pred_dir, plots_dir):
+            for d in (model_dir, pred_dir):
+                d.mkdir()
+                (d / "SKIPPED.txt").write_text(reason + "\n")
+            plots_dir.mkdir()
+            fig, ax = plt.subplots(figsize=(6, 1.5))
+            ax.axis("off")
+            ax.text(0.0, 0.5, "train_trajectory: nothing trained\n" + reason, wrap=True,
+                    fontsize=8, va="center")
+            fig.savefig(plots_dir / "skipped.png")
+            plt.close(fig)
+        write_json(METRICS, {**metrics, "trained": 0, "skipped.reason": reason})
+        return
     targets = [targets_all[j] for j in keep_t]
     labels = lab.labels[:, keep_t]
     summary = label_summary(lab, t["split"].to_numpy())
