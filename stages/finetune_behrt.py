@@ -1,0 +1,135 @@
+"""Stage `finetune_behrt@<mode>`: BEHRT with the discrete-time survival head on the landmark
+inputs of the survival task, scored on the test split like every other model.
+
+Usage: ``python stages/finetune_behrt.py {full,lora,probe,scratch}``. ``full``, ``lora`` and
+``probe`` start from models/pretrain_behrt; ``scratch`` from random weights of the same
+architecture. ``lora`` saves only the adapters and the head (adapter.safetensors) and predicts
+with them merged into the base weights.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ehrseq.data.tensors import SequenceDataset, make_loader
+from ehrseq.evaluate.survival import survival_at
+from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score
+from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
+from ehrseq.models.behrt import (
+    FINETUNE_MODES,
+    BEHRTConfig,
+    BEHRTDataset,
+    finetune_model,
+    save_adapter,
+    survival_loss,
+)
+from ehrseq.models.losses import bin_edges
+from ehrseq.params import load_params
+from ehrseq.plots import training_curves
+from ehrseq.train.loop import fit, load_model, make_run_key, predict, save_model, seed_everything
+
+PRETRAINED = Path("models/pretrain_behrt")
+log = logging.getLogger("finetune_behrt")
+
+
+def fingerprint(*dirs: Path) -> str:
+    """SHA-256 of the stage's inputs: a changed input never resumes a stale checkpoint."""
+    h = hashlib.sha256()
+    for f in sorted(p for d in dirs for p in d.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def main(mode: str) -> None:
+    params = load_params()
+    fp = params.finetune
+    tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
+                                         "lr": fp.lr or params.train.lr})
+    task = SurvivalTask.load()
+    if not (PRETRAINED / "model.safetensors").exists():
+        raise InputError(f"{PRETRAINED}/model.safetensors: missing; run stage pretrain_behrt")
+    pretrained, pre_cfg, _ = load_model(PRETRAINED)
+    edges = bin_edges(task.cuts)
+    cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(edges) - 1,
+                         "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
+    if cfg.vocab_size != task.seqs.vocab_size:
+        raise InputError(f"{PRETRAINED}/config.json: vocab_size {cfg.vocab_size} differs from "
+                         f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
+    seed_everything(tp.seed, tp.deterministic)
+    model = finetune_model(mode, cfg, pretrained.encoder.state_dict(), fp)
+    t = task.table
+
+    def dataset(split):
+        r = task.rows(split)
+        return BEHRTDataset(SequenceDataset(
+            task.seqs, t["index"].to_numpy()[r], t["landmark_visits"].to_numpy()[r],
+            t["duration"].to_numpy()[r], t["event"].to_numpy()[r], cuts=task.cuts,
+            max_visits=cfg.max_len - 1), cfg.max_len)
+
+    train, val, test = dataset("train"), dataset("val"), dataset("test")
+    te = task.rows("test")
+    key = make_run_key("finetune_behrt", mode, cfg, fp, tp,
+                       fingerprint(SEQUENCES, OUTCOMES, PRETRAINED))
+    out = [Path(f"{d}/finetune_behrt/{mode}") for d in ("models", "data/predictions", "plots")]
+    name = f"behrt_{mode}"
+    with atomic_outputs(*out) as (model_dir, pred_dir, plots_dir):
+        t0 = time.monotonic()
+        stats = fit(model, make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
+                                       num_workers=tp.num_workers),
+                    survival_loss, tp, val_loader=make_loader(val, tp.batch_size), run_key=key,
+                    checkpoint_root=tp.checkpoint_dir, live_dir=plots_dir / "live")
+        if mode == "lora":  # the adapters and head alone; the base is models/pretrain_behrt
+            model_dir.mkdir()
+            save_adapter(model, model_dir / "adapter.safetensors")
+            (model_dir / "adapter_config.json").write_text(json.dumps(
+                {**model.peft_config["default"].to_dict(), "base_model": str(PRETRAINED)},
+                indent=2, default=list) + "\n")
+            (model_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            (model_dir / "vocab.json").write_text(json.dumps(task.seqs.vocab))
+            model = model.merge_and_unload()  # predict with plain merged weights
+        else:
+            save_model(model_dir, model, cfg, task.seqs.vocab)
+        surv_edges = predict(model, make_loader(test, tp.batch_size),
+                             lambda m, b: m.predict_survival(b), len(te))
+        times = task.time_grid(params.evaluate.horizons)
+        surv = survival_at(surv_edges, edges, times)
+        pred_dir.mkdir()
+        np.savez_compressed(pred_dir / f"{name}.npz", index=t["index"].to_numpy()[te],
+                            times=times, surv=surv)
+        training_curves(stats["history"], plots_dir / "training_curves")
+        metrics = score(name, surv, times, task, params.evaluate, plots_dir)
+        ckpt_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+        seconds = time.monotonic() - t0
+    hours = stats["wall_time_s"] / 3600
+    metrics.update({f"{name}.{k}": v for k, v in {
+        "mode": mode, "size": cfg.size,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params_trainable": stats["n_params_trainable"],
+        "checkpoint_bytes": ckpt_bytes,
+        "epochs": stats["epochs"], "best_epoch": stats["best_epoch"],
+        "best_val_loss": stats["best_value"],
+        "train_seconds": stats["wall_time_s"], "stage_seconds": seconds,
+        "patients_per_s": stats["patients_per_s"], "tokens_per_s": stats["tokens_per_s"],
+        "peak_memory_mb": stats["peak_memory_mb"], "device": stats["device_name"],
+        "gpu_cost_usd": hours * params.evaluate.gpu_hourly_usd
+        if stats["device"].startswith("cuda") else 0.0,
+    }.items()})
+    write_json(f"metrics/finetune_behrt/{mode}.json", metrics)
+    log.info("BEHRT-%s %s (%d of %d params trained): test C-index %.3f [%.3f, %.3f] in %.0f s",
+             cfg.size, mode, stats["n_params_trainable"], metrics[f"{name}.n_params"],
+             metrics[f"{name}.c_harrell"], metrics[f"{name}.c_harrell_lo"],
+             metrics[f"{name}.c_harrell_hi"], stats["wall_time_s"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=FINETUNE_MODES)
+    run_stage(lambda: main(parser.parse_args().mode))

@@ -1,0 +1,208 @@
+"""BEHRT: input layout, padding invariance, fused attention, MLM masking, next-visit targets,
+and pre-training that beats the no-training baselines on a cohort with learnable structure."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ehrseq.data.tensors import Sequences, build_batch, toy_sequences
+from ehrseq.models.behrt import (
+    BEHRT,
+    CLS,
+    MASK,
+    SEP,
+    BEHRTBatch,
+    BEHRTConfig,
+    BEHRTSurvival,
+    behrt_config,
+    behrt_inputs,
+)
+from ehrseq.models.pretraining import (
+    IGNORE,
+    BEHRTPretrain,
+    PretrainDataset,
+    code_log_freq,
+    evaluate_pretraining,
+    mask_tokens,
+    pretrain_loader,
+    pretrain_loss,
+)
+from ehrseq.params import BEHRTParams, ModelParams, TrainParams
+from ehrseq.train.loop import fit, load_model, save_model, seed_everything
+
+TINY = dict(hidden=32, layers=2, heads=4, intermediate=64, max_len=64, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def reference_tokens(seqs, p, n_visits, max_len):
+    """The layout by hand, one patient at a time: [CLS] + the most recent tokens."""
+    stream = []
+    for v in range(seqs.patient_offsets[p], seqs.patient_offsets[p] + n_visits):
+        stream += seqs.codes[seqs.visit_offsets[v]:seqs.visit_offsets[v + 1]].tolist() + [SEP]
+    return [CLS] + stream[-(max_len - 1):]
+
+
+@pytest.mark.parametrize("max_len", [8, 13, 200])
+def test_inputs_layout_matches_a_hand_built_reference(max_len):
+    s = toy_sequences(30, vocab_size=40, max_visits=9, max_codes=5, seed=1)
+    idx = np.arange(30)
+    lm = np.maximum(1, s.n_visits - 1)
+    x = behrt_inputs(build_batch(s, idx, lm), max_len)
+    assert x.tokens.shape[1] <= max_len
+    for i in idx:
+        ref = reference_tokens(s, i, lm[i], max_len)
+        n = int(x.mask[i].sum())
+        assert x.tokens[i, :n].tolist() == ref and not x.mask[i, n:].any()
+        pos = x.position[i, :n]
+        assert pos[0] == 0 and pos[1] == 1 and (pos.diff() >= 0).all()
+        seps = x.tokens[i, :n] == SEP  # a visit's number goes up by one after its [SEP]
+        assert (pos[1:].diff() == seps[1:-1].long()).all()
+        assert torch.equal(x.segment[i, 1:n], (pos[1:] - 1) % 2)
+
+
+def test_sizes_and_overrides():
+    counts = {size: sum(p.numel() for p in BEHRT(behrt_config(ModelParams(size=size), 1000))
+                        .parameters()) for size in ("small", "medium", "large")}
+    assert 0.8e6 < counts["small"] < 1.5e6
+    assert 2e6 < counts["medium"] < 8e6
+    assert 18e6 < counts["large"] < 23e6
+    cfg = behrt_config(ModelParams(size="large", behrt=BEHRTParams(hidden=64, heads=2)), 100)
+    assert (cfg.hidden, cfg.heads, cfg.layers, cfg.intermediate, cfg.max_len) == (64, 2, 6, 2048, 512)
+    with pytest.raises(ValueError, match="model.behrt.heads"):
+        behrt_config(ModelParams(behrt=BEHRTParams(hidden=30, heads=4)), 100)
+
+
+def test_forward_shapes_and_padding_invariance():
+    s = toy_sequences(12, vocab_size=40, max_visits=10, max_codes=5, seed=2)
+    torch.manual_seed(0)
+    model = BEHRTSurvival(BEHRTConfig(vocab_size=40, n_bins=6, **TINY)).eval()
+    x = behrt_inputs(build_batch(s, np.arange(12), s.n_visits), 64)
+    logits = model(x)
+    assert logits.shape == (12, 6)
+    hidden = model.encoder(x)
+    assert hidden.shape == (12, x.tokens.shape[1], 32)
+
+    def pad(t, n=7):
+        return F.pad(t, (0, n))
+
+    padded = BEHRTBatch(tokens=pad(x.tokens), age=pad(x.age), segment=pad(x.segment),
+                        position=pad(x.position), mask=pad(x.mask), rows=x.rows)
+    with torch.no_grad():
+        again = model.encoder(padded)[:, :x.tokens.shape[1]]
+    m = x.mask
+    torch.testing.assert_close(again[m], hidden[m], atol=1e-5, rtol=1e-5)
+    alone = behrt_inputs(build_batch(s, [0], s.n_visits[:1]), 64)   # no batch-mates at all
+    torch.testing.assert_close(model(alone), logits[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_the_fused_sdpa_kernel(monkeypatch):
+    model = BEHRT(BEHRTConfig(vocab_size=40, **TINY))
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    s = toy_sequences(4, vocab_size=40, seed=3)
+    model(behrt_inputs(build_batch(s, np.arange(4), s.n_visits), 64))
+    assert len(calls) == TINY["layers"] and calls[0][1] == TINY["heads"]
+
+
+def test_masking_80_10_10_and_new_masks_every_epoch():
+    tokens = torch.randint(5, 1000, (200, 500))
+    tokens[:, ::10] = SEP
+    inputs, labels = mask_tokens(tokens, 1000, 0.15, np.random.default_rng(0))
+    picked = labels != IGNORE
+    assert not picked[:, ::10].any()                            # specials are never picked
+    assert picked.float().mean().item() == pytest.approx(0.15 * 0.9, abs=0.003)
+    assert torch.equal(labels[picked], tokens[picked]) and torch.equal(inputs[~picked], tokens[~picked])
+    as_mask = (inputs[picked] == MASK).float().mean().item()
+    kept = (inputs[picked] == tokens[picked]).float().mean().item()
+    assert as_mask == pytest.approx(0.8, abs=0.01)
+    assert kept == pytest.approx(0.1 + 0.1 / 995, abs=0.01)  # 10% kept (+ random hits itself)
+    assert 1 - as_mask - kept == pytest.approx(0.1, abs=0.01)
+
+    s = toy_sequences(60, vocab_size=40, max_visits=8, max_codes=5, seed=4)
+    ds = PretrainDataset(s, np.arange(60), 64, mask_prob=0.3, seed=1)
+    rows = np.arange(20)
+    a, a2, b = ds[(0, rows)], ds[(0, rows)], ds[(1, rows)]
+    assert torch.equal(a.mlm_labels, a2.mlm_labels) and torch.equal(a.tokens, a2.tokens)
+    assert not torch.equal(a.mlm_labels, b.mlm_labels) or not torch.equal(a.tokens, b.tokens)
+
+
+def test_next_visit_target_is_the_visit_after_the_input():
+    s = toy_sequences(40, vocab_size=60, max_visits=8, max_codes=5, seed=5)
+    ds = PretrainDataset(s, np.arange(40), 512, mask_prob=1e-9, seed=0, last_visit=True)
+    x = ds[(3, np.arange(40))]
+    for i in range(40):
+        n_input = int((x.tokens[i] == SEP).sum())          # visits in the input
+        v = s.patient_offsets[i] + n_input                   # the next visit
+        assert n_input <= s.n_visits[i]
+        assert x.has_next[i] == (n_input < s.n_visits[i])
+        if x.has_next[i]:
+            want = set(s.codes[s.visit_offsets[v]:s.visit_offsets[v + 1]].tolist())
+            assert set(torch.nonzero(x.next_visit[i]).view(-1).tolist()) == want
+        last = set(s.codes[s.visit_offsets[v - 1]:s.visit_offsets[v]].tolist())
+        assert set(torch.nonzero(x.last_visit[i]).view(-1).tolist()) == last
+
+
+def typed_cohort(n, seed=0, n_types=6, per_type=5):
+    """Each patient has a type; every visit holds 3 codes of that type's 5: a code is
+    predictable from its context and the next visit from the past, not from frequency."""
+    rng = np.random.default_rng(seed)
+    n_vis = rng.integers(2, 9, n)
+    owner = np.repeat(np.arange(n), n_vis)
+    po = np.concatenate([[0], np.cumsum(n_vis)])
+    kind = rng.integers(0, n_types, n)[owner]
+    codes = 5 + per_type * kind[:, None] + rng.integers(0, per_type, (len(owner), 3))
+    vocab = 5 + n_types * per_type
+    specials = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    return Sequences(
+        codes=codes.reshape(-1).astype(np.int32), visit_offsets=np.arange(0, 3 * len(owner) + 1, 3),
+        patient_offsets=po, visit_time=18_000 + 30.0 * (np.arange(len(owner)) - po[owner]),
+        visit_age=np.full(len(owner), 40, np.float32),
+        patients=pd.DataFrame({"patient": [f"p{i}" for i in range(n)], "split": "train",
+                               "n_visits": n_vis}),
+        vocab={"tokens": list(specials) + [f"T/{i}" for i in range(5, vocab)],
+               "counts": [0] * vocab, "specials": specials})
+
+
+def test_pretraining_beats_the_no_training_baselines(tmp_path):
+    s = typed_cohort(500)
+    tr, va = np.arange(400), np.arange(400, 500)
+    cfg = BEHRTConfig(vocab_size=s.vocab_size, model_class="ehrseq.models.pretraining.BEHRTPretrain",
+                      **{**TINY, "max_len": 32})
+    seed_everything(0)
+    model = BEHRTPretrain(cfg)
+    log_freq = code_log_freq(s, tr)
+    val = pretrain_loader(PretrainDataset(s, va, 32, last_visit=True, seed=1), 100)
+    cpu = torch.device("cpu")
+    before = evaluate_pretraining(model, val, log_freq, cpu)
+    fit(model, pretrain_loader(PretrainDataset(s, tr, 32), 32, shuffle=True), pretrain_loss,
+        TrainParams(epochs=8, lr=3e-3, warmup_frac=0.05, patience=8),
+        val_fn=lambda m, d: {"val_loss": evaluate_pretraining(m, val, log_freq, d)["loss"]},
+        monitor="val_loss", checkpoint=False, progress=False)
+    res = evaluate_pretraining(model, val, log_freq, cpu)
+    assert res["loss"] < before["loss"] - 1.0
+    assert res["mlm_accuracy"] > res["mlm_accuracy_freq"] + 0.08, res
+    assert res["mlm_perplexity"] < 0.6 * res["mlm_perplexity_freq"], res
+    for m in ("next_visit_recall_at_10", "next_visit_auprc"):
+        assert res[m] > max(res[f"{m}_freq"], res[f"{m}_prev"]) + 0.1, res
+
+    save_model(tmp_path / "pre", model, cfg, s.vocab)   # tied decoder survives the round trip
+    loaded, _, _ = load_model(tmp_path / "pre")
+    assert loaded.mlm_decoder.weight is loaded.encoder.tokens.weight
+    assert evaluate_pretraining(loaded, val, log_freq, cpu) == pytest.approx(res)
