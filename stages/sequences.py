@@ -17,12 +17,12 @@ def main() -> None:
     t0 = time.time()
     with atomic_outputs(OUT) as (tmp,):
         res = build_sequences("data/interim", tmp, params.sequences)
-    write_json("metrics/sequences.json", {**res.metrics, "seconds": round(time.time() - t0, 2)})
+    write_json("metrics/sequences.json", res.metrics)
     histogram(res.visits_per_patient, "plots/sequences/visits_per_patient",
               "Visits per patient (after truncation)", "visits")
     m = res.metrics
     print(f"sequences: {m['patients']} patients, {m['visits']} visits, {m['tokens']} tokens, "
-          f"vocab {m['vocab_size']}")
+          f"vocab {m['vocab_size']} in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":

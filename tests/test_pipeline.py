@@ -66,9 +66,14 @@ def repo(tmp_path_factory):
 def test_repro_runs_every_stage(repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     dag = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    assert set(lock) == set(dag)
-    for stage in dag:
-        assert (repo / f"metrics/{stage}.json").is_file(), stage
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    expected = set()
+    for name, stage in dag.items():  # foreach stages run as name@item
+        items = params["finetune"]["modes"] if "foreach" in stage else [None]
+        expected |= {f"{name}@{i}" if i else name for i in items}
+    assert set(lock) == expected
+    for stage in expected:
+        assert (repo / f"metrics/{stage.replace('@', '/')}.json").is_file(), stage
     m = json.loads((repo / "metrics/sequences.json").read_text())
     assert m["patients"] == 40 and m["vocab_size"] > 20
     tm = json.loads((repo / "metrics/train_survival.json").read_text())

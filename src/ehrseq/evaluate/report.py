@@ -121,9 +121,6 @@ def sweep(outcomes, sizes, overrides, out: Path) -> None:
             new = collect(model_metric_files(), _params())
             rows += [r for r in new if r["size"] or size == sizes[0]]
             cohort = _read(Path("metrics/sequences.json"))
-            cohort["stage_seconds"] = {s: _read(Path(f"metrics/{s}.json")).get("seconds")
-                                       for s in ("synthesize", "ingest", "sequences",
-                                                 "outcomes")}
     text = [
         f"# Survival benchmark: {cohort.get('patients')} patients",
         "",
@@ -136,7 +133,7 @@ def sweep(outcomes, sizes, overrides, out: Path) -> None:
         f"Cohort: {cohort.get('patients')} patients (train {cohort.get('patients_train')}, "
         f"val {cohort.get('patients_val')}, test {cohort.get('patients_test')}), "
         f"{cohort.get('visits')} visits, {cohort.get('tokens')} tokens, vocabulary "
-        f"{cohort.get('vocab_size')}. Data stage seconds: {cohort.get('stage_seconds')}.",
+        f"{cohort.get('vocab_size')}.",
         "",
         to_markdown(rows),
     ]
