@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .survival import _interval as percentile_interval  # one bootstrap interval rule
+
 METRICS = ("auroc", "auprc", "brier", "ece")
 N_BINS = 10
 
@@ -113,13 +115,6 @@ def reliability_table(y, p, n_bins: int = N_BINS) -> list[dict]:
             for k in np.flatnonzero(n)]
 
 
-def _interval(boot: np.ndarray) -> tuple[float, float]:
-    boot = boot[np.isfinite(boot)]
-    if boot.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(lo), float(hi)
-
 
 def evaluate_multilabel(labels, prob, targets: Sequence[str], horizons: Sequence[int],
                         n_boot: int = 200, seed: int = 0) -> dict:
@@ -161,7 +156,7 @@ def evaluate_multilabel(labels, prob, targets: Sequence[str], horizons: Sequence
                 key = f"{metric}_{h}.{name}"
                 boot = np.full(w_all.shape[0], np.nan) if reason else fn(y, p, w)
                 out[key] = float(boot[0])
-                out[f"{key}_lo"], out[f"{key}_hi"] = _interval(boot[1:])
+                out[f"{key}_lo"], out[f"{key}_hi"] = percentile_interval(boot[1:])
                 per_metric[metric].append(boot)
             if reason:
                 skipped[f"{h}.{name}"] = reason
@@ -177,6 +172,6 @@ def evaluate_multilabel(labels, prob, targets: Sequence[str], horizons: Sequence
                 warnings.simplefilter("ignore", RuntimeWarning)
                 macro = np.nanmean(b[ok], axis=0)
             out[key] = float(macro[0])
-            out[f"{key}_lo"], out[f"{key}_hi"] = _interval(macro[1:])
+            out[f"{key}_lo"], out[f"{key}_hi"] = percentile_interval(macro[1:])
             out[f"{metric}_{h}.n_targets"] = int(ok.sum())
     return {"metrics": out, "skipped": skipped, "n": counts, "boots": boots}
