@@ -27,10 +27,19 @@ from sklearn.metrics import adjusted_rand_score
 
 from ehrseq.data.tensors import SequenceDataset, build_batch, toy_sequences
 from ehrseq.evaluate import clustering as C
-from ehrseq.evaluate.embed import EMBEDDERS, PatientEmbedding, embed, lstm_landmark_state
+from ehrseq.evaluate.embed import (
+    EMBEDDERS,
+    PatientEmbedding,
+    embed,
+    lstm_landmark_state,
+)
 from ehrseq.evaluate.task import SurvivalTask
+from ehrseq.models.behrt import BEHRTConfig, behrt_inputs
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig
+from ehrseq.models.med2vec import Med2Vec, Med2VecConfig, encode_all_visits
+from ehrseq.models.pretraining import BEHRTPretrain
 from ehrseq.outcomes.phenotypes import load_phenotypes, phenotype_labels
+from ehrseq.params import EMBEDDING_METHODS
 from ehrseq.train.loop import save_model
 
 DAY = 86_400
@@ -84,6 +93,13 @@ def toy_project(root: Path, n: int = 80, seed: int = 0):
     model = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=30, n_bins=3, embed_dim=8,
                                                 hidden_dim=12))
     save_model(root / "models/train_survival", model, model.config_dict(), seqs.vocab)
+    behrt = BEHRTPretrain(BEHRTConfig(vocab_size=30, hidden=16, layers=1, heads=2,
+                                      intermediate=32, max_len=24,
+                                      model_class="ehrseq.models.pretraining.BEHRTPretrain"))
+    save_model(root / "models/pretrain_behrt", behrt, dataclasses.asdict(behrt.config),
+               seqs.vocab)
+    m2v = Med2Vec(Med2VecConfig(vocab_size=30, code_dim=8, visit_dim=10))
+    save_model(root / "models/train_med2vec", m2v, m2v.config_dict(), seqs.vocab)
     # events: a hypertension record for every third patient, in its first visit
     ids = table["patient"].to_numpy()[::3]
     t0 = pd.to_datetime(table["landmark_time"].to_numpy()[::3] * DAY - DAY, unit="s", utc=True)
@@ -210,9 +226,12 @@ def test_embeddings_use_only_pre_landmark_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     task = toy_project(tmp_path)
     p = EmbedP()
-    names = ["lstm", "tfidf_svd", "random_proj"]
+    names = list(EMBEDDING_METHODS)
     base = {n: embed(n, task, p) for n in names}
     assert base["lstm"].shape == (len(task.table), 12)
+    assert base["behrt_cls"].shape == base["behrt_mean"].shape == (len(task.table), 16)
+    assert not np.allclose(base["behrt_cls"], base["behrt_mean"])
+    assert base["med2vec"].shape == (len(task.table), 10)
     assert base["tfidf_svd"].shape == base["random_proj"].shape == (len(task.table), 6)
 
     s = task.seqs
@@ -253,6 +272,36 @@ def test_lstm_embedding_is_what_the_head_reads(tmp_path, monkeypatch):
     assert {"lstm", "tfidf_svd", "random_proj"} <= set(EMBEDDERS)
 
 
+def test_model_embeddings_match_the_encoders(tmp_path, monkeypatch):
+    """BEHRT rows are the encoder's [CLS] / token-mean on the fine-tuning input of that one
+    patient; Med2Vec rows are the mean of its visit vectors over the input visits."""
+    monkeypatch.chdir(tmp_path)
+    task = toy_project(tmp_path, n=30)
+    from ehrseq.train.loop import load_model
+
+    t, s = task.table, task.seqs
+    behrt, _, _ = load_model("models/pretrain_behrt")
+    behrt.eval()
+    i = 3
+    one = behrt_inputs(build_batch(s, t["index"].to_numpy()[i:i + 1],
+                                   t["landmark_visits"].to_numpy()[i:i + 1],
+                                   max_visits=behrt.config.max_len - 1), behrt.config.max_len)
+    with torch.no_grad():
+        h = behrt.encoder(one)[0]
+    np.testing.assert_allclose(embed("behrt_cls", task, EmbedP())[i], h[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(embed("behrt_mean", task, EmbedP())[i], h.mean(0).numpy(),
+                               atol=1e-5)
+    m2v, _, _ = load_model("models/train_med2vec")
+    v = encode_all_visits(m2v, s)
+    first = s.patient_offsets[t["index"].to_numpy()[i]]
+    np.testing.assert_allclose(embed("med2vec", task, EmbedP())[i],
+                               v[first:first + t["landmark_visits"].to_numpy()[i]].mean(0),
+                               atol=1e-5)
+    shutil.rmtree("models/train_med2vec")
+    with pytest.raises(Exception, match="models/train_med2vec.*missing"):
+        embed("med2vec", task, EmbedP())
+
+
 # --------------------------------------------------------------------------- stages
 
 def _stage(name: str):
@@ -274,7 +323,7 @@ def test_stages_write_outputs_aligned_with_outcomes(tmp_path, monkeypatch, fast_
     _stage("cluster").main()
 
     table = pd.read_parquet("data/processed/outcomes/outcomes.parquet")
-    for name in ("lstm", "tfidf_svd", "random_proj"):
+    for name in EMBEDDING_METHODS:
         e = PatientEmbedding.load(f"data/processed/embeddings/{name}.npz")
         assert e.patient.tolist() == table["patient"].tolist()
         assert e.index.tolist() == table["index"].tolist()
@@ -286,7 +335,7 @@ def test_stages_write_outputs_aligned_with_outcomes(tmp_path, monkeypatch, fast_
     assert ph["patient"].tolist() == table["patient"].tolist()
     assert ph["cardiovascular"].sum() == len(table[::3])
     m = json.loads(Path("metrics/cluster.json").read_text())
-    assert m["best.embedding"] in ("lstm", "tfidf_svd", "random_proj")
+    assert m["best.embedding"] in EMBEDDING_METHODS
     for key in ("lstm.kmeans.ari_subtype", "tfidf_svd.hdbscan.noise_share",
                 "random_proj.kmeans.stability_boot_ari", "best.logrank_p",
                 "best.n_subtypes_separated"):

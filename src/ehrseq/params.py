@@ -258,7 +258,7 @@ class EvaluateParams(_Section):
         return sorted(v)
 
 
-EMBEDDING_METHODS = ("lstm", "tfidf_svd", "random_proj")
+EMBEDDING_METHODS = ("lstm", "behrt_cls", "behrt_mean", "med2vec", "tfidf_svd", "random_proj")
 """Names registered in ehrseq.evaluate.embed.EMBEDDERS (checked there at import)."""
 
 

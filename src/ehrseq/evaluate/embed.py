@@ -18,17 +18,15 @@ needs. Built in:
   L2-normalised (LSA); IDF and SVD fitted on the train split only.
 - ``random_proj``: a seeded Gaussian random projection of ``log1p`` code counts to ``dim``
   (no learning at all: the reference every learned embedding has to beat).
+- ``behrt_cls`` / ``behrt_mean``: the pre-trained BEHRT encoder (``models/pretrain_behrt``,
+  no fine-tuning, so no outcome label shaped it) on the same ``[CLS] visit [SEP] ...`` input
+  the fine-tuning stage builds: the final ``[CLS]`` state, or the mean over every real token.
+- ``med2vec``: Med2Vec visit vectors (``models/train_med2vec``) averaged over the input visits.
 
-Adding one (e.g. BEHRT CLS / mean-pool, Med2Vec mean of visit vectors up to the landmark)::
-
-    @register("med2vec", needs=("models/train_med2vec",))
-    def med2vec_mean(task, params):
-        model, _, _ = load_model("models/train_med2vec", device="cpu")
-        v = encode_all_visits(model, task.seqs)                  # [n_visits, d]
-        return mean_over_input_visits(task, v)
-
-then add its name to ``embed.methods`` and its model directory to the stage's deps.
-:func:`mean_over_input_visits` and :func:`input_rows` are the helpers such encoders need.
+Adding one: a function ``fn(task, params)`` decorated with ``@register(name, needs=(dir,))``,
+its name in :data:`ehrseq.params.EMBEDDING_METHODS` (and ``embed.methods``) and its model
+directory in the ``embed`` stage's deps. :func:`mean_over_input_visits`, :func:`input_rows`
+and :func:`load_encoder` are the helpers such encoders need.
 Special tokens (ids < 5) never enter the count-based embeddings.
 """
 
@@ -145,23 +143,88 @@ def lstm_landmark_state(model, batch: Batch) -> torch.Tensor:
     return h[-1]
 
 
+def load_encoder(name: str, device: str = "cpu"):
+    """The trained model embedder ``name`` reads (its ``needs[0]`` directory), checked against
+    the current vocabulary so that codes mean what the model learnt."""
+    from ..train.loop import load_model, resolve_device
+
+    model_dir = Path(EMBEDDERS[name].needs[0])
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{model_dir}/config.json: missing; run the stage that writes "
+                         f"{model_dir} or drop {name!r} from embed.methods")
+    model, _, vocab = load_model(model_dir, device=resolve_device(device))
+    return model, vocab
+
+
+def _check_vocab(name: str, vocab: dict | None, task: SurvivalTask) -> None:
+    if vocab is not None and vocab.get("tokens") != task.seqs.vocab["tokens"]:
+        raise InputError(f"{EMBEDDERS[name].needs[0]}/vocab.json: differs from the sequences "
+                         f"vocabulary; re-run the stage that trains it ({name!r})")
+
+
+def _landmark_dataset(task: SurvivalTask, max_visits: int | None = None) -> SequenceDataset:
+    t = task.table
+    return SequenceDataset(task.seqs, t["index"].to_numpy(), t["landmark_visits"].to_numpy(),
+                           max_visits=max_visits)
+
+
 @register("lstm", needs=("models/train_survival",))
 def lstm_embedding(task: SurvivalTask, params) -> np.ndarray:
     """Survival-LSTM hidden state at the landmark visit."""
-    from ..train.loop import load_model, predict, resolve_device
+    from ..train.loop import predict
 
-    model_dir = Path(EMBEDDERS["lstm"].needs[0])
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"{model_dir}/config.json: missing; run the train_survival stage "
-                         "or drop 'lstm' from embed.methods")
-    model, _, vocab = load_model(model_dir, device=resolve_device(params.device))
-    if vocab is not None and vocab.get("tokens") != task.seqs.vocab["tokens"]:
-        raise InputError(f"{model_dir}/vocab.json: differs from the sequences vocabulary; "
-                         "re-run train_survival on the current sequences")
-    t = task.table
-    ds = SequenceDataset(task.seqs, t["index"].to_numpy(), t["landmark_visits"].to_numpy())
+    model, vocab = load_encoder("lstm", params.device)
+    _check_vocab("lstm", vocab, task)
+    ds = _landmark_dataset(task)
     return predict(model, make_loader(ds, params.batch_size, pin_memory=False),
                    lstm_landmark_state, len(ds))
+
+
+def behrt_pool(encoder, batch, pool: str) -> torch.Tensor:
+    """BEHRT hidden states pooled per patient: ``cls`` = the ``[CLS]`` state (what the survival
+    head reads), ``mean`` = the mean over real tokens (``[CLS]`` and ``[SEP]`` included)."""
+    h = encoder(batch)
+    if pool == "cls":
+        return h[:, 0]
+    m = batch.mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _behrt(task: SurvivalTask, params, name: str, pool: str) -> np.ndarray:
+    from ..models.behrt import BEHRTDataset
+    from ..train.loop import predict
+
+    model, vocab = load_encoder(name, params.device)
+    _check_vocab(name, vocab, task)
+    encoder = getattr(model, "encoder", model)
+    max_len = encoder.config.max_len
+    ds = BEHRTDataset(_landmark_dataset(task, max_visits=max_len - 1), max_len)
+    return predict(encoder, make_loader(ds, params.batch_size, pin_memory=False),
+                   lambda m, b: behrt_pool(m, b, pool), len(ds))
+
+
+@register("behrt_cls", needs=("models/pretrain_behrt",))
+def behrt_cls(task: SurvivalTask, params) -> np.ndarray:
+    """Pre-trained BEHRT: final [CLS] state of the landmark input."""
+    return _behrt(task, params, "behrt_cls", "cls")
+
+
+@register("behrt_mean", needs=("models/pretrain_behrt",))
+def behrt_mean(task: SurvivalTask, params) -> np.ndarray:
+    """Pre-trained BEHRT: mean final state over the landmark input's tokens."""
+    return _behrt(task, params, "behrt_mean", "mean")
+
+
+@register("med2vec", needs=("models/train_med2vec",))
+def med2vec_mean(task: SurvivalTask, params) -> np.ndarray:
+    """Med2Vec visit vectors averaged over the input visits."""
+    from ..models.med2vec import encode_all_visits
+    from ..train.loop import resolve_device
+
+    model, vocab = load_encoder("med2vec", params.device)
+    _check_vocab("med2vec", vocab, task)
+    return mean_over_input_visits(
+        task, encode_all_visits(model, task.seqs, device=resolve_device(params.device)))
 
 
 # --------------------------------------------------------------------------- run, save, load
