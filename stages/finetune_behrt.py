@@ -8,18 +8,14 @@ with them merged into the base weights.
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from ehrseq.data.tensors import SequenceDataset, make_loader
-from ehrseq.evaluate.survival import survival_at
-from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score
+from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score_model, training_metrics
 from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
 from ehrseq.models.behrt import (
     FINETUNE_MODES,
@@ -32,19 +28,17 @@ from ehrseq.models.behrt import (
 from ehrseq.models.losses import bin_edges
 from ehrseq.params import load_params
 from ehrseq.plots import training_curves
-from ehrseq.train.loop import fit, load_model, make_run_key, predict, save_model, seed_everything
+from ehrseq.train.loop import (
+    fingerprint,
+    fit,
+    load_model,
+    make_run_key,
+    save_model,
+    seed_everything,
+)
 
 PRETRAINED = Path("models/pretrain_behrt")
 log = logging.getLogger("finetune_behrt")
-
-
-def fingerprint(*dirs: Path) -> str:
-    """SHA-256 of the stage's inputs: a changed input never resumes a stale checkpoint."""
-    h = hashlib.sha256()
-    for f in sorted(p for d in dirs for p in d.iterdir() if p.is_file()):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def main(mode: str) -> None:
@@ -74,7 +68,6 @@ def main(mode: str) -> None:
             max_visits=cfg.max_len - 1), cfg.max_len)
 
     train, val, test = dataset("train"), dataset("val"), dataset("test")
-    te = task.rows("test")
     key = make_run_key("finetune_behrt", mode, cfg, fp, tp,
                        fingerprint(SEQUENCES, OUTCOMES, PRETRAINED))
     out = [Path(f"{d}/finetune_behrt/{mode}") for d in ("models", "data/predictions", "plots")]
@@ -96,31 +89,14 @@ def main(mode: str) -> None:
             model = model.merge_and_unload()  # predict with plain merged weights
         else:
             save_model(model_dir, model, cfg, task.seqs.vocab)
-        surv_edges = predict(model, make_loader(test, tp.batch_size),
-                             lambda m, b: m.predict_survival(b), len(te))
-        times = task.time_grid(params.evaluate.horizons)
-        surv = survival_at(surv_edges, edges, times)
-        pred_dir.mkdir()
-        np.savez_compressed(pred_dir / f"{name}.npz", index=t["index"].to_numpy()[te],
-                            times=times, surv=surv)
         training_curves(stats["history"], plots_dir / "training_curves")
-        metrics = score(name, surv, times, task, params.evaluate, plots_dir)
+        metrics = score_model(name, model, make_loader(test, tp.batch_size), task,
+                              params.evaluate, edges, pred_dir, plots_dir)
         ckpt_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         seconds = time.monotonic() - t0
-    hours = stats["wall_time_s"] / 3600
-    metrics.update({f"{name}.{k}": v for k, v in {
-        "mode": mode, "size": cfg.size,
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "n_params_trainable": stats["n_params_trainable"],
-        "checkpoint_bytes": ckpt_bytes,
-        "epochs": stats["epochs"], "best_epoch": stats["best_epoch"],
-        "best_val_loss": stats["best_value"],
-        "train_seconds": stats["wall_time_s"], "stage_seconds": seconds,
-        "patients_per_s": stats["patients_per_s"], "tokens_per_s": stats["tokens_per_s"],
-        "peak_memory_mb": stats["peak_memory_mb"], "device": stats["device_name"],
-        "gpu_cost_usd": hours * params.evaluate.gpu_hourly_usd
-        if stats["device"].startswith("cuda") else 0.0,
-    }.items()})
+    metrics.update(training_metrics(name, stats, params.evaluate.gpu_hourly_usd,
+                                    mode=mode, size=cfg.size, checkpoint_bytes=ckpt_bytes,
+                                    stage_seconds=seconds))
     write_json(f"metrics/finetune_behrt/{mode}.json", metrics)
     log.info("BEHRT-%s %s (%d of %d params trained): test C-index %.3f [%.3f, %.3f] in %.0f s",
              cfg.size, mode, stats["n_params_trainable"], metrics[f"{name}.n_params"],

@@ -2,7 +2,6 @@
 training patients' whole records, validated on the validation patients beside baselines that
 need no training (docs/behrt.md). Test patients are never read."""
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -22,21 +21,12 @@ from ehrseq.models.pretraining import (
 )
 from ehrseq.params import ParamsError, load_params
 from ehrseq.plots import training_curves
-from ehrseq.train.loop import fit, make_run_key, save_model, seed_everything
+from ehrseq.train.loop import fingerprint, fit, make_run_key, save_model, seed_everything
 
 MODEL_DIR = Path("models/pretrain_behrt")
 PLOTS = Path("plots/pretrain_behrt")
 METRICS = "metrics/pretrain_behrt.json"
 log = logging.getLogger("pretrain_behrt")
-
-
-def data_fingerprint(*dirs: Path) -> str:
-    """SHA-256 of the stage's data inputs: a changed input never resumes a stale checkpoint."""
-    h = hashlib.sha256()
-    for f in sorted(p for d in dirs for p in d.iterdir() if p.is_file()):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -68,7 +58,7 @@ def main() -> None:
         return {"val_loss": res["loss"], "val_mlm_accuracy": res["mlm_accuracy"],
                 "val_next_visit_recall_at_10": res["next_visit_recall_at_10"]}
 
-    key = make_run_key("pretrain_behrt", cfg, pp, tp, data_fingerprint(SEQUENCES))
+    key = make_run_key("pretrain_behrt", cfg, pp, tp, fingerprint(SEQUENCES))
     with atomic_outputs(MODEL_DIR, PLOTS) as (model_dir, plots_dir):
         stats = fit(model, pretrain_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
                                            num_workers=tp.num_workers),

@@ -2,7 +2,6 @@
 on the training split and judged against ground truth no model saw (Synthea's modules), next
 to a random embedding, a PPMI+SVD co-occurrence embedding and next-visit baselines."""
 
-import hashlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from ehrseq.models.med2vec import (
 )
 from ehrseq.params import load_params
 from ehrseq.plots import training_curves
-from ehrseq.train.loop import fit, make_run_key, save_model, seed_everything
+from ehrseq.train.loop import fingerprint, fit, make_run_key, save_model, seed_everything
 
 SEQUENCES = Path("data/processed/sequences")
 MODEL_DIR = Path("models/train_med2vec")
@@ -32,15 +31,6 @@ EMB_DIR = Path("data/processed/med2vec")
 PLOTS = Path("plots/train_med2vec")
 KS_CODE, KS_VISIT = (5, 10), (10, 20)
 log = logging.getLogger("train_med2vec")
-
-
-def data_fingerprint() -> str:
-    """SHA-256 of the sequences: a changed input never resumes a stale checkpoint."""
-    h = hashlib.sha256()
-    for f in sorted(SEQUENCES.iterdir()):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -55,7 +45,7 @@ def main() -> None:
     val = Med2VecDataset(seqs, np.flatnonzero(split == "val"))
     loader = make_loader(train, tp.batch_size, shuffle=True, seed=seed,
                          num_workers=tp.num_workers)
-    key = make_run_key("train_med2vec", cfg, tp, data_fingerprint())
+    key = make_run_key("train_med2vec", cfg, tp, fingerprint(SEQUENCES))
     tokens = seqs.vocab["tokens"]
     n_special = len(seqs.vocab.get("specials", {}))
 

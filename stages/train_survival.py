@@ -1,37 +1,24 @@
 """Stage `train_survival`: the discrete-time survival LSTM, trained by the one training loop and
 scored on the test split by the one evaluation module."""
 
-import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from ehrseq.data.tensors import SequenceDataset, make_loader
-from ehrseq.evaluate.survival import survival_at
-from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score
+from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score_model, training_metrics
 from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.models.losses import bin_edges
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
 from ehrseq.params import load_params
 from ehrseq.plots import training_curves
 from ehrseq.train import distributed
-from ehrseq.train.loop import fit, make_run_key, predict, save_model, seed_everything
+from ehrseq.train.loop import fingerprint, fit, make_run_key, save_model, seed_everything
 from ehrseq.train.mirror import CheckpointMirror
 
 MODEL_DIR = Path("models/train_survival")
 PRED = Path("data/predictions/train_survival")
 PLOTS = Path("plots/train_survival")
 log = logging.getLogger("train_survival")
-
-
-def data_fingerprint() -> str:
-    """SHA-256 of the stage's data inputs: a changed input never resumes a stale checkpoint."""
-    h = hashlib.sha256()
-    for f in sorted([*SEQUENCES.iterdir(), *OUTCOMES.iterdir()]):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -51,12 +38,12 @@ def main() -> None:
                                cuts=task.cuts, max_visits=params.model.lstm.max_visits)
 
     train, val, test = dataset("train"), dataset("val"), dataset("test")
-    te = task.rows("test")
     tp = params.train
     ddp = distributed.setup()
     loader = make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
                          num_workers=tp.num_workers, rank=ddp.rank, world_size=ddp.world_size)
-    key = make_run_key("train_survival", params.model, tp, ddp.world_size, data_fingerprint())
+    key = make_run_key("train_survival", params.model, tp, ddp.world_size,
+                       fingerprint(SEQUENCES, OUTCOMES))
     train_kw = dict(val_loader=make_loader(val, tp.batch_size), run_key=key,
                     checkpoint_root=tp.checkpoint_dir, wrap_model=distributed.wrap,
                     mirror=CheckpointMirror.from_dvc() if tp.mirror_checkpoints else None,
@@ -68,32 +55,12 @@ def main() -> None:
     with atomic_outputs(MODEL_DIR, PRED, PLOTS) as (model_dir, pred_dir, plots_dir):
         stats = fit(model, loader, survival_loss, tp, live_dir=plots_dir / "live", **train_kw)
         distributed.teardown()
-        surv_edges = predict(model, make_loader(test, tp.batch_size),
-                             lambda m, b: m.predict_survival(b), len(te))
-        times = task.time_grid(params.evaluate.horizons)
-        surv = survival_at(surv_edges, edges, times)
         save_model(model_dir, model, cfg, task.seqs.vocab)
-        pred_dir.mkdir()
-        np.savez_compressed(pred_dir / "lstm.npz", index=t["index"].to_numpy()[te],
-                            times=times, surv=surv)
         training_curves(stats["history"], plots_dir / "training_curves")
-        metrics = score("lstm", surv, times, task, params.evaluate, plots_dir)
-    hours = stats["wall_time_s"] / 3600
-    metrics.update({
-        "lstm.size": params.model.size,
-        "lstm.n_params": stats["n_params"],
-        "lstm.epochs": stats["epochs"],
-        "lstm.best_epoch": stats["best_epoch"],
-        "lstm.best_val_loss": stats["best_value"],
-        "lstm.train_seconds": stats["wall_time_s"],
-        "lstm.patients_per_s": stats["patients_per_s"],
-        "lstm.tokens_per_s": stats["tokens_per_s"],
-        "lstm.peak_memory_mb": stats["peak_memory_mb"],
-        "lstm.device": stats["device_name"],
-        "lstm.world_size": ddp.world_size,
-        "lstm.gpu_cost_usd": hours * params.evaluate.gpu_hourly_usd
-        if stats["device"].startswith("cuda") else 0.0,
-    })
+        metrics = score_model("lstm", model, make_loader(test, tp.batch_size), task,
+                              params.evaluate, edges, pred_dir, plots_dir)
+    metrics.update(training_metrics("lstm", stats, params.evaluate.gpu_hourly_usd,
+                                    size=params.model.size, world_size=ddp.world_size))
     write_json("metrics/train_survival.json", metrics)
     log.info("lstm (%s, %d params): test C-index %.3f [%.3f, %.3f] in %.0f s on %s",
              params.model.size, stats["n_params"], metrics["lstm.c_harrell"],

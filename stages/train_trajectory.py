@@ -10,7 +10,6 @@ Reads the ``trajectory`` section of params.yaml (:class:`ehrseq.params.Trajector
 """
 
 
-import hashlib
 import json
 import logging
 import time
@@ -39,7 +38,7 @@ from ehrseq.outcomes.trajectory_labels import DEATH, build_labels, label_summary
 from ehrseq.params import load_params
 from ehrseq.plots import plt, training_curves
 from ehrseq.train import distributed
-from ehrseq.train.loop import fit, make_run_key, predict, save_model, seed_everything
+from ehrseq.train.loop import fingerprint, fit, make_run_key, predict, save_model, seed_everything
 
 EVENTS = Path("data/interim/events.parquet")
 SURVIVAL_MODEL = Path("models/train_survival")
@@ -50,17 +49,6 @@ METRICS = Path("metrics/train_trajectory.json")
 log = logging.getLogger("train_trajectory")
 
 
-
-
-def data_fingerprint(labels: np.ndarray) -> str:
-    """SHA-256 of the sequences, the outcomes and the labels: a changed input never resumes a
-    stale checkpoint."""
-    h = hashlib.sha256()
-    for f in sorted([*SEQUENCES.iterdir(), *OUTCOMES.iterdir()]):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    h.update(np.ascontiguousarray(labels).tobytes())
-    return h.hexdigest()
 
 
 def init_from_survival(model: DiseaseTrajectoryModel, vocab: dict) -> bool:
@@ -284,7 +272,8 @@ def main() -> None:
     loader = make_loader(dataset(tr), trn.batch_size, shuffle=True, seed=trn.seed,
                           num_workers=trn.num_workers, rank=ddp.rank, world_size=ddp.world_size)
     key = make_run_key("train_trajectory", params.model, trn, tp, ddp.world_size,
-                       bool(initialised), data_fingerprint(labels))
+                       bool(initialised), fingerprint(SEQUENCES, OUTCOMES,
+                                   extra=np.ascontiguousarray(labels).tobytes()))
     train_kw = dict(val_loader=make_loader(dataset(va), trn.batch_size), run_key=key,
                     checkpoint_root=trn.checkpoint_dir, wrap_model=distributed.wrap,
                     rank=ddp.rank, world_size=ddp.world_size)

@@ -307,3 +307,52 @@ def test_umap_plot_writes_png_and_csv(tmp_path):
     df = pd.read_csv(tmp_path / "umap.csv")
     assert len(df) == 24 and (df["module"] == "other").sum() == 6
     assert (tmp_path / "umap.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- survival head
+
+def test_survival_head_reads_only_input_visits_and_fine_tunes_the_encoder(tmp_path):
+    from ehrseq.data.tensors import SequenceDataset
+    from ehrseq.models.losses import bin_targets
+    from ehrseq.models.med2vec import (
+        Med2VecSurvival,
+        Med2VecSurvivalDataset,
+        encode_all_visits,
+        survival_loss,
+    )
+
+    seqs = toy_sequences(n_patients=40, vocab_size=30, max_visits=8, seed=3)
+    keep = np.flatnonzero(seqs.n_visits >= 2)
+    lm = seqs.n_visits[keep] - 1
+    rng = np.random.default_rng(0)
+    dur, ev = rng.exponential(200, len(keep)) + 1, rng.integers(0, 2, len(keep))
+    cuts = [0, 50, 150, 400, 2000]
+    ds = Med2VecSurvivalDataset(SequenceDataset(seqs, keep, lm, dur, ev, cuts=cuts))
+    cfg = Med2VecConfig(vocab_size=30, code_dim=8, visit_dim=6, n_bins=4, dropout=0.0,
+                        model_class="ehrseq.models.med2vec.Med2VecSurvival")
+    torch.manual_seed(0)
+    model = Med2VecSurvival(cfg).eval()
+    rows = np.arange(len(ds))
+    b = ds[rows]
+    assert b.n_patients == len(rows) and len(b.visit) == lm.sum()   # input visits only
+    v = encode_all_visits(model.encoder, seqs)
+    first = seqs.patient_offsets[keep]
+    want = np.stack([v[f:f + n].mean(0) for f, n in zip(first, lm, strict=True)])
+    with torch.no_grad():
+        np.testing.assert_allclose(model.patient_vectors(b).numpy(), want, atol=1e-5)
+        s = model.predict_survival(b)
+    assert s.shape == (len(rows), 5) and (s[:, 0] == 1).all() and (s.diff(dim=1) <= 0).all()
+    tb, te = bin_targets(dur, ev, cuts)
+    assert (b.target_bin.numpy() == tb).all() and (b.target_event.numpy() == te).all()
+
+    # the code layer trains (the unused visit-level output does not); save + load round trip
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert "encoder.code_weight" in trainable and "encoder.output.weight" not in trainable
+    model.train()
+    survival_loss(model, b).backward()
+    assert model.encoder.code_weight.grad.abs().sum() > 0
+    save_model(tmp_path / "m", model, cfg, seqs.vocab)
+    again, _, _ = load_model(tmp_path / "m")
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(b), model.eval()(b))

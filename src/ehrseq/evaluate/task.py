@@ -86,3 +86,32 @@ def score(name: str, surv: np.ndarray, times: np.ndarray, task: SurvivalTask,
         survival.plot_calibration(res["calibration"], f"{stem}_calibration.png",
                                   f"{stem}_calibration.csv", title=f"{name}: calibration")
     return {f"{name}.{k}": v for k, v in survival.scalar_metrics(res).items()}
+
+
+def score_model(name: str, model, loader, task: SurvivalTask, ev: EvaluateParams,
+                edges: np.ndarray, pred_dir: Path, plots_dir: Path | None = None) -> dict:
+    """Score a discrete-time model on the test split: ``model.predict_survival`` over
+    ``loader`` (the test rows, in order) gives S at the bin ``edges``; it is put on the common
+    time grid, saved to ``pred_dir/<name>.npz`` (``index``, ``times``, ``surv``) and scored."""
+    from ..train.loop import predict
+
+    te = task.rows("test")
+    surv_edges = predict(model, loader, lambda m, b: m.predict_survival(b), len(te))
+    times = task.time_grid(ev.horizons)
+    surv = survival.survival_at(surv_edges, edges, times)
+    Path(pred_dir).mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(Path(pred_dir) / f"{name}.npz",
+                        index=task.table["index"].to_numpy()[te], times=times, surv=surv)
+    return score(name, surv, times, task, ev, plots_dir)
+
+
+def training_metrics(name: str, stats: dict, gpu_hourly_usd: float, **extra) -> dict:
+    """``<name>.*`` run statistics of :func:`ehrseq.train.loop.fit` for the benchmark table."""
+    m = {"n_params": stats["n_params"], "n_params_trainable": stats["n_params_trainable"],
+         "epochs": stats["epochs"], "best_epoch": stats["best_epoch"],
+         "best_val_loss": stats["best_value"], "train_seconds": stats["wall_time_s"],
+         "patients_per_s": stats["patients_per_s"], "tokens_per_s": stats["tokens_per_s"],
+         "peak_memory_mb": stats["peak_memory_mb"], "device": stats["device_name"],
+         "gpu_cost_usd": stats["wall_time_s"] / 3600 * gpu_hourly_usd
+         if stats["device"].startswith("cuda") else 0.0, **extra}
+    return {f"{name}.{k}": v for k, v in m.items()}

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tensors import Sequences, _ranges
+from ..data.tensors import SequenceDataset, Sequences, _ranges
 from ..params import ModelParams
+from .losses import hazard_to_survival, nll_logistic_hazard
 
 SIZE_PRESETS = {  # size: (code_dim, visit_dim)
     "small": (64, 64),
@@ -52,6 +53,8 @@ class Med2VecConfig:
     demographics: bool = True
     size: str = "small"
     model_class: str = "ehrseq.models.med2vec.Med2Vec"
+    n_bins: int = 0           # > 0: Med2VecSurvival with this many time bins
+    dropout: float = 0.1      # before the survival head
 
     @property
     def n_demographics(self) -> int:
@@ -64,7 +67,8 @@ def med2vec_config(params: ModelParams, vocab_size: int) -> Med2VecConfig:
     o = params.med2vec
     return Med2VecConfig(vocab_size=vocab_size, code_dim=o.code_dim or code,
                          visit_dim=o.visit_dim or visit, window=o.window,
-                         demographics=o.demographics, size=params.size)
+                         demographics=o.demographics, size=params.size,
+                         dropout=params.dropout)
 
 
 # --------------------------------------------------------------------------- batches
@@ -105,6 +109,9 @@ class Med2VecBatch:
     male: torch.Tensor     # float32 [N]
     visit: torch.Tensor    # int64 [N] visit row in the sequences arrays
     n_patients: int = 0
+    rows: torch.Tensor | None = None          # int64 [B] dataset rows (survival batches)
+    target_bin: torch.Tensor | None = None
+    target_event: torch.Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -275,6 +282,78 @@ def med2vec_loss(model: nn.Module, batch: Med2VecBatch) -> torch.Tensor:
     """Loss function for :func:`ehrseq.train.loop.fit`: code level + visit level."""
     code, visit = model(batch)
     return code + visit
+
+
+# --------------------------------------------------------------------------- survival head
+
+class Med2VecSurvivalDataset:
+    """A :class:`SequenceDataset` (landmark inputs, survival targets) served as
+    :class:`Med2VecBatch` of each row's input visits (the most recent ``base.max_visits``);
+    works with :func:`ehrseq.data.tensors.make_loader`."""
+
+    def __init__(self, base: SequenceDataset):
+        self.base = base
+        self.male = patient_male(base.seqs)
+        self.lengths = base.lengths
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, rows) -> Med2VecBatch:
+        rows = np.atleast_1d(np.asarray(rows, np.int64))
+        p, lm = self.base.index[rows], self.base.landmark_visits[rows]
+        n = self.lengths[rows]
+        start = np.asarray(self.base.seqs.patient_offsets[p]) + lm - n
+        visits, owner, _ = _ranges(start, n)
+        b = build_visit_batch(self.base.seqs, visits, owner, self.male[p][owner])
+        b.n_patients, b.rows = len(rows), torch.from_numpy(rows)
+        if self.base.target_bin is not None:
+            b.target_bin = torch.from_numpy(self.base.target_bin[rows])
+            b.target_event = torch.from_numpy(self.base.target_event[rows])
+        return b
+
+
+class Med2VecSurvival(nn.Module):
+    """Med2Vec's code and visit layers, the mean of the visit vectors v_t over a patient's
+    input visits, and a logistic-hazard head: ``forward(batch)`` gives logits [B, K].
+    The visit-level output layer is not used (kept frozen, so checkpoints load both ways)."""
+
+    def __init__(self, config: Med2VecConfig):
+        super().__init__()
+        if config.n_bins < 1:
+            raise ValueError("Med2VecSurvival needs config.n_bins >= 1 (the time bins)")
+        self.config = config
+        self.encoder = Med2Vec(config)
+        self.encoder.output.requires_grad_(False)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.visit_dim, config.n_bins)
+
+    @classmethod
+    def from_config(cls, config: dict | Med2VecConfig) -> Med2VecSurvival:
+        return cls(config if isinstance(config, Med2VecConfig) else Med2VecConfig(**config))
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def patient_vectors(self, b: Med2VecBatch) -> torch.Tensor:
+        """Mean visit vector per patient of the batch [B, visit_dim]."""
+        v = self.encoder.encode(b)
+        out = v.new_zeros(b.n_patients, v.shape[1]).index_add_(0, b.patient, v)
+        n = torch.bincount(b.patient, minlength=b.n_patients).clamp(min=1)
+        return out / n.unsqueeze(1).to(v.dtype)
+
+    def forward(self, b: Med2VecBatch) -> torch.Tensor:
+        return self.head(self.drop(self.patient_vectors(b)))
+
+    @torch.no_grad()
+    def predict_survival(self, b: Med2VecBatch) -> torch.Tensor:
+        """Survival probabilities at the bin edges ``[B, K+1]``, starting with S(0) = 1."""
+        return hazard_to_survival(self(b))
+
+
+def survival_loss(model: nn.Module, batch: Med2VecBatch) -> torch.Tensor:
+    """Loss function for :func:`ehrseq.train.loop.fit`."""
+    return nll_logistic_hazard(model(batch).float(), batch.target_bin, batch.target_event)
 
 
 # --------------------------------------------------------------------------- inference

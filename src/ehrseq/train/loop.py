@@ -104,6 +104,19 @@ def make_run_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fingerprint(*paths: str | Path, extra: bytes = b"") -> str:
+    """SHA-256 of the files under ``paths`` (folders: their files, sorted by path) and
+    ``extra``: part of a run key, so a changed input never resumes a stale checkpoint."""
+    h = hashlib.sha256()
+    files = sorted(f for p in map(Path, paths)
+                   for f in ([p] if p.is_file() else p.iterdir()) if f.is_file())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    h.update(extra)
+    return h.hexdigest()
+
+
 def _plain(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
