@@ -34,20 +34,28 @@ from ehrseq.models.trajectory import (
     make_loss,
     trajectory_config,
 )
-from ehrseq.outcomes.trajectory_labels import DEATH, build_labels, label_summary
+from ehrseq.outcomes.trajectory_labels import DEATH, build_labels, frequent_onsets, label_summary
 from ehrseq.params import load_params
 from ehrseq.plots import plt, training_curves
 from ehrseq.train import distributed
-from ehrseq.train.loop import fingerprint, fit, make_run_key, predict, save_model, seed_everything
+from ehrseq.train.loop import (
+    fingerprint,
+    fit,
+    load_model,
+    make_run_key,
+    predict,
+    save_model,
+    seed_everything,
+)
 
 EVENTS = Path("data/interim/events.parquet")
 SURVIVAL_MODEL = Path("models/train_survival")
+PRETRAINED_BEHRT = Path("models/pretrain_behrt")
 MODEL_DIR = Path("models/train_trajectory")
 PRED = Path("data/predictions/train_trajectory")
 PLOTS = Path("plots/train_trajectory")
 METRICS = Path("metrics/train_trajectory.json")
 log = logging.getLogger("train_trajectory")
-
 
 
 
@@ -68,6 +76,19 @@ def init_from_survival(model: DiseaseTrajectoryModel, vocab: dict) -> bool:
         raise InputError(f"{weights}: {err}; train_survival and train_trajectory must use the "
                          "same model.size and model.lstm") from None
     return True
+
+
+def pretrained_behrt(vocab: dict):
+    """The pre-trained BEHRT (models/pretrain_behrt) and its config, checked against the
+    current vocabulary: the ``behrt`` encoder always starts from it."""
+    if not (PRETRAINED_BEHRT / "model.safetensors").exists():
+        raise InputError(f"{PRETRAINED_BEHRT}/model.safetensors: missing; run stage "
+                         "pretrain_behrt (trajectory.encoder: behrt starts from it)")
+    model, cfg, saved = load_model(PRETRAINED_BEHRT)
+    if saved is not None and saved.get("tokens") != vocab["tokens"]:
+        raise InputError(f"{PRETRAINED_BEHRT}/vocab.json differs from the current sequences "
+                         "vocabulary; re-run pretrain_behrt")
+    return model, cfg
 
 
 def pos_weights(labels: np.ndarray, mode) -> torch.Tensor | None:
@@ -225,6 +246,10 @@ def main() -> None:
     t = task.table
     targets_all = tp.targets or [*params.outcome.onset_codes, DEATH]
     horizons = tp.horizons
+    frequent = frequent_onsets(EVENTS, task.seqs.patients, t.iloc[task.rows("train")],
+                               horizons[-1], tp.frequent_targets, targets_all,
+                               params.sequences.event_kinds)
+    targets_all = [*targets_all, *frequent]
     lab = build_labels(EVENTS, task.seqs.patients, t, targets_all, horizons,
                        params.sequences.event_kinds)
     tr, va, te = task.rows("train"), task.rows("val"), task.rows("test")
@@ -256,10 +281,17 @@ def main() -> None:
     labels = lab.labels[:, keep_t]
     summary = label_summary(lab, t["split"].to_numpy())
 
-    cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder)
+    pre, pre_cfg = pretrained_behrt(task.seqs.vocab) if tp.encoder == "behrt" else (None, None)
+    cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
+                            pre_cfg)
     seed_everything(params.train.seed, params.train.deterministic)
     model = DiseaseTrajectoryModel(cfg)
-    initialised = tp.init_from_survival and init_from_survival(model, task.seqs.vocab)
+    if pre is not None:
+        model.encoder.load_pretrained(pre.encoder.state_dict())
+        initialised = str(PRETRAINED_BEHRT)
+    else:
+        initialised = str(SURVIVAL_MODEL) if tp.init_from_survival and init_from_survival(
+            model, task.seqs.vocab) else ""
     idx, lmv = t["index"].to_numpy(), t["landmark_visits"].to_numpy()
     mv = params.model.lstm.max_visits
 
@@ -272,8 +304,8 @@ def main() -> None:
     loader = make_loader(dataset(tr), trn.batch_size, shuffle=True, seed=trn.seed,
                           num_workers=trn.num_workers, rank=ddp.rank, world_size=ddp.world_size)
     key = make_run_key("train_trajectory", params.model, trn, tp, ddp.world_size,
-                       bool(initialised), fingerprint(SEQUENCES, OUTCOMES,
-                                   extra=np.ascontiguousarray(labels).tobytes()))
+                       initialised, fingerprint(SEQUENCES, OUTCOMES, *([initialised] if initialised else []),
+                                                extra=np.ascontiguousarray(labels).tobytes()))
     train_kw = dict(val_loader=make_loader(dataset(va), trn.batch_size), run_key=key,
                     checkpoint_root=trn.checkpoint_dir, wrap_model=distributed.wrap,
                     rank=ddp.rank, world_size=ddp.world_size)
@@ -327,7 +359,7 @@ def main() -> None:
     metrics.update({
         "trajectory.size": params.model.size,
         "trajectory.encoder": tp.encoder,
-        "trajectory.init_from_survival": int(bool(initialised)),
+        "trajectory.initialised_from": initialised or "random",
         "trajectory.n_params": stats["n_params"],
         "trajectory.epochs": stats["epochs"],
         "trajectory.best_epoch": stats["best_epoch"],

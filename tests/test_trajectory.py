@@ -28,7 +28,7 @@ from ehrseq.models.trajectory import (
     make_loss,
     masked_bce,
 )
-from ehrseq.outcomes.trajectory_labels import build_labels, label_matrix
+from ehrseq.outcomes.trajectory_labels import build_labels, frequent_onsets, label_matrix
 from ehrseq.params import ParamsError, TrainParams, load_params
 from ehrseq.train.loop import fit, load_model, predict, save_model, seed_everything
 
@@ -111,6 +111,34 @@ def test_labels_on_a_hand_made_events_table(tmp_path):
     assert lab.present[:, x].tolist() == [True, True] + [False] * 7
     assert lab.onset[ids.index("B"), x] == pytest.approx(20.0)
     assert lab.first_any[ids.index("A"), x] == pytest.approx(900.0)
+
+
+def test_frequent_onsets_count_first_onsets_within_the_horizon(tmp_path):
+    lm = 1000.0
+    rows = [  # patient, day, encounter, code
+        ("A", 1010.0, "a1", "X"), ("B", 1100.0, "b1", "X"), ("C", 1300.0, "c1", "X"),
+        ("A", 1020.0, "a2", "Y"), ("B", 1020.0, "b2", "Y"),
+        ("C", 900.0, "c0", "Y"), ("C", 1010.0, "c2", "Y"),   # present before: not an onset
+        ("D", 1500.0, "d1", "Y"),                           # after the horizon
+        ("A", 1030.0, "a3", "Z"), ("A", 1040.0, "a4", "Z"),  # one patient, twice: counts once
+        ("B", 1001.0, "b3", "W"), ("C", 1002.0, "c3", "W"),
+    ]
+    ev = pd.DataFrame(rows, columns=["patient", "day", "encounter", "code"])
+    ev["time"], ev["kind"] = ev["day"].map(_ts), "condition"
+    ev["system"], ev["description"] = "SNOMED-CT", "x"
+    ev.drop(columns="day").to_parquet(tmp_path / "events.parquet", index=False)
+    ids = ["A", "B", "C", "D"]
+    seq_patients = pd.DataFrame({"patient": ids, "death_date": pd.NaT,
+                                 "end_of_record": 3000.0})
+    table = pd.DataFrame({"index": np.arange(4), "landmark_time": lm})
+    # X: 3 onsets within 365 d; W: 2; Y: 2 (A, B; C had it before, D too late); Z: 1
+    got = frequent_onsets(tmp_path / "events.parquet", seq_patients, table, 365, 3)
+    assert got == ["X", "W", "Y"]
+    assert frequent_onsets(tmp_path / "events.parquet", seq_patients, table, 365, 2,
+                           exclude=["X"]) == ["W", "Y"]
+    assert frequent_onsets(tmp_path / "events.parquet", seq_patients, table, 50, 9) == \
+        ["W", "Y", "X", "Z"]                              # X: only A within 50 d
+    assert frequent_onsets(tmp_path / "events.parquet", seq_patients, table, 365, 0) == []
 
 
 def test_label_rule_is_vectorised_over_targets_and_horizons():
@@ -242,8 +270,41 @@ def test_encoder_loads_the_survival_lstm():
     wrong = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=40, n_bins=5, hidden_dim=32))
     with pytest.raises(ValueError, match="shape"):
         model.encoder.load_survival(wrong.state_dict())
-    with pytest.raises(ValueError, match="BEHRT"):
+    with pytest.raises(ValueError, match="needs TrajectoryConfig.behrt"):
         DiseaseTrajectoryModel(tiny_config(encoder="behrt"))
+
+
+def test_behrt_encoder_starts_from_the_pretrained_weights():
+    from ehrseq.models.behrt import BEHRTConfig, behrt_inputs
+    from ehrseq.models.pretraining import BEHRTPretrain
+    from ehrseq.models.trajectory import trajectory_config
+    from ehrseq.params import ModelParams
+
+    bc = BEHRTConfig(vocab_size=40, hidden=16, layers=1, heads=2, intermediate=32, max_len=32,
+                     dropout=0.0, model_class="ehrseq.models.pretraining.BEHRTPretrain")
+    torch.manual_seed(1)
+    pre = BEHRTPretrain(bc).eval()
+    c = trajectory_config(ModelParams(dropout=0.0), 40, ["a", "b"], HORIZONS, "behrt", bc)
+    assert c.behrt["hidden"] == 16 and c.behrt["model_class"] == "ehrseq.models.behrt.BEHRT"
+    model = DiseaseTrajectoryModel(c).eval()
+    model.encoder.load_pretrained(pre.encoder.state_dict())
+    seqs = toy_sequences(12, vocab_size=40, seed=5)
+    lm = np.maximum(seqs.n_visits - 1, 1)
+    labels = np.random.default_rng(0).integers(0, 2, (12, 2, len(HORIZONS))).astype(np.float32)
+    batch = TrajectoryDataset(seqs, np.arange(12), lm, labels)[np.arange(12)]
+    with torch.no_grad():
+        want = pre.encoder(behrt_inputs(batch, 32))[:, 0]
+        torch.testing.assert_close(model.encoder(batch), want)
+        p = model.predict_proba(batch)
+    assert p.shape == (12, 2, len(HORIZONS)) and (p.diff(dim=-1) >= 0).all()
+    model.train()
+    make_loss()(model, batch).backward()
+    assert model.encoder.net.tokens.weight.grad.abs().sum() > 0
+    preset = trajectory_config(ModelParams(size="small"), 40, ["a"], HORIZONS, "behrt")
+    assert preset.behrt["hidden"] == 128                # no pre-trained config: the preset
+    small = DiseaseTrajectoryModel(preset)
+    with pytest.raises(ValueError, match="shape"):
+        small.encoder.load_pretrained(pre.encoder.state_dict())
 
 
 def test_batch_keeps_its_labels_when_moved():
@@ -320,7 +381,8 @@ def test_stage_params_section(tmp_path):
     f.write_text("trajectory: {horizon: [30]}\n")
     with pytest.raises(ParamsError, match="trajectory.horizon: unknown key"):
         load_params(f)
-    f.write_text("trajectory: {encoder: behrt}\n")
+    assert tp.frequent_targets == 4
+    f.write_text("trajectory: {encoder: transformer}\n")
     with pytest.raises(ParamsError, match="behrt"):
         load_params(f)
     # monotone baselines; a single-class cell predicts its rate

@@ -328,10 +328,14 @@ class TrajectoryParams(_Section):
     """Days after the landmark; P(onset within h) for each."""
     targets: list[str] | None = None
     """SNOMED condition codes and/or ``death``; null = outcome.onset_codes + death."""
-    encoder: Literal["lstm"] = "lstm"
-    """Only the LSTM for now; docs/trajectory.md says how a BEHRT encoder plugs in."""
+    frequent_targets: int = Field(4, ge=0, le=100)
+    """Add the conditions with the most first onsets within the longest horizon after the
+    landmark in the training split (0 = the targets alone)."""
+    encoder: Literal["lstm", "behrt"] = "lstm"
+    """``lstm`` (the survival LSTM's encoder) or ``behrt`` (started from the pre-trained
+    encoder in models/pretrain_behrt, with its dimensions)."""
     init_from_survival: bool = False
-    """Start the LSTM encoder from models/train_survival when it exists."""
+    """Start the LSTM encoder from models/train_survival."""
     pos_weight: float | Literal["auto"] | None = None
     """Weight of positive labels in the loss: null = 1, a number, or ``auto`` = negatives /
     positives per target and horizon in the training split (clipped to [1, 100])."""

@@ -14,10 +14,10 @@ Encoders (``trajectory.encoder``) are registered in :data:`ENCODERS`:
   :class:`~ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM` whose head is replaced by the
   identity (same visit encoding, same LSTM, same dropout), so its weights load from
   ``models/train_survival`` (:meth:`LSTMEncoder.load_survival`).
-- ``behrt`` (hook, not registered yet): a module taking a :class:`~ehrseq.data.tensors.Batch`
-  and returning ``[B, out_dim]`` (the ``[CLS]`` state of ``ehrseq.models.behrt.BEHRT`` on
-  ``behrt_inputs(batch, max_len)``), initialised from ``models/pretrain_behrt``; add it to
-  :data:`ENCODERS` (docs/trajectory.md, "Adding the BEHRT encoder").
+- ``behrt``: the BEHRT encoder (:class:`~ehrseq.models.behrt.BEHRT`) on
+  ``behrt_inputs(batch, max_len)`` (the fine-tuning input layout), its final ``[CLS]`` state;
+  dimensions in ``TrajectoryConfig.behrt``; the stage loads the pre-trained encoder
+  (``models/pretrain_behrt``) into it (:meth:`BEHRTEncoder.load_pretrained`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..data.tensors import Batch, SequenceDataset
 from ..params import ModelParams
+from .behrt import BEHRT, BEHRTConfig, behrt_config, behrt_inputs
 from .lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, lstm_config
 
 
@@ -46,6 +47,7 @@ class TrajectoryConfig:
     dropout: float = 0.1
     size: str = "small"
     model_class: str = "ehrseq.models.trajectory.DiseaseTrajectoryModel"
+    behrt: dict | None = None   # BEHRTConfig fields (encoder ``behrt``)
 
     @property
     def n_targets(self) -> int:
@@ -57,13 +59,22 @@ class TrajectoryConfig:
 
 
 def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
-                      encoder: str = "lstm") -> TrajectoryConfig:
-    """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides."""
+                      encoder: str = "lstm", behrt: BEHRTConfig | dict | None = None,
+                      ) -> TrajectoryConfig:
+    """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides; for the
+    ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the ``model.behrt``
+    preset."""
     c = lstm_config(params, vocab_size, n_bins=1)
+    if encoder == "behrt":
+        behrt = behrt or behrt_config(params, vocab_size)
+        behrt = {**(asdict(behrt) if isinstance(behrt, BEHRTConfig) else behrt),
+                 "n_bins": 0, "model_class": "ehrseq.models.behrt.BEHRT"}
+    else:
+        behrt = None
     return TrajectoryConfig(vocab_size=vocab_size, targets=tuple(str(t) for t in targets),
                             horizons=tuple(sorted(int(h) for h in horizons)), encoder=encoder,
                             embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, layers=c.layers,
-                            dropout=c.dropout, size=c.size)
+                            dropout=c.dropout, size=c.size, behrt=behrt)
 
 
 class LSTMEncoder(nn.Module):
@@ -96,7 +107,34 @@ class LSTMEncoder(nn.Module):
         self.net.load_state_dict(enc, strict=False)
 
 
-ENCODERS: dict[str, Callable[[TrajectoryConfig], nn.Module]] = {"lstm": LSTMEncoder}
+class BEHRTEncoder(nn.Module):
+    """BEHRT on the landmark input: ``forward(batch)`` gives the final ``[CLS]`` state (after
+    dropout), ``[B, hidden]`` — what the BEHRT survival head reads."""
+
+    def __init__(self, c: TrajectoryConfig):
+        super().__init__()
+        if not c.behrt:
+            raise ValueError("trajectory encoder 'behrt' needs TrajectoryConfig.behrt")
+        self.net = BEHRT(BEHRTConfig(**c.behrt))
+        self.drop = nn.Dropout(c.dropout)
+        self.out_dim = self.net.config.hidden
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.drop(self.net(behrt_inputs(batch, self.net.config.max_len))[:, 0])
+
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a BEHRT encoder state dict (``BEHRTPretrain.encoder``); raises ``ValueError``
+        naming a tensor whose shape differs."""
+        own = self.net.state_dict()
+        for k, v in state.items():
+            if k in own and own[k].shape != v.shape:
+                raise ValueError(f"pre-trained weight {k} has shape {tuple(v.shape)}, the "
+                                 f"trajectory encoder needs {tuple(own[k].shape)}")
+        self.net.load_state_dict(state)
+
+
+ENCODERS: dict[str, Callable[[TrajectoryConfig], nn.Module]] = {"lstm": LSTMEncoder,
+                                                                 "behrt": BEHRTEncoder}
 """name → factory(config) of a module with ``out_dim`` mapping a Batch to ``[B, out_dim]``."""
 
 
@@ -104,7 +142,7 @@ def build_encoder(c: TrajectoryConfig) -> nn.Module:
     if c.encoder not in ENCODERS:
         raise ValueError(
             f"trajectory.encoder {c.encoder!r} has no implementation; available: "
-            f"{sorted(ENCODERS)} (BEHRT: see docs/trajectory.md, 'Adding the BEHRT encoder')")
+            f"{sorted(ENCODERS)}")
     return ENCODERS[c.encoder](c)
 
 

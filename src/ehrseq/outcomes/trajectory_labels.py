@@ -8,7 +8,9 @@ every outcome), every target and every horizon ``h`` (days) the label is
 - ``NaN`` (masked) if the target is already present at or before the landmark, or if the
   record ends before ``L + h`` without onset (censored first: the answer is unknown).
 
-Targets are SNOMED condition codes (``outcome.onset_codes``) and ``death``.
+Targets are SNOMED condition codes (``outcome.onset_codes`` plus, with
+``trajectory.frequent_targets``, the conditions that most often start within the longest horizon
+after the landmark in the training split: :func:`frequent_onsets`) and ``death``.
 
 "Present at or before the landmark" uses the unit of the model inputs, the visit, exactly as
 :func:`ehrseq.outcomes.real.onset` does: a condition record whose visit (encounter, else
@@ -79,14 +81,17 @@ def _lit(s) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def _condition_records(events: Path, patients, codes: Sequence[str], kinds: Sequence[str]):
-    """(patient, code, time, visit start) of every condition record with one of ``codes``,
-    visit start as the sequences stage forms visits; times in days since epoch."""
+def _condition_records(events: Path, patients, codes: Sequence[str] | None,
+                       kinds: Sequence[str]):
+    """(patient, code, time, visit start) of every condition record with one of ``codes``
+    (``None``: every condition), visit start as the sequences stage forms visits; times in
+    microseconds since epoch."""
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     src = f"read_parquet({_lit(events)})"
     con.register("cohort", pd.DataFrame({"patient": pd.Series(patients, dtype=str)}))
-    code_list = ", ".join(_lit(c) for c in codes) or "NULL"
+    in_codes = "" if codes is None else \
+        f"AND code IN ({', '.join(_lit(c) for c in codes) or 'NULL'})"
     rows = con.execute(f"""
         WITH ev AS (
             SELECT e.patient, CAST(e.time AS TIMESTAMPTZ) AS time, e.kind, e.code,
@@ -96,12 +101,43 @@ def _condition_records(events: Path, patients, codes: Sequence[str], kinds: Sequ
         v AS (SELECT patient, vkey, min(time) AS vstart FROM ev GROUP BY patient, vkey)
         SELECT ev.patient, ev.code, epoch_us(ev.time) AS t_us, epoch_us(v.vstart) AS vs_us
         FROM ev JOIN v USING (patient, vkey)
-        WHERE ev.kind = 'condition' AND ev.code IN ({code_list})""").df()
+        WHERE ev.kind = 'condition' {in_codes.replace("code", "ev.code")}""").df()
     desc = dict(con.execute(f"""
         SELECT code, min(description) FROM {src}
-        WHERE kind = 'condition' AND code IN ({code_list}) GROUP BY code""").fetchall())
+        WHERE kind = 'condition' {in_codes} GROUP BY code""").fetchall())
     con.close()
     return rows, desc
+
+
+def frequent_onsets(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataFrame,
+                    horizon: float, k: int, exclude: Sequence[str] = (),
+                    event_kinds: Sequence[str] | None = None) -> list[str]:
+    """The ``k`` condition codes with the most patients of ``table`` whose first onset after
+    the landmark (by the rule above: not present at or before it) falls within ``horizon``
+    days; ties by code. Call it with the training rows only. ``exclude``: codes to leave out."""
+    events = Path(events)
+    if k <= 0:
+        return []
+    if not events.is_file():
+        raise InputError(f"{events}: missing; run the ingest stage first")
+    kinds = sorted(set(event_kinds or SequencesParams().event_kinds) | {"condition"})
+    pats = seq_patients.iloc[table["index"].to_numpy(np.int64)]["patient"].to_numpy()
+    rows, _ = _condition_records(events, pats, None, kinds)
+    if rows.empty:
+        return []
+    lm = pd.Series(table["landmark_time"].to_numpy(np.float64), index=pats)
+    rows["lm"] = lm.reindex(rows["patient"]).to_numpy()
+    rows["pre"] = rows["vs_us"] / US_PER_DAY <= rows["lm"]
+    g = rows.groupby(["patient", "code"])
+    per = pd.DataFrame({"pre": g["pre"].any(),
+                        "first_after": rows[~rows["pre"]].groupby(["patient", "code"])["t_us"]
+                        .min().reindex(g.size().index) / US_PER_DAY,
+                        "lm": g["lm"].first()})
+    hit = ~per["pre"] & (per["first_after"] - per["lm"] <= horizon)
+    counts = hit[hit].groupby(level="code").size()
+    counts = counts[~counts.index.isin([str(c) for c in exclude])]
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [str(c) for c, _ in order[:k]]
 
 
 def build_labels(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataFrame,
