@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,46 @@ def test_second_repro_runs_nothing(repo):
     assert "Running stage" not in out, out
     status = run(["dvc", "status"], repo)
     assert "up to date" in status, status
+
+
+def queue_wait(repo: Path, timeout: float = 900) -> str:
+    """Poll ``dvc queue status`` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = run(["dvc", "queue", "status"], repo)
+        if not any(w in out for w in ("Queued", "Running")):
+            return out
+        assert time.monotonic() < deadline, f"queue still busy after {timeout} s:\n{out}"
+        time.sleep(3)
+
+
+def test_queue_sweep_runs_each_point_once(repo):
+    """The documented sweep (docs/training.md): a grid queued with one command, run by two
+    workers; every point is an experiment with its own metrics, and the stages the swept
+    param does not reach come from the run-cache instead of being trained again."""
+    base_lstm = json.loads((repo / "metrics/train_survival.json").read_text())
+    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.0005,0.005"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    status = queue_wait(repo)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+    out = run(["dvc", "exp", "show", "--json", "--no-pager"], repo)
+    points = {}
+    for rev in json.loads(out)[0].get("experiments") or []:
+        for ex in rev["revs"]:
+            d = ex["data"]
+            lr = d["params"]["params.yaml"]["data"]["finetune"]["lr"]
+            points[lr] = {k: v["data"] for k, v in d["metrics"].items()}
+    assert set(points) == {0.0005, 0.005}, points
+    full = [p["metrics/finetune_behrt/full.json"]["behrt_full.c_harrell"] for p in
+            points.values()]
+    assert all(0.0 <= c <= 1.0 for c in full)
+    for p in points.values():    # finetune.lr does not reach train_survival: not re-trained
+        assert p["metrics/train_survival.json"]["lstm.train_seconds"] == \
+            base_lstm["lstm.train_seconds"]
+    logs = run(["dvc", "queue", "logs", next(iter(
+        line.split()[1] for line in status.splitlines() if "Success" in line))], repo)
+    assert "Running stage 'finetune_behrt@full'" in logs
+    assert "Running stage 'train_survival'" not in logs
 
 
 def test_data_stages_deterministic(repo):
