@@ -94,8 +94,8 @@ def characterise(name: str, labels: np.ndarray, task: SurvivalTask, pheno: pd.Da
               f"{name}: K-means subtypes (log-rank p = {lr['p']:.2g})", events)
     md = [f"# Subtypes of the `{name}` embedding (K-means, k = {len(prof)})\n",
           f"Multivariate log-rank test across subtypes: chi2 = {lr['stat']:.2f}, "
-          f"p = {lr['p']:.3g}; subtypes separated from the rest (one-vs-rest log-rank, "
-          f"Bonferroni 5 %): {lr['n_separated']} of {len(prof)}.\n",
+          f"p = {lr['p']:.3g}; subtypes separated from the rest (one-vs-rest log-rank "
+          f"p < 0.01): {lr['n_separated']} of {len(prof)}.\n",
           "## Profiles\n", C.markdown_table(prof),
           f"\n## Enriched codes (top {p.top_codes} per subtype by z of the log-odds ratio, "
           f"at least {p.min_code_count} patients)\n",
