@@ -10,11 +10,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from ehrseq.evaluate.report import collect, machine, to_markdown  # noqa: E402
+from ehrseq.evaluate.report import (  # noqa: E402
+    collect,
+    comparisons_markdown,
+    machine,
+    paired_comparisons,
+    to_markdown,
+)
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
 
 PLOTS = Path("plots/evaluate")
+PREDICTIONS = Path("data/predictions")
+OUTCOMES = Path("data/processed/outcomes")
 
 
 def forest(rows, path: Path) -> None:
@@ -74,6 +82,13 @@ def main() -> None:
         flat["best.c_harrell"] = best["_c"]
         if flat.get("oracle.c_harrell") is not None:
             flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
+    ev = params.evaluate
+    preds = sorted(p for p in PREDICTIONS.rglob("*.npz") if "train_trajectory" not in p.parts)
+    pairs = paired_comparisons(preds, OUTCOMES, ev.horizons, ev.bootstrap, ev.seed) \
+        if preds and (OUTCOMES / "outcomes.parquet").is_file() else []
+    for r in pairs:
+        for k in ("delta", "lo", "hi", "p_not_better"):
+            flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
     with atomic_outputs(PLOTS) as (out,):
         out.mkdir()
         forest(rows, out / "cindex.png")
@@ -83,9 +98,13 @@ def main() -> None:
             + (f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). "
              if best else "No model could be scored (no evaluable test pairs). ") + f"GPU price "
             f"for costs: ${price}/h. Machine: {machine()}.\n\n" + to_markdown(rows)
-            + "\n![C-index](cindex.png)\n")
+            + "\n![C-index](cindex.png)\n"
+            + ("\n## Paired comparisons (same test patients, same bootstrap resamples)\n\n"
+               + comparisons_markdown(pairs) if pairs else ""))
     write_json("metrics/evaluate.json", flat)
     print(to_markdown(rows))
+    if pairs:
+        print(comparisons_markdown(pairs))
 
 
 if __name__ == "__main__":

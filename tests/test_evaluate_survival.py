@@ -393,3 +393,23 @@ def test_harrell_c_interval_matches_point_and_covers_it():
     assert res["c_harrell"] == pytest.approx(harrell_c(t, d, risk))
     assert res["c_harrell_lo"] < res["c_harrell"] < res["c_harrell_hi"]
     assert res["c_harrell_lo"] > 0.5  # a real signal: the interval excludes 0.5
+
+
+def test_paired_c_difference_uses_the_same_resamples():
+    from ehrseq.evaluate.survival import harrell_c, harrell_c_interval, paired_c_difference
+
+    rng = np.random.default_rng(7)
+    n = 150
+    x = rng.standard_normal(n)
+    t = rng.exponential(np.exp(-x))
+    e = rng.random(n) < 0.7
+    good, noisy = x, x + 2.0 * rng.standard_normal(n)
+    r = paired_c_difference(t, e, good, noisy, n_boot=300, seed=3)
+    assert r["delta"] == pytest.approx(harrell_c(t, e, good) - harrell_c(t, e, noisy))
+    assert r["lo"] > 0 and r["p_not_better"] < 0.025          # clearly better: interval > 0
+    same = paired_c_difference(t, e, good, good, n_boot=50, seed=3)
+    assert same["delta"] == 0 and same["lo"] == same["hi"] == 0 and same["p_not_better"] == 1
+    # pairing: the interval of the difference is narrower than the two marginal ones combined
+    a, b = (harrell_c_interval(t, e, s, n_boot=300, seed=3) for s in (good, noisy))
+    assert r["hi"] - r["lo"] < (a["c_harrell_hi"] - a["c_harrell_lo"]) + \
+        (b["c_harrell_hi"] - b["c_harrell_lo"])

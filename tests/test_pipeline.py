@@ -81,6 +81,13 @@ def test_repro_runs_every_stage(repo):
     assert 0.0 <= tm["lstm.c_harrell"] <= 1.0 and tm["lstm.n_params"] > 0
     assert (repo / "models/train_survival/model.safetensors").is_file()
     assert (repo / "plots/baselines/cox_calibration.png").stat().st_size > 1000
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    for key in ("med2vec.c_harrell", "behrt_lora.c_harrell", "delta.behrt_full-behrt_scratch.lo",
+                "delta.behrt_lora-behrt_full.delta", "delta.med2vec-lstm.p_not_better"):
+        assert key in ev, key
+    assert "## Paired comparisons" in (repo / "plots/evaluate/report.md").read_text()
+    emb = json.loads((repo / "metrics/embed.json").read_text())
+    assert {"behrt_cls.dim", "behrt_mean.dim", "med2vec.dim"} <= set(emb)
 
 
 def test_second_repro_runs_nothing(repo):

@@ -81,6 +81,61 @@ def collect(files, params: dict | None = None) -> list[dict]:
     return rows
 
 
+COMPARISONS = (  # (question, model a, model b): Harrell's C of a minus b on the same patients
+    ("pre-training helps BEHRT (full - scratch)", "behrt_full", "behrt_scratch"),
+    ("pre-trained features alone (probe - scratch)", "behrt_probe", "behrt_scratch"),
+    ("LoRA instead of full fine-tuning (lora - full)", "behrt_lora", "behrt_full"),
+    ("Med2Vec + head against the LSTM (med2vec - lstm)", "med2vec", "lstm"),
+    ("BEHRT against the LSTM (behrt_full - lstm)", "behrt_full", "lstm"),
+    ("LSTM against Cox (lstm - cox)", "lstm", "cox"),
+    ("BEHRT against Cox (behrt_full - cox)", "behrt_full", "cox"),
+    ("Med2Vec + head against Cox (med2vec - cox)", "med2vec", "cox"),
+)
+
+
+def paired_comparisons(prediction_files, outcomes_dir: str | Path, horizons, n_boot: int,
+                       seed: int) -> list[dict]:
+    """The :data:`COMPARISONS` whose two models have test predictions (``<model>.npz`` with
+    ``index``, ``times``, ``surv``): difference in Harrell's C with a paired bootstrap interval
+    (:func:`ehrseq.evaluate.survival.paired_c_difference`), risk ``1 - S(h*)`` at the same h*
+    as every model's own score."""
+    import numpy as np
+    import pandas as pd
+
+    from .survival import paired_c_difference, reference_horizon, risk_score
+
+    table = pd.read_parquet(Path(outcomes_dir) / "outcomes.parquet")
+    test, train = table[table["split"] == "test"], table[table["split"] == "train"]
+    d, e = test["duration"].to_numpy(float), test["event"].to_numpy(int)
+    h = reference_horizon(d, e, train["duration"].to_numpy(float),
+                          train["event"].to_numpy(int), horizons)
+    risk = {}
+    for f in map(Path, prediction_files):
+        with np.load(f, allow_pickle=False) as z:
+            pos = pd.Index(z["index"]).get_indexer(test["index"].to_numpy())
+            if (pos < 0).any():
+                raise ValueError(f"{f}: predictions miss {int((pos < 0).sum())} test patients "
+                                 "of outcomes.parquet; re-run the stage that wrote it")
+            risk[f.stem] = risk_score(z["surv"][pos], z["times"], h)
+    rows = []
+    for question, a, b in COMPARISONS:
+        if a in risk and b in risk:
+            r = paired_c_difference(d, e, risk[a], risk[b], n_boot, seed)
+            rows.append({"question": question, "a": a, "b": b, **r})
+    return rows
+
+
+def comparisons_markdown(rows: list[dict]) -> str:
+    lines = ["| question | ΔC (Harrell) [95% paired CI] | resamples where a is not better |",
+             "|---|---|---|"]
+    for r in rows:
+        verdict = "" if not (r["lo"] > 0 or r["hi"] < 0) else (
+            " **a better**" if r["lo"] > 0 else " **b better**")
+        lines.append(f"| {r['question']} | {r['delta']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+                     f"{verdict} | {r['p_not_better']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
