@@ -119,8 +119,8 @@ def test_queue_sweep_runs_each_point_once(repo):
     assert status.count("Success") == 2 and "Failed" not in status, status
     out = run(["dvc", "exp", "show", "--json", "--no-pager"], repo)
     points = {}
-    for rev in json.loads(out)[0].get("experiments") or []:
-        for ex in rev["revs"]:
+    for commit in json.loads(out):          # [workspace, baseline commit with its exps]
+        for ex in (e for exp in commit.get("experiments") or [] for e in exp["revs"]):
             d = ex["data"]
             lr = d["params"]["params.yaml"]["data"]["finetune"]["lr"]
             points[lr] = {k: v["data"] for k, v in d["metrics"].items()}
@@ -128,12 +128,16 @@ def test_queue_sweep_runs_each_point_once(repo):
     full = [p["metrics/finetune_behrt/full.json"]["behrt_full.c_harrell"] for p in
             points.values()]
     assert all(0.0 <= c <= 1.0 for c in full)
+    losses = {p["metrics/finetune_behrt/full.json"]["behrt_full.best_val_loss"]
+              for p in points.values()}
+    assert len(losses) == 2                       # each point trained with its own lr
     for p in points.values():    # finetune.lr does not reach train_survival: not re-trained
         assert p["metrics/train_survival.json"]["lstm.train_seconds"] == \
             base_lstm["lstm.train_seconds"]
-    logs = run(["dvc", "queue", "logs", next(iter(
-        line.split()[1] for line in status.splitlines() if "Success" in line))], repo)
+    name = next(line.split()[1] for line in status.splitlines() if "Success" in line)
+    logs = run(["dvc", "queue", "logs", name], repo)
     assert "Running stage 'finetune_behrt@full'" in logs
+    assert "Stage 'train_survival' is cached - skipping run" in logs
     assert "Running stage 'train_survival'" not in logs
 
 
