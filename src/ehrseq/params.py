@@ -232,6 +232,10 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = True
     """bf16 autocast on CUDA (ignored elsewhere)."""
+    compile: bool = False
+    """``torch.compile`` the model for training (dynamic shapes): a compile time up front
+    (tens of seconds, a C compiler on CPU), then faster steps on long GPU runs. Dropout masks
+    then come from inductor's RNG, so results differ slightly from eager mode."""
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0)
     """CPU threads for torch (0 = torch's default, every core). 1 is much faster on a machine

@@ -615,6 +615,8 @@ def fit(
         torch.cuda.reset_peak_memory_stats(device)
     model.to(device)
     net = wrap_model(model, device) if wrap_model else model
+    if params.compile:   # the compiled module shares its parameters with ``model``
+        net = torch.compile(net, dynamic=True)
     has_val = val_loader is not None or val_fn is not None
     monitor = monitor or ("val_loss" if val_loader is not None else
                           "train_loss" if not has_val else None)
