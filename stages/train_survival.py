@@ -59,8 +59,10 @@ def main() -> None:
         training_curves(stats["history"], plots_dir / "training_curves")
         metrics = score_model("lstm", model, make_loader(test, tp.batch_size), task,
                               params.evaluate, edges, pred_dir, plots_dir)
-    metrics.update(training_metrics("lstm", stats, params.evaluate.gpu_hourly_usd,
-                                    size=params.model.size, world_size=ddp.world_size))
+    metrics.update(training_metrics(
+        "lstm", stats, params.evaluate.gpu_hourly_usd, size=params.model.size,
+        world_size=ddp.world_size,
+        checkpoint_bytes=(MODEL_DIR / "model.safetensors").stat().st_size))
     write_json("metrics/train_survival.json", metrics)
     log.info("lstm (%s, %d params): test C-index %.3f [%.3f, %.3f] in %.0f s on %s",
              params.model.size, stats["n_params"], metrics["lstm.c_harrell"],

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 COLUMNS = ("outcome", "model", "size", "C (Harrell) [95% CI]", "C (Antolini)", "C (Uno)",
-           "IBS", "AUC@365d", "params", "trained params", "train s", "test n (events)")
+           "IBS", "AUC@365d", "params", "trained params", "checkpoint MB", "train s",
+           "test n (events)")
 
 
 def _read(path: Path) -> dict:
@@ -72,6 +73,8 @@ def collect(files, params: dict | None = None) -> list[dict]:
                 "IBS": _ci(g, "ibs"), "AUC@365d": _ci(g, "auc_365"),
                 "params": _num(g.get("n_params"), "{:,}"),
                 "trained params": _num(g.get("n_params_trainable", g.get("n_params")), "{:,}"),
+                "checkpoint MB": _num(None if g.get("checkpoint_bytes") is None
+                                      else g["checkpoint_bytes"] / 1e6, "{:.2f}"),
                 "train s": _num(g.get("train_seconds"), "{:.1f}"),
                 "test n (events)": f"{g.get('n')} ({g.get('n_events')})",
                 "_c": g["c_harrell"], "_lo": g.get("c_harrell_lo"), "_hi": g.get("c_harrell_hi"),
