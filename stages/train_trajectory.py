@@ -58,7 +58,6 @@ METRICS = Path("metrics/train_trajectory.json")
 log = logging.getLogger("train_trajectory")
 
 
-
 def init_from_survival(model: DiseaseTrajectoryModel, vocab: dict) -> bool:
     """Load the survival LSTM's encoder weights when models/train_survival exists."""
     weights = SURVIVAL_MODEL / "model.safetensors"
