@@ -23,3 +23,15 @@ def export_dir(name: str) -> Path:
 @pytest.fixture(params=EXPORTS)
 def real_export(request) -> Path:
     return export_dir(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op torch thread is faster and immune to a busy machine.
+    Model test modules use it for every test (``pytestmark``)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -35,13 +35,7 @@ from ehrseq.train.loop import fit, load_model, save_model, seed_everything
 TINY = dict(hidden=32, layers=2, heads=4, intermediate=64, max_len=64, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_tokens(seqs, p, n_visits, max_len):

@@ -25,12 +25,7 @@ CFG = BEHRTConfig(vocab_size=300, hidden=64, layers=2, heads=4, intermediate=128
 FP = FinetuneParams(lora_r=4, lora_alpha=8.0, lora_dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from ehrseq.models.lstm_survival import (
 from ehrseq.params import LSTMParams, ModelParams, TrainParams
 from ehrseq.train.loop import fit, load_model, predict, save_model, seed_everything
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nll_matches_hand_computed_example():

@@ -40,12 +40,7 @@ from ehrseq.train.loop import fit, load_model, save_model, seed_everything
 N_SPECIAL = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n_patients=160, n_groups=4, group_size=6, n_visits=8, per_visit=3, seed=0):
