@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ehrseq.data.tensors import SequenceDataset, make_loader
+from ehrseq.data.tensors import make_loader
 from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score_model, training_metrics
 from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
 from ehrseq.models.behrt import (
@@ -31,7 +31,7 @@ from ehrseq.plots import training_curves
 from ehrseq.train.loop import (
     fingerprint,
     fit,
-    load_model,
+    load_pretrained,
     make_run_key,
     save_model,
     seed_everything,
@@ -47,9 +47,7 @@ def main(mode: str) -> None:
     tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
                                          "lr": fp.lr or params.train.lr})
     task = SurvivalTask.load()
-    if not (PRETRAINED / "model.safetensors").exists():
-        raise InputError(f"{PRETRAINED}/model.safetensors: missing; run stage pretrain_behrt")
-    pretrained, pre_cfg, _ = load_model(PRETRAINED)
+    pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
     edges = bin_edges(task.cuts)
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(edges) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
@@ -58,16 +56,8 @@ def main(mode: str) -> None:
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
     seed_everything(tp.seed, tp.deterministic)
     model = finetune_model(mode, cfg, pretrained.encoder.state_dict(), fp)
-    t = task.table
-
-    def dataset(split):
-        r = task.rows(split)
-        return BEHRTDataset(SequenceDataset(
-            task.seqs, t["index"].to_numpy()[r], t["landmark_visits"].to_numpy()[r],
-            t["duration"].to_numpy()[r], t["event"].to_numpy()[r], cuts=task.cuts,
-            max_visits=cfg.max_len - 1), cfg.max_len)
-
-    train, val, test = dataset("train"), dataset("val"), dataset("test")
+    train, val, test = (BEHRTDataset(task.dataset(s, max_visits=cfg.max_len - 1), cfg.max_len)
+                        for s in ("train", "val", "test"))
     key = make_run_key("finetune_behrt", mode, cfg, fp, tp,
                        fingerprint(SEQUENCES, OUTCOMES, PRETRAINED))
     out = [Path(f"{d}/finetune_behrt/{mode}") for d in ("models", "data/predictions", "plots")]

@@ -7,9 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-from ehrseq.data.tensors import SequenceDataset, make_loader
+from ehrseq.data.tensors import make_loader
 from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score_model, training_metrics
-from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
+from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.models.losses import bin_edges
 from ehrseq.models.med2vec import (
     Med2VecConfig,
@@ -22,7 +22,7 @@ from ehrseq.plots import training_curves
 from ehrseq.train.loop import (
     fingerprint,
     fit,
-    load_model,
+    load_pretrained,
     make_run_key,
     save_model,
     seed_everything,
@@ -39,27 +39,15 @@ def main() -> None:
     tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
                                          "lr": fp.lr or params.train.lr})
     task = SurvivalTask.load()
-    if not (PRETRAINED / "model.safetensors").exists():
-        raise InputError(f"{PRETRAINED}/model.safetensors: missing; run stage train_med2vec")
-    pretrained, pre_cfg, vocab = load_model(PRETRAINED)
-    if vocab is not None and vocab.get("tokens") != task.seqs.vocab["tokens"]:
-        raise InputError(f"{PRETRAINED}/vocab.json: differs from the sequences vocabulary; "
-                         "re-run train_med2vec")
+    pretrained, pre_cfg = load_pretrained(PRETRAINED, "train_med2vec", task.seqs.vocab)
     edges = bin_edges(task.cuts)
     cfg = Med2VecConfig(**{**pre_cfg, "n_bins": len(edges) - 1, "dropout": params.model.dropout,
                            "model_class": "ehrseq.models.med2vec.Med2VecSurvival"})
     seed_everything(tp.seed, tp.deterministic)
     model = Med2VecSurvival(cfg)
     model.encoder.load_state_dict(pretrained.state_dict())
-    t = task.table
-
-    def dataset(split):
-        r = task.rows(split)
-        return Med2VecSurvivalDataset(SequenceDataset(
-            task.seqs, t["index"].to_numpy()[r], t["landmark_visits"].to_numpy()[r],
-            t["duration"].to_numpy()[r], t["event"].to_numpy()[r], cuts=task.cuts))  # every input visit
-
-    train, val, test = dataset("train"), dataset("val"), dataset("test")
+    # every input visit (no max_visits): the mean is cheap and matches the embed stage's
+    train, val, test = (Med2VecSurvivalDataset(task.dataset(s)) for s in ("train", "val", "test"))
     key = make_run_key("finetune_med2vec", cfg, tp, fingerprint(SEQUENCES, OUTCOMES, PRETRAINED))
     with atomic_outputs(*OUT) as (model_dir, pred_dir, plots_dir):
         t0 = time.monotonic()

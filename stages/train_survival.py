@@ -4,7 +4,7 @@ scored on the test split by the one evaluation module."""
 import logging
 from pathlib import Path
 
-from ehrseq.data.tensors import SequenceDataset, make_loader
+from ehrseq.data.tensors import make_loader
 from ehrseq.evaluate.task import OUTCOMES, SEQUENCES, SurvivalTask, score_model, training_metrics
 from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.models.losses import bin_edges
@@ -28,16 +28,8 @@ def main() -> None:
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(edges) - 1)
     seed_everything(params.train.seed, params.train.deterministic)  # reproducible initial weights
     model = DiscreteTimeSurvivalLSTM(cfg)
-    t = task.table
-
-    def dataset(split):
-        r = task.rows(split)
-        return SequenceDataset(task.seqs, t["index"].to_numpy()[r],
-                               t["landmark_visits"].to_numpy()[r],
-                               t["duration"].to_numpy()[r], t["event"].to_numpy()[r],
-                               cuts=task.cuts, max_visits=params.model.lstm.max_visits)
-
-    train, val, test = dataset("train"), dataset("val"), dataset("test")
+    train, val, test = (task.dataset(s, max_visits=params.model.lstm.max_visits)
+                        for s in ("train", "val", "test"))
     tp = params.train
     ddp = distributed.setup()
     loader = make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,

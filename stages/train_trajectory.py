@@ -41,7 +41,7 @@ from ehrseq.train import distributed
 from ehrseq.train.loop import (
     fingerprint,
     fit,
-    load_model,
+    load_pretrained,
     make_run_key,
     predict,
     save_model,
@@ -75,19 +75,6 @@ def init_from_survival(model: DiseaseTrajectoryModel, vocab: dict) -> bool:
         raise InputError(f"{weights}: {err}; train_survival and train_trajectory must use the "
                          "same model.size and model.lstm") from None
     return True
-
-
-def pretrained_behrt(vocab: dict):
-    """The pre-trained BEHRT (models/pretrain_behrt) and its config, checked against the
-    current vocabulary: the ``behrt`` encoder always starts from it."""
-    if not (PRETRAINED_BEHRT / "model.safetensors").exists():
-        raise InputError(f"{PRETRAINED_BEHRT}/model.safetensors: missing; run stage "
-                         "pretrain_behrt (trajectory.encoder: behrt starts from it)")
-    model, cfg, saved = load_model(PRETRAINED_BEHRT)
-    if saved is not None and saved.get("tokens") != vocab["tokens"]:
-        raise InputError(f"{PRETRAINED_BEHRT}/vocab.json differs from the current sequences "
-                         "vocabulary; re-run pretrain_behrt")
-    return model, cfg
 
 
 def pos_weights(labels: np.ndarray, mode) -> torch.Tensor | None:
@@ -280,7 +267,8 @@ def main() -> None:
     labels = lab.labels[:, keep_t]
     summary = label_summary(lab, t["split"].to_numpy())
 
-    pre, pre_cfg = pretrained_behrt(task.seqs.vocab) if tp.encoder == "behrt" else (None, None)
+    pre, pre_cfg = (load_pretrained(PRETRAINED_BEHRT, "pretrain_behrt", task.seqs.vocab)
+                    if tp.encoder == "behrt" else (None, None))
     cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
                             pre_cfg)
     seed_everything(params.train.seed, params.train.deterministic)

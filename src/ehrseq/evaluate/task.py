@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..data.features import code_counts
 from ..data.sequences import EPOCH
-from ..data.tensors import Sequences
+from ..data.tensors import SequenceDataset, Sequences
 from ..io import InputError
 from ..params import EvaluateParams
 from . import survival
@@ -51,6 +51,14 @@ class SurvivalTask:
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def dataset(self, split: str, max_visits: int | None = None) -> SequenceDataset:
+        """The rows of ``split`` as a :class:`SequenceDataset`: inputs up to the landmark (the
+        most recent ``max_visits``), discrete-time targets on the task's time bins."""
+        r, t = self.rows(split), self.table
+        return SequenceDataset(self.seqs, t["index"].to_numpy()[r],
+                               t["landmark_visits"].to_numpy()[r], t["duration"].to_numpy()[r],
+                               t["event"].to_numpy()[r], cuts=self.cuts, max_visits=max_visits)
 
     def outcome(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         r = self.rows(split)

@@ -431,6 +431,23 @@ def load_model(directory: str | Path, factory: Callable[[dict], nn.Module] | Non
     return model.to(device), config, vocab
 
 
+def load_pretrained(directory: str | Path, stage: str, vocab: dict | None = None,
+                    ) -> tuple[nn.Module, dict]:
+    """:func:`load_model` of the model stage ``stage`` wrote, for a stage that starts from it:
+    a missing model, or a vocabulary other than ``vocab`` (when given), is an ``InputError``
+    naming the stage to (re-)run."""
+    from ..io import InputError
+
+    directory = Path(directory)
+    if not (directory / "model.safetensors").exists():
+        raise InputError(f"{directory}/model.safetensors: missing; run stage {stage}")
+    model, config, saved = load_model(directory)
+    if vocab is not None and saved is not None and saved.get("tokens") != vocab["tokens"]:
+        raise InputError(f"{directory}/vocab.json: differs from the sequences vocabulary; "
+                         f"re-run {stage}")
+    return model, config
+
+
 # --------------------------------------------------------------------------- evaluation helpers
 
 @torch.no_grad()
