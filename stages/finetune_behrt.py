@@ -73,7 +73,7 @@ def main(mode: str) -> None:
             save_adapter(model, model_dir / "adapter.safetensors")
             (model_dir / "adapter_config.json").write_text(json.dumps(
                 {**model.peft_config["default"].to_dict(), "base_model": str(PRETRAINED)},
-                indent=2, default=list) + "\n")
+                indent=2, default=sorted) + "\n")
             (model_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
             (model_dir / "vocab.json").write_text(json.dumps(task.seqs.vocab))
             model = model.merge_and_unload()  # predict with plain merged weights
