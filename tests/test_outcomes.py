@@ -14,8 +14,13 @@ from ehrseq.data.sequences import build_sequences
 from ehrseq.data.tensors import Sequences, build_batch
 from ehrseq.io import InputError
 from ehrseq.outcomes.bins import time_bins
-from ehrseq.outcomes.landmarks import build_outcomes, choose_landmarks, days_since_epoch
-from ehrseq.outcomes.synthetic import CODES
+from ehrseq.outcomes.landmarks import (
+    Landmarks,
+    build_outcomes,
+    choose_landmarks,
+    days_since_epoch,
+)
+from ehrseq.outcomes.synthetic import CODES, EFFECTS, named_effects, planted_subtypes
 from ehrseq.params import LandmarkParams, OutcomeParams, ParamsError, SequencesParams
 
 
@@ -122,6 +127,79 @@ def test_oracle_cindex_and_subtypes(cohort, synth, tmp_path):
     assert (noise.table["subtype"] == t["subtype"]).all()
     strong = outcomes(cohort, tmp_path, synthetic={"signal": 3.0})
     assert strong.metrics["oracle_cindex_all"] > m["oracle_cindex_all"]
+
+
+def _x(**on) -> np.ndarray:
+    """One named-effect feature row with the given features set."""
+    return np.array([on.get(e.name, 0.0) for e in EFFECTS], float)
+
+
+def test_planted_subtype_is_a_rule_on_the_named_effects():
+    X = np.stack([
+        _x(),                                                   # 0 none
+        _x(hypertension=1),                                     # 1 cardiovascular
+        _x(hypertension=1, prediabetes=1),                      # 2 0.7 > 0.4: cardiovascular
+        _x(hypertension=1, diabetes=1, recent_risk_code=1),     # 3 0.8 > 0.7: metabolic
+        _x(hypertension=1, anemia=1, chronic_pain=1),           # 4 0.7 = 0.4 + 0.3: first group
+        _x(anemia=1, age=2.0),                                  # 5 other
+        _x(chronic_sinusitis=1, age=3.0),                       # 6 not a risk group: none
+        _x(hypertension=1, age=-1.5, recent_risk_code=1),       # 7 same profile as 1
+    ])
+    score = X @ np.array([e.beta for e in EFFECTS])
+    s, names = planted_subtypes(X, 4, score)
+    got = [names[i] for i in s]
+    assert got == ["none", "cardiovascular", "cardiovascular", "metabolic", "cardiovascular",
+                   "other", "none", "cardiovascular"]
+    means = [score[s == k].mean() for k in range(len(names))]
+    assert sorted(names) == ["cardiovascular", "metabolic", "none", "other"]
+    assert (np.diff(means) > 0).all()                      # id 0 = the lowest mean score
+    s3, n3 = planted_subtypes(X, 3, score)                 # nested: merges 4's groups
+    assert [n3[i] for i in s3] == ["none", "cardiometabolic", "cardiometabolic",
+                                   "cardiometabolic", "cardiometabolic", "other", "none",
+                                   "cardiometabolic"]
+    s2, n2 = planted_subtypes(X, 2, score)
+    assert [n2[i] for i in s2] == ["none"] + ["any_risk"] * 5 + ["none", "any_risk"]
+    assert (planted_subtypes(X, 1, score)[0] == 0).all()
+    assert planted_subtypes(X[[0, 6]], 4, score[[0, 6]])[0].tolist() == [0, 0]  # dense ids
+    with pytest.raises(ValueError, match="accepted: \\[1, 2, 3, 4\\]"):
+        planted_subtypes(X, 5, score)
+    with pytest.raises(Exception, match="1, 2, 3 or 4"):
+        OutcomeParams(synthetic={"n_subtypes": 6})
+
+
+def test_subtype_depends_on_the_named_effect_profile_only(cohort, synth, tmp_path):
+    """Patients with the same named-effect profile share their subtype, and rewriting every
+    other input code (not the risk codes) changes no subtype: no embedding of the token
+    profile defines the truth it is scored against."""
+    seqs = Sequences.load(cohort / "seq", mmap=False)
+    t = synth.table
+    window = {"input_visits": t["input_visits"].to_numpy()} if "input_visits" in t else {}
+    lm = Landmarks(t["index"].to_numpy(), t["landmark_time"].to_numpy(),
+                   t["landmark_visits"].to_numpy(), **window)
+    X = named_effects(seqs, lm)[0]
+    presence = [j for j, e in enumerate(EFFECTS) if e.kind == "presence"]
+    profile = pd.Series([tuple(r) for r in X[:, presence]], index=t.index)
+    per_profile = t.groupby(profile)["subtype"].nunique()
+    assert (per_profile == 1).all() and t["subtype"].nunique() == 4
+    assert profile.nunique() < len(t)     # some patients share a profile (else trivial)
+
+    ids = {tok: i for i, tok in enumerate(seqs.vocab["tokens"])}
+    risk = [ids[f"SNOMED-CT/{c}"] for g in CODES.values() for c in g
+            if f"SNOMED-CT/{c}" in ids]
+    other = np.setdiff1d(np.arange(5, len(ids)), risk)      # 5 specials never rewritten
+    po, vo = seqs.patient_offsets, seqs.visit_offsets
+    inputs = np.zeros(len(seqs.codes), bool)
+    for i, k in zip(t["index"], t["landmark_visits"], strict=True):  # test code: a loop is fine
+        inputs[vo[po[i]]:vo[po[i] + k]] = True
+    codes = seqs.codes.copy()
+    swap = inputs & np.isin(codes, other)
+    codes[swap] = np.random.default_rng(0).choice(other, int(swap.sum()))
+    assert (codes != seqs.codes).mean() > 0.3
+    seqs.codes = codes
+    seqs.save(tmp_path / "seq")
+    res = build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
+    pd.testing.assert_series_equal(res.table["subtype"], t["subtype"])
+    pd.testing.assert_series_equal(res.table["true_risk"], t["true_risk"])
 
 
 def test_deterministic_bytes(cohort, synth, tmp_path):

@@ -106,12 +106,23 @@ class LandmarkParams(_Section):
 class SyntheticParams(_Section):
     signal: float = Field(1.0, ge=0.0, le=10.0)
     """Multiplies every effect on the log-hazard; 0 gives pure noise (oracle C = 0.5)."""
-    n_subtypes: int = Field(4, ge=1, le=16)
+    n_subtypes: int = 4
+    """Planted subtypes, risk groups of the named effects (outcomes/synthetic.py
+    ``SUBTYPE_PARTITIONS``): 4 = none / cardiovascular / metabolic / other; 3 merges
+    cardiovascular and metabolic; 2 = none / any risk condition; 1 = no subtypes."""
     median_days: float = Field(365.0, gt=0)
     """Median event time for a patient of average risk."""
     censoring_days: float = Field(730.0, gt=0)
     """Mean of the exponential random censoring time (administrative censoring applies too)."""
     seed: int = 0
+
+    @field_validator("n_subtypes")
+    @classmethod
+    def _n_subtypes(cls, v: int) -> int:
+        if not 1 <= v <= 4:
+            raise ValueError(f"got {v}; the planted subtypes are fixed risk groups of the "
+                             "named effects (docs/outcomes.md), so 1, 2, 3 or 4")
+        return v
 
 
 class TimeBinParams(_Section):

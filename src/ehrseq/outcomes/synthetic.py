@@ -12,15 +12,19 @@ Event times are drawn by inverse-CDF sampling, ``T = -ln(U) / (lambda0 exp(true_
 censoring ``C = -censoring_days ln(V)``, and the end of record censors administratively;
 ``U`` and ``V`` are per-patient hashes of (``synthetic.seed``, patient id). Codes are read
 through vocab.json tokens ``SNOMED-CT/<code>``: an effect sees exactly what a model sees.
+
+The planted subtype ``s_i`` is a rule on the generator's own latent variables, the named-effect
+features ``x_i`` (:func:`planted_subtypes`, :data:`SUBTYPE_PARTITIONS`): the risk group
+(cardiovascular / metabolic / other, or ``none``) that dominates the patient's beta-weighted
+risk conditions. It never looks at token counts, so no embedding method defines the truth it
+is scored against (the earlier K-means on TF-IDF of the input codes favoured TF-IDF + SVD).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse
 
 from ..params import SyntheticParams
 from .landmarks import Landmarks, days_since_epoch, hash_uniform, landmark_tokens
@@ -73,6 +77,21 @@ EFFECTS: tuple[Effect, ...] = (
            "is absent or both first appear at the same time"),
     Effect("age", "age", (), 0.6, "age at the landmark, standardised over eligible patients"),
 )
+
+
+SUBTYPE_PARTITIONS: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {},
+    2: {"any_risk": ("hypertension", "prediabetes", "diabetes", "obesity", "anemia",
+                     "chronic_pain")},
+    3: {"cardiometabolic": ("hypertension", "prediabetes", "diabetes", "obesity"),
+        "other": ("anemia", "chronic_pain")},
+    4: {"cardiovascular": ("hypertension",),
+        "metabolic": ("prediabetes", "diabetes", "obesity"),
+        "other": ("anemia", "chronic_pain")},
+}
+"""``n_subtypes`` -> risk groups (presence effects of EFFECTS) whose dominance defines the
+planted subtype, plus ``none`` (no risk condition recorded) for K >= 2; K = 1: one subtype.
+Each K merges groups of K + 1, so the subtypes are nested."""
 
 
 def _group_token_ids(vocab: dict) -> dict[str, list[int]]:
@@ -134,34 +153,40 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
-def planted_subtypes(seqs, lm: Landmarks, n_subtypes: int, seed: int,
-                     score: np.ndarray) -> np.ndarray:
-    """K-means (fixed seed) on TF-IDF of each patient's input token counts; clusters are
-    renumbered 0..K-1 by increasing mean ``score`` (the named-effects log-hazard), so ids
-    are stable and subtype 0 is the lowest-risk one."""
-    from sklearn.cluster import KMeans
-    from sklearn.feature_extraction.text import TfidfTransformer
+def planted_subtypes(X: np.ndarray, n_subtypes: int, score: np.ndarray
+                     ) -> tuple[np.ndarray, list[str]]:
+    """Planted subtype of each patient from its named-effect features ``X`` alone (see
+    :data:`SUBTYPE_PARTITIONS`): no token counts, no clustering, no fitted state, so two
+    patients with the same named-effect profile share their subtype whatever else they have.
 
-    m = len(lm.index)
-    if n_subtypes == 1 or m == 0:
-        return np.zeros(m, np.int64)
-    tok, row, _ = landmark_tokens(seqs.codes, seqs.visit_offsets, seqs.patient_offsets,
-                                  lm.index, lm.landmark_visits)
-    keep = tok >= N_SPECIALS
-    counts = sparse.csr_matrix((np.ones(int(keep.sum())), (row[keep], tok[keep])),
-                               shape=(m, len(seqs.vocab["tokens"])))
-    counts.sum_duplicates()
-    tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts)
-    k = min(n_subtypes, m)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fewer distinct profiles than k: empty clusters
-        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(tfidf)
-    used = np.unique(labels)
-    mean_score = np.array([score[labels == u].mean() for u in used])  # loop over K
+    A patient's score in a risk group is ``sum_j beta_j x_ij`` over the group's presence
+    effects; the subtype is the group with the highest score (ties: the group listed first),
+    ``none`` when no risk condition is recorded. Subtypes are numbered 0..K'-1 by increasing
+    mean ``score`` (the named-effects log-hazard; ties by the order of the groups), so subtype
+    0 is the lowest-risk one; K' < K when a group has no patient. Returns the ids and the group
+    name of each id.
+    """
+    m = len(X)
+    if n_subtypes not in SUBTYPE_PARTITIONS:
+        raise ValueError(f"outcome.synthetic.n_subtypes = {n_subtypes}: the planted subtypes "
+                         f"are risk groups of the named effects; accepted: "
+                         f"{sorted(SUBTYPE_PARTITIONS)}")
+    groups = SUBTYPE_PARTITIONS[n_subtypes]
+    if not groups or m == 0:
+        return np.zeros(m, np.int64), ["all"] if m else []
+    col = {e.name: j for j, e in enumerate(EFFECTS)}
+    beta = np.array([e.beta for e in EFFECTS])
+    S = np.stack([(X[:, [col[n] for n in effs]] * beta[[col[n] for n in effs]]).sum(1)
+                  for effs in groups.values()], axis=1)      # [m, groups]: a loop over groups
+    S = np.round(S, 9)                                       # 0.4 + 0.3 ties 0.7 exactly
+    names = ["none", *groups]
+    g = np.where(S.max(1) > 0, S.argmax(1) + 1, 0)           # argmax: the first of ties
+    used = np.unique(g)
+    mean_score = np.array([score[g == u].mean() for u in used])   # a loop over K
     order = used[np.lexsort((used, mean_score))]
-    new_id = np.empty(labels.max() + 1, np.int64)
+    new_id = np.empty(len(names), np.int64)
     new_id[order] = np.arange(len(order))
-    return new_id[labels]
+    return new_id[g], [names[u] for u in order]
 
 
 def subtype_offsets(n_subtypes: int) -> np.ndarray:
@@ -180,11 +205,12 @@ class SyntheticResult:
 
 def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(subtype, true_risk, X, absent) for the eligible patients."""
+    """(subtype, true_risk, X, absent) for the eligible patients; the subtype is a function of
+    ``X`` alone (:func:`planted_subtypes`)."""
     X, absent = named_effects(seqs, lm)
     beta = np.array([e.beta for e in EFFECTS])
     score = X @ beta
-    subtype = planted_subtypes(seqs, lm, p.n_subtypes, p.seed, score)
+    subtype, _ = planted_subtypes(X, p.n_subtypes, score)
     raw = score + subtype_offsets(max(int(subtype.max(initial=0)) + 1, 1))[subtype]
     return subtype, p.signal * _standardise(raw), X, absent
 
