@@ -56,7 +56,8 @@ def main(mode: str) -> None:
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
     seed_everything(tp.seed, tp.deterministic)
     model = finetune_model(mode, cfg, pretrained.encoder.state_dict(), fp)
-    train, val, test = (BEHRTDataset(task.dataset(s, max_visits=cfg.max_len - 1), cfg.max_len)
+    check_history(cfg.max_len, params.outcome.history.max_tokens)
+    train, val, test = (BEHRTDataset(task.dataset(s), cfg.max_len)
                         for s in ("train", "val", "test"))
     key = make_run_key("finetune_behrt", mode, cfg, fp, tp,
                        fingerprint(SEQUENCES, OUTCOMES, PRETRAINED))

@@ -28,8 +28,7 @@ def main() -> None:
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(edges) - 1)
     seed_everything(params.train.seed, params.train.deterministic)  # reproducible initial weights
     model = DiscreteTimeSurvivalLSTM(cfg)
-    train, val, test = (task.dataset(s, max_visits=params.model.lstm.max_visits)
-                        for s in ("train", "val", "test"))
+    train, val, test = (task.dataset(s) for s in ("train", "val", "test"))
     tp = params.train
     ddp = distributed.setup()
     loader = make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,

@@ -34,6 +34,7 @@ from ehrseq.models.trajectory import (
     make_loss,
     trajectory_config,
 )
+from ehrseq.outcomes.landmarks import input_window
 from ehrseq.outcomes.trajectory_labels import DEATH, build_labels, frequent_onsets, label_summary
 from ehrseq.params import load_params
 from ehrseq.plots import plt, training_curves
@@ -180,7 +181,7 @@ def plot_reliability(y, probs: dict, horizons, out: Path) -> None:
 
 
 def plot_patient(model, task, lab, targets, keep_t, rows_te, horizons, max_points: int,
-                 out: Path, max_visits: int, batch_size: int) -> int:
+                 out: Path, history, batch_size: int) -> int:
     """One test patient's P(onset within the largest horizon) at successive landmarks (visit
     k: inputs = the first k visits, from the fewest visits any landmark has, so the model is
     not asked about histories shorter than it was trained on). Returns the sequences index."""
@@ -194,7 +195,10 @@ def plot_patient(model, task, lab, targets, keep_t, rows_te, horizons, max_point
     k0 = min(int(t["landmark_visits"].min()), int(n_vis[r]))
     ks = np.unique(np.linspace(k0, n_vis[r], min(int(n_vis[r]), max_points)).round()
                    .astype(int))
-    ds = TrajectoryDataset(seqs, np.full(len(ks), p), ks, max_visits=max_visits)
+    lm_p = np.full(len(ks), p)
+    ds = TrajectoryDataset(seqs, lm_p, ks, max_visits=input_window(
+        seqs.visit_offsets, seqs.patient_offsets, lm_p, ks, history.max_visits,
+        history.max_tokens))
     prob = predict(model, make_loader(ds, batch_size), lambda m, b: m.predict_proba(b), len(ks))
     when = seqs.visit_time[seqs.patient_offsets[p] + ks - 1]
     dates = pd.to_datetime(when, unit="D")
@@ -279,11 +283,10 @@ def main() -> None:
     else:
         initialised = str(SURVIVAL_MODEL) if tp.init_from_survival and init_from_survival(
             model, task.seqs.vocab) else ""
-    idx, lmv = t["index"].to_numpy(), t["landmark_visits"].to_numpy()
-    mv = params.model.lstm.max_visits
+    idx, lmv, window = t["index"].to_numpy(), t["landmark_visits"].to_numpy(), task.window
 
     def dataset(r):
-        return TrajectoryDataset(task.seqs, idx[r], lmv[r], labels[r], max_visits=mv)
+        return TrajectoryDataset(task.seqs, idx[r], lmv[r], labels[r], max_visits=window[r])
 
     trn = params.train
     loss_fn = make_loss(pos_weights(labels[tr], tp.pos_weight))
@@ -340,7 +343,8 @@ def main() -> None:
         plot_curves(y_te, probs, targets, horizons, plots_dir)
         plot_reliability(y_te, probs, horizons, plots_dir)
         example = plot_patient(model, task, lab, targets, keep_t, te, horizons,
-                               tp.example_landmarks, plots_dir, mv, trn.batch_size)
+                               tp.example_landmarks, plots_dir, params.outcome.history,
+                               trn.batch_size)
 
     hours = stats["wall_time_s"] / 3600
     metrics.update({

@@ -47,7 +47,8 @@ def outcomes(cohort, tmp_path, **kw):
 def test_contract_and_landmark_visits(cohort, synth):
     t = pd.read_parquet(cohort / "out" / "outcomes.parquet")
     assert list(t.columns) == ["patient", "index", "split", "landmark_time", "landmark_visits",
-                               "duration", "event", "subtype", "true_risk"]
+                               "input_visits", "duration", "event", "subtype", "true_risk"]
+    assert ((t["input_visits"] >= 1) & (t["input_visits"] <= t["landmark_visits"])).all()
     seqs = Sequences.load(cohort / "seq")
     po, vt = seqs.patient_offsets, seqs.visit_time
     assert (t["duration"] > 0).all() and set(t["event"]) <= {0, 1}

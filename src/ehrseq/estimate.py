@@ -55,7 +55,8 @@ def estimate(model_name: str, size: str, batch_size: int | None = None, device: 
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     ds = SequenceDataset(seqs, idx, seqs.n_visits[idx], np.full(idx.size, 100.0),
-                         np.ones(idx.size, int), cuts=cuts, max_visits=params.model.lstm.max_visits)
+                         np.ones(idx.size, int), cuts=cuts,
+                         max_visits=params.outcome.history.max_visits)
     batch = ds[np.arange(idx.size)].to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -130,9 +130,20 @@ class TimeBinParams(_Section):
     scheme: Literal["quantile", "equal"] = "quantile"
 
 
+class HistoryParams(_Section):
+    """The input window every model reads at a landmark (one history for all): the most
+    recent whole visits up to the landmark, at most ``max_visits`` of them and at most
+    ``max_tokens`` tokens in BEHRT's layout (each visit's codes plus one [SEP])."""
+
+    max_visits: int = Field(128, ge=1)
+    max_tokens: int = Field(255, ge=2)
+    """BEHRT's ``max_len`` must be at least ``max_tokens + 1`` (the [CLS] token)."""
+
+
 class OutcomeParams(_Section):
     name: str = "synthetic"
     landmark: LandmarkParams = Field(default_factory=LandmarkParams)
+    history: HistoryParams = Field(default_factory=HistoryParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
     time_bins: TimeBinParams = Field(default_factory=TimeBinParams)
     onset_codes: list[str] = Field(
@@ -158,8 +169,6 @@ class LSTMParams(_Section):
     embed_dim: int | None = Field(None, ge=4)
     hidden_dim: int | None = Field(None, ge=4)
     layers: int | None = Field(None, ge=1, le=8)
-    max_visits: int = Field(128, ge=1)
-    """The most recent visits up to the landmark that the LSTM reads."""
 
 
 class BEHRTParams(_Section):

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from ..io import InputError
+from .visits import known_time_sql
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ PATIENT_REQUIRED = ("ID", "BIRTHDATE")
 PATIENT_OPTIONAL = ("DEATHDATE", "GENDER", "RACE", "ETHNICITY")
 
 EVENT_COLUMNS = ("patient", "time", "encounter", "kind", "system", "code", "description",
-                 "value", "unit")
+                 "value", "unit", "known_time")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class IngestResult:
     dropped: dict[str, int]  # "<file>:<reason>" -> rows
     first_time: str
     last_time: str
+    end_of_record: str  # of living patients: the export's end (see export_end)
     missing_files: list[str]
     missing_columns: list[str]
     events_per_patient: list[int]
@@ -94,6 +96,32 @@ def _check_version(con, src: Path) -> None:
     if "ID" not in pat:
         raise InputError(f"{src / 'patients.csv'}: required column Id is missing "
                          f"(found {sorted(pat.values())})")
+
+
+def export_end(src: Path, last_event):
+    """End of record of living patients: the export's own end (``export.json``'s ``end_time``,
+    written for generated cohorts), else the latest event time of the export. An end before
+    the latest event is not believed: the latest event is used and a warning names the file."""
+    import datetime as dt
+    import json
+
+    from .synthesize import EXPORT_META
+
+    meta = Path(src) / EXPORT_META
+    if not meta.is_file():
+        return last_event
+    try:
+        end = dt.datetime.fromisoformat(str(json.loads(meta.read_text())["end_time"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{meta}: expected {{\"end_time\": \"YYYY-MM-DDTHH:MM:SS+00:00\"}} "
+                         f"({err})") from None
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=dt.timezone.utc)
+    if end < last_event:
+        log.warning("%s: end_time %s precedes the latest event (%s); using the latest event",
+                    meta, end.isoformat(), last_event.isoformat())
+        return last_event
+    return end
 
 
 def _time_expr(col: str) -> str:
@@ -247,9 +275,10 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
     if n_patients == 0:
         raise InputError(f"{src / 'patients.csv'}: empty cohort (no valid patients)")
 
+    # known_time: an event is known from its encounter's start on (ehrseq.data.visits).
     cols = ", ".join(EVENT_COLUMNS)
     con.execute(f"""
-        COPY (SELECT {cols} FROM ev
+        COPY (SELECT {cols} FROM ({known_time_sql('ev')})
               WHERE time IS NOT NULL AND code IS NOT NULL AND code <> ''
                 AND patient IN (SELECT patient FROM patients)
               ORDER BY patient, time, kind, system, code, encounter NULLS FIRST,
@@ -260,10 +289,11 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
     if n_events == 0:
         raise InputError(f"{src}: empty cohort (no valid events in any file)")
     first, last = con.execute(f"SELECT min(time), max(time) FROM {ev}").fetchone()
+    end = export_end(src, last)
     con.execute(f"""
         COPY (SELECT patient, birth_date, death_date, gender, race, ethnicity,
                      COALESCE(CAST(death_date AS TIMESTAMPTZ),
-                              CAST({_lit(last.isoformat())} AS TIMESTAMPTZ)) AS end_of_record
+                              CAST({_lit(end.isoformat())} AS TIMESTAMPTZ)) AS end_of_record
               FROM patients ORDER BY patient)
         TO {_lit(out / 'patients.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
     con.execute(f"""
@@ -279,7 +309,7 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
         GROUP BY p.patient ORDER BY p.patient""").fetchall()]
     return IngestResult(
         patients=n_patients, events=n_events, events_by_kind=by_kind, dropped=dropped,
-        first_time=first.isoformat(), last_time=last.isoformat(),
+        first_time=first.isoformat(), last_time=last.isoformat(), end_of_record=end.isoformat(),
         missing_files=missing_files, missing_columns=missing_cols,
         events_per_patient=per_patient,
     )

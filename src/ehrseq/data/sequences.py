@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..io import InputError
 from ..params import SequencesParams
+from .visits import events_sql, visit_events_sql
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
@@ -58,14 +59,13 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     patients["index"] = np.arange(len(patients), dtype=np.int64)
     con.register("pat", patients[["patient", "index", "split", "birth_date"]])
 
-    kinds = ", ".join(_lit(k) for k in p.event_kinds)
+    # Visits and their times by the one rule of ehrseq.data.visits (dated when known).
+    rel = events_sql(con, interim / "events.parquet")
     con.execute(f"""
         CREATE TEMP TABLE ev AS
-        SELECT e.patient, pat.index AS pidx, pat.split, e.time, e.kind, e.system, e.code,
-               e.value,
-               COALESCE(e.encounter, 'day:' || strftime(e.time, '%Y-%m-%d')) AS vkey
-        FROM read_parquet({_lit(interim / 'events.parquet')}) e JOIN pat USING (patient)
-        WHERE e.kind IN ({kinds})""")
+        SELECT e.patient, pat.index AS pidx, pat.split, e.known_time AS time, e.visit_time,
+               e.kind, e.system, e.code, e.value, e.vkey
+        FROM ({visit_events_sql(rel, p.event_kinds)}) e JOIN pat USING (patient)""")
 
     # Numeric observations → quantile bins fitted on the training split only.
     token = "e.system || '/' || e.code"
@@ -83,11 +83,12 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     else:
         join = ""
 
-    # One row per (patient, visit, distinct token); visit time = first event of the visit.
+    # One row per (patient, visit, distinct token); a visit is dated when it was known.
     con.execute(f"""
         CREATE TEMP TABLE vt AS
-        WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, {token} AS token FROM ev e {join}),
-             v AS (SELECT pidx, vkey, min(time) AS vtime FROM t GROUP BY pidx, vkey),
+        WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, e.visit_time, {token} AS token
+                   FROM ev e {join}),
+             v AS (SELECT pidx, vkey, max(visit_time) AS vtime FROM t GROUP BY pidx, vkey),
              vr AS (SELECT pidx, vkey, vtime,
                            row_number() OVER (PARTITION BY pidx ORDER BY vtime DESC, vkey DESC)
                            AS recency FROM v)
@@ -145,6 +146,10 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     np.save(out / "patient_offsets.npy", patient_offsets)
     np.save(out / "visit_time.npy", visit_time)
     np.save(out / "visit_age.npy", visit_age)
+    # One row per visit, in array order: which encounter (or day) each visit is (audits).
+    pd.DataFrame({"patient": patients["patient"].to_numpy()[visit_pidx],
+                  "visit_key": vkey[starts].astype(str),
+                  "visit_time": visit_time}).to_parquet(out / "visits.parquet", index=False)
     pat_out = patients[["patient", "split", "gender", "birth_date", "death_date"]].copy()
     pat_out["end_of_record"] = (pd.to_datetime(patients["end_of_record"], utc=True) - EPOCH) \
         / pd.Timedelta(days=1)

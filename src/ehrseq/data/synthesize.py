@@ -36,6 +36,9 @@ from ehrseq.params import ParamsError
 
 SHARD_SIZE = 5
 """Patients per generation task: small enough to balance 16 cores on a 200-patient cohort."""
+EXPORT_META = "export.json"
+"""Beside a generated export: ``{"end_time": ISO-8601}``, the date the simulation ran up to
+(``data.reference_date``); ingest takes it as the end of record of living patients."""
 FILES_PER_BATCH = 20
 """Bundle files per flattening task when importing a FHIR folder."""
 
@@ -157,7 +160,11 @@ def generate_cohort(
                 tasks, _generate_shard, lambda t: t[1] - t[0], workers, bar,
                 initializer=_init_generator,
                 initargs=(seed, reference_date, state, city, str(root / "scratch")))
-        return _merge(root, out_csv_dir, skipped)
+        stats = _merge(root, out_csv_dir, skipped)
+    # The export's own end: living patients are followed up to the simulation's end date.
+    end = dt.datetime.combine(reference_date, dt.time(), tzinfo=dt.timezone.utc)
+    (out_csv_dir / EXPORT_META).write_text(json.dumps({"end_time": end.isoformat()}) + "\n")
+    return stats
 
 
 # --------------------------------------------------------------------------- import
@@ -195,6 +202,8 @@ def _copy_csv_export(csv_dir: Path, out_csv_dir: Path) -> fhir.FlattenStats:
     for path in sorted(csv_dir.glob("*.csv")):
         shutil.copyfile(path, out_csv_dir / path.name)
         rows[path.name] = _count_rows(path)
+    if (csv_dir / EXPORT_META).is_file():   # the export's end date, when it states one
+        shutil.copyfile(csv_dir / EXPORT_META, out_csv_dir / EXPORT_META)
     return fhir.FlattenStats(rows)
 
 

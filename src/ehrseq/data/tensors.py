@@ -2,7 +2,8 @@
 
 A batch is gathered with offset arithmetic in NumPy (no Python loop per patient, visit or
 event). Only each patient's first ``landmark_visits`` visits are ever read, and of those the
-most recent ``max_visits``, so nothing after the landmark can reach a model.
+most recent ``max_visits`` (one number, or one per row: the ``input_visits`` window that every
+model shares), so nothing after the landmark can reach a model.
 
 Typical use::
 
@@ -185,11 +186,12 @@ class Batch:
         return out.view(b, v, -1)
 
 
-def build_batch(seqs: Sequences, index, landmark_visits, max_visits: int | None = None,
+def build_batch(seqs: Sequences, index, landmark_visits, max_visits=None,
                 rows=None) -> Batch:
     """Gather patients ``index`` using only their first ``landmark_visits`` visits.
 
-    Of those visits the most recent ``max_visits`` are kept. Raises ``ValueError`` when a
+    Of those visits the most recent ``max_visits`` (an int or one per patient) are kept.
+    Raises ``ValueError`` when a
     landmark asks for fewer than 1 or more visits than the patient has.
     """
     p = np.asarray(index, dtype=np.int64)
@@ -202,7 +204,7 @@ def build_batch(seqs: Sequences, index, landmark_visits, max_visits: int | None 
         i = bad[0]
         raise ValueError(f"patient row {p[i]}: landmark_visits={lm[i]} but the patient has "
                          f"{n_vis[i]} visits (accepted: 1..n_visits)")
-    keep = np.minimum(lm, max_visits) if max_visits else lm
+    keep = lm if max_visits is None else np.minimum(lm, max_visits)
     vis, row, pos = _ranges(first_visit + lm - keep, keep)
     bsz, vmax = len(p), int(keep.max()) if len(keep) else 0
 
@@ -243,7 +245,7 @@ class SequenceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, seqs: Sequences, index, landmark_visits, duration=None, event=None,
-                 cuts: Sequence[float] | None = None, max_visits: int | None = None):
+                 cuts: Sequence[float] | None = None, max_visits=None):
         self.seqs = seqs
         self.index = np.asarray(index, dtype=np.int64)
         self.landmark_visits = np.asarray(landmark_visits, dtype=np.int64)
@@ -251,6 +253,10 @@ class SequenceDataset(torch.utils.data.Dataset):
             raise ValueError("index and landmark_visits differ in length")
         if len(self.index) and (self.index.min() < 0 or self.index.max() >= seqs.n_patients):
             raise ValueError(f"index must lie in [0, {seqs.n_patients}) (sequences patients)")
+        if max_visits is not None and np.ndim(max_visits):   # one window per row
+            max_visits = np.asarray(max_visits, np.int64)
+            if max_visits.shape != self.index.shape or (max_visits < 1).any():
+                raise ValueError("max_visits: one value >= 1 per row expected")
         self.max_visits = max_visits
         self.duration = None if duration is None else np.asarray(duration, np.float32)
         self.event = None if event is None else np.asarray(event, np.float32)
@@ -269,12 +275,13 @@ class SequenceDataset(torch.utils.data.Dataset):
     def lengths(self) -> np.ndarray:
         """Visits each row contributes (what bucketing sorts on)."""
         lm = self.landmark_visits
-        return np.minimum(lm, self.max_visits) if self.max_visits else lm
+        return lm if self.max_visits is None else np.minimum(lm, self.max_visits)
 
     def __getitem__(self, rows) -> Batch:
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        mv = self.max_visits
         batch = build_batch(self.seqs, self.index[rows], self.landmark_visits[rows],
-                            self.max_visits, rows=rows)
+                            mv if mv is None or np.ndim(mv) == 0 else mv[rows], rows=rows)
         for name in ("duration", "event", "target_bin", "target_event"):
             arr = getattr(self, name)
             if arr is not None:

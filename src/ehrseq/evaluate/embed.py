@@ -1,5 +1,5 @@
 """Patient embeddings at the landmark: one vector per outcome-eligible patient, from the model
-inputs only (the first ``landmark_visits`` visits), for clustering into subtypes.
+inputs only (the shared input window of visits up to the landmark), for clustering.
 
 (Code embeddings, one vector per vocabulary token, are :mod:`ehrseq.evaluate.embeddings`.)
 
@@ -76,7 +76,7 @@ def input_counts(task: SurvivalTask) -> sp.csr_matrix:
     s = task.seqs
     m = code_counts(s.codes, s.visit_offsets, s.patient_offsets,
                     task.table["index"].to_numpy(), task.table["landmark_visits"].to_numpy(),
-                    s.vocab_size)
+                    s.vocab_size, task.window)
     keep = np.ones(s.vocab_size)
     keep[:N_SPECIALS] = 0
     m = sp.csr_matrix(m @ sp.diags(keep))
@@ -85,10 +85,10 @@ def input_counts(task: SurvivalTask) -> sp.csr_matrix:
 
 
 def input_rows(task: SurvivalTask) -> tuple[np.ndarray, np.ndarray]:
-    """(global visit id, table row) of every input visit of every row, flat."""
+    """(global visit id, table row) of every input visit (the shared window) of every row."""
     po = np.asarray(task.seqs.patient_offsets)
-    vis, row, _ = _ranges(po[task.table["index"].to_numpy()],
-                          task.table["landmark_visits"].to_numpy())
+    end = po[task.table["index"].to_numpy()] + task.table["landmark_visits"].to_numpy()
+    vis, row, _ = _ranges(end - task.window, task.window)
     return vis, row
 
 
@@ -162,10 +162,11 @@ def _check_vocab(name: str, vocab: dict | None, task: SurvivalTask) -> None:
                          f"vocabulary; re-run the stage that trains it ({name!r})")
 
 
-def _landmark_dataset(task: SurvivalTask, max_visits: int | None = None) -> SequenceDataset:
+def _landmark_dataset(task: SurvivalTask) -> SequenceDataset:
+    """Every row's input window (the visits every model reads)."""
     t = task.table
     return SequenceDataset(task.seqs, t["index"].to_numpy(), t["landmark_visits"].to_numpy(),
-                           max_visits=max_visits)
+                           max_visits=task.window)
 
 
 @register("lstm", needs=("models/train_survival",))
@@ -198,7 +199,7 @@ def _behrt(task: SurvivalTask, params, name: str, pool: str) -> np.ndarray:
     _check_vocab(name, vocab, task)
     encoder = getattr(model, "encoder", model)
     max_len = encoder.config.max_len
-    ds = BEHRTDataset(_landmark_dataset(task, max_visits=max_len - 1), max_len)
+    ds = BEHRTDataset(_landmark_dataset(task), max_len)
     return predict(encoder, make_loader(ds, params.batch_size, pin_memory=False),
                    lambda m, b: behrt_pool(m, b, pool), len(ds))
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensors import Batch, SequenceDataset
-from ..params import FinetuneParams, ModelParams
+from ..params import FinetuneParams, ModelParams, ParamsError
 from .losses import hazard_to_survival, nll_logistic_hazard
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -50,6 +50,15 @@ class BEHRTConfig:
     n_bins: int = 0           # > 0: survival head with this many time bins
     size: str = "small"
     model_class: str = "ehrseq.models.behrt.BEHRTSurvival"
+
+
+def check_history(max_len: int, max_tokens: int) -> None:
+    """BEHRT must hold the whole shared input window (``outcome.history.max_tokens``) after
+    its [CLS] token, or it would read less history than the other models."""
+    if max_len < max_tokens + 1:
+        raise ParamsError(f"model.behrt.max_len: {max_len} cannot hold the shared input window "
+                          f"outcome.history.max_tokens={max_tokens} plus [CLS]; accepted: "
+                          f"max_len >= {max_tokens + 1}, or a smaller outcome.history.max_tokens")
 
 
 def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
@@ -138,11 +147,13 @@ def behrt_inputs(batch: Batch, max_len: int) -> BEHRTBatch:
                       rows=batch.rows)
 
 
-def token_lengths(seqs, index, landmark_visits, max_len: int) -> np.ndarray:
-    """Tokens each patient's input takes (for length bucketing), capped at ``max_len``."""
+def token_lengths(seqs, index, landmark_visits, max_len: int, input_visits=None) -> np.ndarray:
+    """Tokens each patient's input takes (for length bucketing), capped at ``max_len``;
+    ``input_visits``: the visit window (int or per row) read before the ``max_len`` cut."""
     po, vo = seqs.patient_offsets, seqs.visit_offsets
     last = np.asarray(po[index]) + np.asarray(landmark_visits)
-    first = np.maximum(np.asarray(po[index]), last - (max_len - 1))
+    window = max_len - 1 if input_visits is None else np.minimum(input_visits, max_len - 1)
+    first = np.maximum(np.asarray(po[index]), last - window)
     n = np.asarray(vo[last]) - np.asarray(vo[first]) + (last - first) + 1
     return np.minimum(n, max_len)
 
@@ -153,7 +164,8 @@ class BEHRTDataset:
 
     def __init__(self, base: SequenceDataset, max_len: int):
         self.base, self.max_len = base, max_len
-        self.lengths = token_lengths(base.seqs, base.index, base.landmark_visits, max_len)
+        self.lengths = token_lengths(base.seqs, base.index, base.landmark_visits, max_len,
+                                     base.max_visits)
 
     def __len__(self) -> int:
         return len(self.base)

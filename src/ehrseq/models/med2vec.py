@@ -288,7 +288,7 @@ def med2vec_loss(model: nn.Module, batch: Med2VecBatch) -> torch.Tensor:
 
 class Med2VecSurvivalDataset:
     """A :class:`SequenceDataset` (landmark inputs, survival targets) served as
-    :class:`Med2VecBatch` of each row's input visits (the most recent ``base.max_visits``);
+    :class:`Med2VecBatch` of each row's input visits (the shared window ``base.max_visits``);
     works with :func:`ehrseq.data.tensors.make_loader`."""
 
     def __init__(self, base: SequenceDataset):

@@ -231,7 +231,8 @@ class TrajectoryBatch(Batch):
 
 
 class TrajectoryDataset(SequenceDataset):
-    """Patients at their landmark (inputs: the first ``landmark_visits`` visits) with labels
+    """Patients at their landmark (inputs: the last ``max_visits`` of the first
+    ``landmark_visits`` visits) with labels
     ``[n, T, H]``; serves :class:`TrajectoryBatch` through ``make_loader``."""
 
     def __init__(self, seqs, index, landmark_visits, labels=None, max_visits: int | None = None):

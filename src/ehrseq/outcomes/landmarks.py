@@ -14,9 +14,12 @@ exclude patients (e.g. onset: already has the condition). Modes (``outcome.landm
   (00:00 UTC); the patient needs ``min_visits`` visits at or before it and
   ``min_followup_days`` of record after it.
 
-Model inputs are the first ``landmark_visits`` visits: exactly the visits whose start is at or
-before ``landmark_time`` (all visits sharing the landmark's timestamp included). Everything is
-NumPy over the offset arrays: no Python loop per patient, visit or event.
+``landmark_visits`` counts the visits dated at or before ``landmark_time`` (all visits sharing
+the landmark's timestamp included; a visit is dated when its last fact became known,
+:mod:`ehrseq.data.visits`). Every model reads the same window of them, the last
+``input_visits`` (:func:`input_window`, ``outcome.history``): count models, the LSTM, BEHRT,
+Med2Vec, the embeddings and the synthetic outcome's named effects all see the same visits.
+Everything is NumPy over the offset arrays: no Python loop per patient, visit or event.
 
 :func:`build_outcomes` assembles the ``outcomes`` contract (docs/architecture.md,
 docs/outcomes.md) from the landmarks and the outcome chosen by ``outcome.name``.
@@ -38,8 +41,8 @@ EPOCH = pd.Timestamp("1970-01-01")
 MIN_DURATION = 1.0 / 24.0
 """Durations are floored at one hour (days), so every duration is > 0."""
 
-COLUMNS = ("patient", "index", "split", "landmark_time", "landmark_visits", "duration",
-           "event", "subtype", "true_risk")
+COLUMNS = ("patient", "index", "split", "landmark_time", "landmark_visits", "input_visits",
+           "duration", "event", "subtype", "true_risk")
 
 
 def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
@@ -75,10 +78,17 @@ class Landmarks:
     landmark_time: np.ndarray    # float64 [m] days since epoch
     landmark_visits: np.ndarray  # int64 [m] visits at or before landmark_time
     excluded: dict = field(default_factory=dict)  # reason -> patients
+    input_visits: np.ndarray | None = None  # int64 [m] the input window (see input_window)
 
     def subset(self, keep: np.ndarray) -> Landmarks:
         return Landmarks(self.index[keep], self.landmark_time[keep],
-                         self.landmark_visits[keep], dict(self.excluded))
+                         self.landmark_visits[keep], dict(self.excluded),
+                         None if self.input_visits is None else self.input_visits[keep])
+
+    @property
+    def window(self) -> np.ndarray:
+        """Visits of each landmark that are model inputs (all of them without a window)."""
+        return self.landmark_visits if self.input_visits is None else self.input_visits
 
 
 def choose_landmarks(visit_time, patient_offsets, patients: pd.DataFrame,
@@ -152,13 +162,32 @@ def choose_landmarks(visit_time, patient_offsets, patients: pd.DataFrame,
                      np.asarray(lm_visits, np.int64), excluded)
 
 
-def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visits
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def input_window(visit_offsets, patient_offsets, index, landmark_visits, max_visits: int,
+                 max_tokens: int) -> np.ndarray:
+    """Visits of each landmark that every model reads (``outcome.history``): the most recent
+    whole visits up to the landmark, at most ``max_visits`` and at most ``max_tokens`` tokens
+    in BEHRT's layout (a visit's codes plus one [SEP]); always at least the landmark visit.
+
+    Vectorised with one ``searchsorted`` over the cumulative visit costs."""
+    vo = np.asarray(visit_offsets, np.int64)
+    po = np.asarray(patient_offsets, np.int64)
+    lm = np.asarray(landmark_visits, np.int64)
+    end = po[np.asarray(index, np.int64)] + lm            # one past the landmark visit
+    cum = np.concatenate([[0], np.cumsum(np.diff(vo) + 1)])   # tokens before each visit
+    start = np.searchsorted(cum, cum[end] - max_tokens, side="left")
+    start = np.maximum(start, end - np.minimum(lm, max_visits))
+    return np.maximum(end - start, 1).astype(np.int64)
+
+
+def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visits,
+                    input_visits=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model inputs, flat: (token id, row in ``index``, global visit) of every token in
-    each patient's first ``landmark_visits`` visits."""
+    each patient's first ``landmark_visits`` visits (of those, the last ``input_visits``)."""
     po = np.asarray(patient_offsets)
     vo = np.asarray(visit_offsets)
-    vis, row = ranges(po[np.asarray(index)], landmark_visits)
+    lm = np.asarray(landmark_visits, np.int64)
+    iv = lm if input_visits is None else np.asarray(input_visits, np.int64)
+    vis, row = ranges(po[np.asarray(index)] + lm - iv, iv)
     pos, which = ranges(vo[vis], vo[vis + 1] - vo[vis])
     return np.asarray(codes)[pos].astype(np.int64), row[which], vis[which]
 
@@ -188,6 +217,9 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
     seqs = Sequences.load(sequences)
     pats = seqs.patients
     lm = choose_landmarks(seqs.visit_time, seqs.patient_offsets, pats, p.landmark)
+    lm.input_visits = input_window(seqs.visit_offsets, seqs.patient_offsets, lm.index,
+                                   lm.landmark_visits, p.history.max_visits,
+                                   p.history.max_tokens)
     n_landmarked = len(lm.index)
     eor = pats["end_of_record"].to_numpy(np.float64)
     metrics: dict = {}
@@ -216,6 +248,7 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
         "split": split.astype(str),
         "landmark_time": lm.landmark_time.astype(np.float64),
         "landmark_visits": lm.landmark_visits.astype(np.int64),
+        "input_visits": lm.window.astype(np.int64),
         "duration": np.maximum(res.duration, MIN_DURATION).astype(np.float64),
         "event": res.event.astype(np.int64),
         "subtype": res.subtype.astype(np.int64),
@@ -266,6 +299,9 @@ def _summary(table: pd.DataFrame, n_all: int, n_landmarked: int, excluded: dict,
                "median_followup_days": _median_followup(table["duration"], table["event"]),
                "median_duration_days": float(table["duration"].median()),
                "landmark_visits_median": float(table["landmark_visits"].median()),
+               "input_visits_median": float(table["input_visits"].median()),
+               "history_truncated": float((table["input_visits"]
+                                           < table["landmark_visits"]).mean()),
                "n_time_bins": len(cuts) - 1}
     for reason, k in sorted(excluded.items()):
         m[f"excluded_{reason}"] = int(k)

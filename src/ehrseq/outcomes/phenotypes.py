@@ -3,10 +3,9 @@
 A second, independent ground truth for patient subtypes (beside the planted synthetic
 subtypes): the chronic-disease modules that Synthea ran for a patient leave condition records
 with fixed SNOMED codes. A patient *has* a phenotype at the landmark when a ``condition``
-event with one of the group's codes lies in a visit that starts at or before the landmark
-time, i.e. in the model inputs (visits are formed exactly as the sequences stage forms them:
-by encounter, else by calendar day (UTC), over ``sequences.event_kinds`` plus conditions; a
-visit starts at its earliest event).
+event with one of the group's codes was known at or before the landmark time (its
+``known_time``, never before its encounter's start: :mod:`ehrseq.data.visits`), which covers
+every such record in the model inputs.
 
 Groups (:data:`GROUPS`; a group matches any of its codes, across Synthea versions):
 
@@ -36,8 +35,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import InputError
-
 GROUPS: dict[str, tuple[str, ...]] = {
     "ckd": ("431855005", "431856006", "433144002", "431857002", "46177005", "127013003"),
     "cardiovascular": ("59621000", "38341003", "414545008", "22298006", "401303003",
@@ -53,56 +50,31 @@ DEFAULT_KINDS = ("condition", "medication", "procedure", "observation", "immuniz
                  "allergy", "careplan", "device")
 
 
-def _lit(s) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
-
-
 def condition_visits(events: str | Path, event_kinds=None,
                      codes: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
-    """Condition records of the phenotype codes with the start of their visit.
+    """Condition records of the phenotype codes with the time they became known.
 
-    Returns ``patient, code, visit_start`` (days since 1970-01-01 UTC) for every ``condition``
-    event in ``events.parquet`` whose code is in ``codes`` (default :data:`GROUPS`). DuckDB
-    reads only the needed columns, so this stays small on large cohorts.
+    Returns ``patient, code, known_time`` (days since 1970-01-01 UTC; never before the record's
+    encounter start, :mod:`ehrseq.data.visits`) for every ``condition`` event in
+    ``events.parquet`` whose code is in ``codes`` (default :data:`GROUPS`).
     """
-    import duckdb
+    from ..data.visits import condition_records
 
-    events = Path(events)
-    if not events.is_file():
-        raise InputError(f"{events}: missing; run the ingest stage first")
     codes = codes or GROUPS
     kinds = sorted(set(event_kinds or DEFAULT_KINDS) | {"condition"})
     wanted = sorted({c for cs in codes.values() for c in cs})
-    con = duckdb.connect()
-    con.execute("SET TimeZone='UTC'")
-    src = f"read_parquet({_lit(events)})"
-    try:
-        df = con.execute(f"""
-            WITH ev AS (
-                SELECT patient, CAST(time AS TIMESTAMPTZ) AS time, kind, code,
-                       COALESCE(encounter, 'day:' || strftime(time, '%Y-%m-%d')) AS vkey
-                FROM {src} WHERE kind IN ({", ".join(_lit(k) for k in kinds)})),
-            v AS (SELECT patient, vkey, min(time) AS vstart FROM ev GROUP BY patient, vkey)
-            SELECT ev.patient, ev.code, epoch_us(v.vstart) / 86400e6 AS visit_start
-            FROM ev JOIN v USING (patient, vkey)
-            WHERE ev.kind = 'condition' AND ev.code IN ({", ".join(map(_lit, wanted))})
-            ORDER BY ev.patient, visit_start, ev.code""").df()
-    except duckdb.Error as err:
-        raise InputError(f"{events}: cannot read phenotype conditions ({err}); expected the "
-                         "events contract (patient, time, encounter, kind, code)") from None
-    finally:
-        con.close()
-    df["code"] = df["code"].astype(str)
-    return df
+    rows = condition_records(events, kinds, wanted)
+    return pd.DataFrame({"patient": rows["patient"], "code": rows["code"],
+                         "known_time": rows["t_us"].to_numpy(np.float64) / 86400e6})
 
 
 def phenotype_flags(conditions: pd.DataFrame, patient_ids, landmark_time,
                     codes: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
     """Boolean ``[n_patients, n_groups]`` frame: group present by each patient's landmark.
 
-    ``conditions``: ``patient, code, visit_start`` (from :func:`condition_visits`);
+    ``conditions``: ``patient, code, known_time`` (from :func:`condition_visits`);
     ``patient_ids`` and ``landmark_time`` (days since epoch) give one row per patient, in
-    that order. A record counts when its visit starts at or before the landmark.
+    that order. A record counts when it was known at or before the landmark.
     """
     codes = codes or GROUPS
     ids = pd.Index(np.asarray(patient_ids, dtype=object))
@@ -114,7 +86,7 @@ def phenotype_flags(conditions: pd.DataFrame, patient_ids, landmark_time,
     ok = row >= 0
     row = row[ok]
     code = conditions["code"].astype(str).to_numpy()[ok]
-    pre = conditions["visit_start"].to_numpy(np.float64)[ok] <= lm[row]
+    pre = conditions["known_time"].to_numpy(np.float64)[ok] <= lm[row]
     for g, cs in codes.items():          # one pass per group (a handful), not per event
         hit = pre & np.isin(code, cs)
         col = np.zeros(len(ids), bool)

@@ -6,19 +6,20 @@ patients stay eligible and the name under which the others are counted in the me
 
 - ``mortality``: the event is the death date (Synthea's DEATHDATE, 00:00 UTC) after the
   landmark. Landmarks need follow-up after them, so the dead have died after their landmark.
-- ``onset:<code>``: the event is the first condition record with that SNOMED code that is not
-  in the model inputs, i.e. whose visit starts after the landmark. Patients with such a record
-  in a visit at or before the landmark (the condition already known) are excluded.
+- ``onset:<code>``: the event is the first time a condition record with that SNOMED code
+  became known (its ``known_time``: never before its encounter's start, see
+  :mod:`ehrseq.data.visits`) after the landmark. Patients in whom such a record was known at or
+  before the landmark (the condition already known) are excluded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
+from ..data.visits import condition_records
 from ..io import InputError
 from ..params import SequencesParams
 from .landmarks import Landmarks
@@ -42,39 +43,28 @@ def onset(events: str | Path, patient_ids, lm: Landmarks, code: str, end_of_reco
           event_kinds=None):
     """Onset of condition ``code`` after the landmark (see the module docstring).
 
-    ``event_kinds``: the ``sequences.event_kinds`` that formed the visits; a visit starts at
-    its earliest event of those kinds (plus conditions), exactly as the sequences stage does,
-    so "in the model inputs" here means the same as in the arrays.
+    ``event_kinds``: the ``sequences.event_kinds`` that formed the visits. A record in the
+    model inputs (its visit dated at or before the landmark) was known by then, so every
+    excluded patient includes every one whose inputs hold the condition.
     """
+    import duckdb
+
     events = Path(events)
     if not events.is_file():
         raise InputError(f"{events}: missing; run the ingest stage first")
-    kinds = sorted(set(event_kinds or SequencesParams().event_kinds) | {"condition"})
-    con = duckdb.connect()
-    con.execute("SET TimeZone='UTC'")
-    src = f"read_parquet({_lit(events)})"
-    n = con.execute(f"SELECT count(*) FROM {src} WHERE kind = 'condition' AND code = ?",
-                    [code]).fetchone()[0]
-    if n == 0:
+    kinds = event_kinds or SequencesParams().event_kinds
+    rows = condition_records(events, kinds, codes=[code])
+    if rows.empty:
+        con = duckdb.connect()
         top = con.execute(f"""
             SELECT code, any_value(description) AS description, count(DISTINCT patient) AS n
-            FROM {src} WHERE kind = 'condition' GROUP BY code ORDER BY n DESC, code
-            LIMIT 10""").fetchall()
+            FROM read_parquet({_lit(events)}) WHERE kind = 'condition' GROUP BY code
+            ORDER BY n DESC, code LIMIT 10""").fetchall()
         con.close()
         listing = "; ".join(f"{c} ({d}, {k} patients)" for c, d, k in top)
         raise InputError(f"outcome.name 'onset:{code}': SNOMED code {code} never occurs as a "
                          f"condition in {events}; the most frequent condition codes are: "
                          f"{listing or 'none (no condition events)'}")
-    rows = con.execute(f"""
-        WITH ev AS (
-            SELECT patient, time, kind, code,
-                   COALESCE(encounter, 'day:' || strftime(time, '%Y-%m-%d')) AS vkey
-            FROM {src} WHERE kind IN ({", ".join(_lit(k) for k in kinds)})),
-        v AS (SELECT patient, vkey, min(time) AS vstart FROM ev GROUP BY patient, vkey)
-        SELECT ev.patient, epoch_us(ev.time) AS t_us, epoch_us(v.vstart) AS vs_us
-        FROM ev JOIN v USING (patient, vkey)
-        WHERE ev.kind = 'condition' AND ev.code = ?""", [code]).df()
-    con.close()
 
     m = len(lm.index)
     row_of = np.full(len(patient_ids), -1, np.int64)
@@ -83,9 +73,8 @@ def onset(events: str | Path, patient_ids, lm: Landmarks, code: str, end_of_reco
     r = np.where(pidx >= 0, row_of[np.maximum(pidx, 0)], -1)
     ok = r >= 0
     r = r[ok]
-    t = rows["t_us"].to_numpy(np.float64)[ok] / 86_400e6
-    vs = rows["vs_us"].to_numpy(np.float64)[ok] / 86_400e6
-    pre = vs <= lm.landmark_time[r]
+    t = rows["t_us"].to_numpy(np.float64)[ok] / 86_400e6   # when the record became known
+    pre = t <= lm.landmark_time[r]
     known = np.bincount(r[pre], minlength=m) > 0
     first = np.full(m, np.inf)
     np.minimum.at(first, r[~pre], t[~pre])

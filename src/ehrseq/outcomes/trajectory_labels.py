@@ -12,11 +12,11 @@ Targets are SNOMED condition codes (``outcome.onset_codes`` plus, with
 ``trajectory.frequent_targets``, the conditions that most often start within the longest horizon
 after the landmark in the training split: :func:`frequent_onsets`) and ``death``.
 
-"Present at or before the landmark" uses the unit of the model inputs, the visit, exactly as
-:func:`ehrseq.outcomes.real.onset` does: a condition record whose visit (encounter, else
-calendar day, over ``sequences.event_kinds`` plus conditions) starts at or before the landmark
-is in the inputs, so the condition is known; the onset is the first record of the code whose
-visit starts after the landmark. For ``death`` the onset is Synthea's death date (00:00 UTC);
+"Present at or before the landmark" uses when a record became known, exactly as
+:func:`ehrseq.outcomes.real.onset` does: a condition record whose ``known_time`` (never before
+its encounter's start, :mod:`ehrseq.data.visits`) is at or before the landmark is known, which
+covers every record in the model inputs; the onset is the first record of the code that became
+known after the landmark. For ``death`` the onset is Synthea's death date (00:00 UTC);
 a death at or before the landmark masks the target (landmarks need follow-up, so this does not
 happen with the default landmarks). Death ends the record, so a patient who dies before
 ``L + h`` without a condition's onset is masked for that condition and horizon (censored,
@@ -35,6 +35,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from ..data.visits import condition_records
 from ..io import InputError
 from ..params import SequencesParams
 
@@ -83,27 +84,14 @@ def _lit(s) -> str:
 
 def _condition_records(events: Path, patients, codes: Sequence[str] | None,
                        kinds: Sequence[str]):
-    """(patient, code, time, visit start) of every condition record with one of ``codes``
-    (``None``: every condition), visit start as the sequences stage forms visits; times in
-    microseconds since epoch."""
+    """(patient, code, t_us: when the record became known, vs_us: its visit's time) of every
+    condition record with one of ``codes`` (``None``: every condition), and descriptions."""
+    rows = condition_records(events, kinds, codes, patients)
     con = duckdb.connect()
-    con.execute("SET TimeZone='UTC'")
-    src = f"read_parquet({_lit(events)})"
-    con.register("cohort", pd.DataFrame({"patient": pd.Series(patients, dtype=str)}))
     in_codes = "" if codes is None else \
         f"AND code IN ({', '.join(_lit(c) for c in codes) or 'NULL'})"
-    rows = con.execute(f"""
-        WITH ev AS (
-            SELECT e.patient, CAST(e.time AS TIMESTAMPTZ) AS time, e.kind, e.code,
-                   COALESCE(e.encounter, 'day:' || strftime(e.time, '%Y-%m-%d')) AS vkey
-            FROM {src} e SEMI JOIN cohort c ON e.patient = c.patient
-            WHERE e.kind IN ({", ".join(_lit(k) for k in kinds)})),
-        v AS (SELECT patient, vkey, min(time) AS vstart FROM ev GROUP BY patient, vkey)
-        SELECT ev.patient, ev.code, epoch_us(ev.time) AS t_us, epoch_us(v.vstart) AS vs_us
-        FROM ev JOIN v USING (patient, vkey)
-        WHERE ev.kind = 'condition' {in_codes.replace("code", "ev.code")}""").df()
     desc = dict(con.execute(f"""
-        SELECT code, min(description) FROM {src}
+        SELECT code, min(description) FROM read_parquet({_lit(events)})
         WHERE kind = 'condition' {in_codes} GROUP BY code""").fetchall())
     con.close()
     return rows, desc
@@ -127,7 +115,7 @@ def frequent_onsets(events: str | Path, seq_patients: pd.DataFrame, table: pd.Da
         return []
     lm = pd.Series(table["landmark_time"].to_numpy(np.float64), index=pats)
     rows["lm"] = lm.reindex(rows["patient"]).to_numpy()
-    rows["pre"] = rows["vs_us"] / US_PER_DAY <= rows["lm"]
+    rows["pre"] = rows["t_us"] / US_PER_DAY <= rows["lm"]
     g = rows.groupby(["patient", "code"])
     per = pd.DataFrame({"pre": g["pre"].any(),
                         "first_after": rows[~rows["pre"]].groupby(["patient", "code"])["t_us"]
@@ -176,9 +164,8 @@ def build_labels(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataF
         desc.update(found)
         r = pd.Index(pats["patient"].to_numpy()).get_indexer(rows["patient"])
         c = pd.Index(targets).get_indexer(rows["code"])
-        t = rows["t_us"].to_numpy(np.float64) / US_PER_DAY
-        vs = rows["vs_us"].to_numpy(np.float64) / US_PER_DAY
-        pre = vs <= lm[r]
+        t = rows["t_us"].to_numpy(np.float64) / US_PER_DAY   # when the record became known
+        pre = t <= lm[r]
         present[r[pre], c[pre]] = True
         np.minimum.at(onset_abs, (r[~pre], c[~pre]), t[~pre])
         np.minimum.at(first_any, (r, c), t)
