@@ -1,7 +1,7 @@
 """Synthetic survival outcome with a known truth (the math is in docs/outcomes.md).
 
-The log-hazard of patient i is a fixed function of the model inputs only (the visits at or
-before the landmark):
+The log-hazard of patient i is a fixed function of the model inputs only (the input window of
+visits at or before the landmark that every model reads, ``outcome.history``):
 
     raw_i = sum_j beta_j x_ij + gamma_{s_i}         (named effects, planted subtype offset)
     eta_i = (raw_i - mean(raw)) / sd(raw)            (over the eligible patients)
@@ -110,7 +110,7 @@ def named_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
     for c, g in enumerate(groups):
         col_of[gids[g]] = c
     tok, row, vis = landmark_tokens(seqs.codes, seqs.visit_offsets, seqs.patient_offsets,
-                                    lm.index, lm.landmark_visits)
+                                    lm.index, lm.landmark_visits, lm.input_visits)
     sel = col_of[tok] >= 0
     r, c = row[sel], col_of[tok[sel]]
     vt = np.asarray(seqs.visit_time)[vis[sel]]
