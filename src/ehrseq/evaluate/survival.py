@@ -5,6 +5,14 @@ survival matrix ``surv[i, j] = S(times[j] | x_i)`` on an increasing grid ``times
 Between grid points S is a right-continuous step function, ``S(t) = surv[:, k]`` with ``k`` the
 last grid point ``<= t``, and ``S(t) = 1`` before the first (:func:`survival_at`).
 
+The grid is fine enough that this step read is never what decides a metric: the stages put
+every model on :meth:`ehrseq.evaluate.task.SurvivalTask.time_grid`, which holds every distinct
+test duration (where Antolini's C reads S), every training event time (where Kaplan–Meier,
+Cox and RSF curves change), every evaluation horizon and every bin edge. So ``S(h)`` and
+``S(t_i)`` are the model's own values at exactly h and t_i, for every model family.
+Discrete-time models only know S at their bin edges; they are put on the grid by
+:func:`interpolate_discrete` (constant hazard within each bin), never by a step read.
+
 The risk score
 --------------
 Rank-based metrics (Harrell's and Uno's C) need one number per patient. This module defines it
@@ -99,6 +107,7 @@ __all__ = [
     "evaluate_survival",
     "harrell_c",
     "hazards_to_survival",
+    "interpolate_discrete",
     "km_survival",
     "plot_calibration",
     "plot_km_by_risk_group",
@@ -148,6 +157,40 @@ def survival_at(surv, times, t) -> np.ndarray:
     k = np.searchsorted(times, np.asarray(t, dtype=float), side="right")
     padded = np.concatenate([np.ones((surv.shape[0], 1)), surv], axis=1)
     return padded[:, k]
+
+
+def interpolate_discrete(surv_edges, edges, t) -> np.ndarray:
+    r"""S(t) of a discrete-time model that gives S at its bin edges, constant hazard in each bin.
+
+    A discrete-time (logistic-hazard) model predicts ``surv_edges[i, k] = S(edges[k] | x_i)``
+    (``[n, K+1]``; a leading edge 0 with S = 1 is added when ``edges[0] > 0``). Inside a bin
+    :math:`a \le t \le b` the hazard is taken as constant, so the log survival is linear:
+
+    .. math::  S(t) = S(a)\,\big(S(b)/S(a)\big)^{(t-a)/(b-a)}
+
+    exact at every edge, continuous, and monotone. ``S(a) = 0`` stays 0. Beyond the last edge S
+    is held flat at its last value: the model is trained with every follow-up beyond the last
+    edge censored there, so it says nothing about later times, and a flat tail is also what the
+    Kaplan–Meier, Cox (lifelines) and RSF curves do beyond their last time, so no family gets
+    an extrapolation the others lack. A scalar ``t`` gives ``[n]``, an array ``[n, len(t)]``.
+    """
+    s = np.clip(np.asarray(surv_edges, dtype=float), 0.0, 1.0)
+    e = np.asarray(edges, dtype=float).ravel()
+    if s.ndim != 2 or s.shape[1] != e.size:
+        raise ValueError(f"surv_edges must be [n, {e.size}] (one column per edge), got {s.shape}")
+    if e.size and e[0] > 0:
+        e = np.concatenate([[0.0], e])
+        s = np.concatenate([np.ones((s.shape[0], 1)), s], axis=1)
+    if e.size < 2 or e[0] < 0 or (np.diff(e) <= 0).any():
+        raise ValueError("edges must be >= 0 and strictly increasing, with at least one bin")
+    tt = np.atleast_1d(np.asarray(t, dtype=float))
+    k = np.clip(np.searchsorted(e, tt, side="right") - 1, 0, e.size - 2)
+    frac = np.clip((tt - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0)
+    s_a, s_b = s[:, k], s[:, k + 1]
+    ratio = np.divide(s_b, s_a, out=np.zeros_like(s_b), where=s_a > 0)
+    inside = s_a * np.clip(ratio, 0.0, 1.0) ** frac  # 0 ** 0 = 1: S(a) at the left edge
+    out = np.where(frac >= 1.0, s_b, inside)  # the right edge (and beyond) bit for bit
+    return out[:, 0] if np.ndim(t) == 0 else out
 
 
 def risk_score(surv, times, horizon: float) -> np.ndarray:

@@ -74,8 +74,24 @@ class SurvivalTask:
                            self.table["landmark_visits"].to_numpy()[r], s.vocab_size)
 
     def time_grid(self, horizons) -> np.ndarray:
-        """Where every model reports S(t|x): the bin edges and the evaluation horizons."""
-        return np.unique(np.concatenate([self.cuts[self.cuts > 0], np.asarray(horizons, float)]))
+        """Where every model reports S(t|x): see :func:`time_grid`."""
+        d_te, _ = self.outcome("test")
+        d_tr, e_tr = self.outcome("train")
+        return time_grid(self.cuts, horizons, d_te, d_tr[e_tr == 1])
+
+
+def time_grid(cuts, horizons, test_duration, train_event_times=()) -> np.ndarray:
+    """The common grid (days, sorted, unique, > 0) on which every model's S(t|x) is stored.
+
+    It holds every distinct test duration (Antolini's C reads S(t_i) there), every training
+    event time (where Kaplan–Meier, Cox and RSF curves change, so a step read between grid
+    points is their own value), the evaluation horizons and the bin edges. A few hundred to a
+    few thousand points: test patients x grid stays a few MB per model (npz compressed).
+    """
+    parts = [np.asarray(x, dtype=float).ravel()
+             for x in (cuts, horizons, test_duration, train_event_times)]
+    t = np.unique(np.concatenate(parts))
+    return t[t > 0]
 
 
 def score(name: str, surv: np.ndarray, times: np.ndarray, task: SurvivalTask,
@@ -100,13 +116,15 @@ def score_model(name: str, model, loader, task: SurvivalTask, ev: EvaluateParams
                 edges: np.ndarray, pred_dir: Path, plots_dir: Path | None = None) -> dict:
     """Score a discrete-time model on the test split: ``model.predict_survival`` over
     ``loader`` (the test rows, in order) gives S at the bin ``edges``; it is put on the common
-    time grid, saved to ``pred_dir/<name>.npz`` (``index``, ``times``, ``surv``) and scored."""
+    time grid by :func:`ehrseq.evaluate.survival.interpolate_discrete` (constant hazard within
+    each bin, flat beyond the last edge), saved to ``pred_dir/<name>.npz`` (``index``,
+    ``times``, ``surv``) and scored."""
     from ..train.loop import predict
 
     te = task.rows("test")
     surv_edges = predict(model, loader, lambda m, b: m.predict_survival(b), len(te))
     times = task.time_grid(ev.horizons)
-    surv = survival.survival_at(surv_edges, edges, times)
+    surv = survival.interpolate_discrete(surv_edges, edges, times)
     Path(pred_dir).mkdir(parents=True, exist_ok=True)
     np.savez_compressed(Path(pred_dir) / f"{name}.npz",
                         index=task.table["index"].to_numpy()[te], times=times, surv=surv)
