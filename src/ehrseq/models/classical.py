@@ -3,6 +3,18 @@ forest per horizon, random survival forest. Each is a plain fit/predict object t
 survival matrix ``S(t | x)`` on the common time grid, so every model is scored by the one
 evaluation module (``ehrseq.evaluate.survival``) with the one risk score.
 
+Each model gives its own S(t) at exactly the grid times asked (the grid holds the horizons and
+every test duration, see :meth:`ehrseq.evaluate.task.SurvivalTask.time_grid`):
+
+- Kaplan–Meier: lifelines' step function, 1 before the first training time;
+- Cox: lifelines' ``predict_survival_function(X, times=...)``, whose baseline cumulative
+  hazard is linearly interpolated between training durations (lifelines' own convention);
+- LR / RF per horizon: a step function that changes only at the horizons (see
+  :class:`HorizonClassifier`);
+- RSF: scikit-survival's step function over the training times, flat after the last and 1
+  before the first (scikit-survival's own ``StepFunction`` would give S at the first training
+  time there).
+
 Features (built by :class:`Featurizer` on the training split only): TF-IDF of the code counts
 up to the landmark, reduced by truncated SVD for the models that need dense inputs, plus age at
 the landmark (standardised) and sex.
@@ -20,7 +32,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sksurv.ensemble import RandomSurvivalForest
 
-from ..evaluate.survival import km_survival
+from ..evaluate.survival import km_survival, survival_at
 
 
 class Featurizer:
@@ -124,9 +136,8 @@ class RSF:
         return self
 
     def predict_survival(self, X, times) -> np.ndarray:
-        fns = self.model.predict_survival_function(X)
-        lo, hi = fns[0].domain
-        return np.vstack([f(np.clip(times, lo, hi)) for f in fns])
+        surv = self.model.predict_survival_function(X, return_array=True)
+        return survival_at(surv, self.model.unique_times_, times)
 
 
 def make_models(horizons, seed: int = 0) -> dict:

@@ -1,0 +1,176 @@
+"""The classical baselines (ehrseq.models.classical): each one's survival curve is a survival
+function, ranks patients the right way round, handles censoring, and, read on the common grid
+at a horizon h, gives exactly its own library's S(h)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import KaplanMeierFitter
+from sklearn.linear_model import LogisticRegression
+
+from ehrseq.evaluate.survival import survival_at
+from ehrseq.evaluate.task import time_grid
+from ehrseq.models.classical import RSF, CoxPH, HorizonClassifier, KaplanMeier, make_models
+
+HORIZONS = [30, 90, 180]
+H = 180.0  # the horizon the censoring checks look at (~45% censored before it)
+
+
+def simulate(n, seed, beta=1.0, base_rate=1 / 300, cens_max=400.0):
+    """Exponential times, log-hazard ``beta * x0`` (x1, x2 are noise), uniform censoring."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    rate = base_rate * np.exp(beta * X[:, 0])
+    t_event = rng.exponential(1 / rate)
+    t_cens = rng.uniform(1.0, cens_max, size=n)
+    return X, rate, np.minimum(t_event, t_cens), (t_event <= t_cens).astype(int)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, rate, d, e = simulate(600, seed=1)
+    Xt, rate_t, dt, et = simulate(200, seed=2)
+    grid = time_grid([0, 20, 60, 150], HORIZONS, dt, d[e == 1])
+    return {"X": X, "d": d, "e": e, "Xt": Xt, "rate_t": rate_t, "dt": dt, "grid": grid}
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    models = make_models(HORIZONS, seed=0)
+    return {name: m.fit(data["X"], data["d"], data["e"]) for name, (m, _) in models.items()}
+
+
+def test_curves_are_survival_functions(data, fitted):
+    times = np.concatenate([[0.25], data["grid"], [data["grid"][-1] * 2]])
+    for name, m in fitted.items():
+        s = m.predict_survival(data["Xt"], times)
+        assert s.shape == (len(data["Xt"]), len(times)), name
+        assert np.isfinite(s).all() and s.min() >= 0 and s.max() <= 1, name
+        assert (np.diff(s, axis=1) <= 1e-12).all(), f"{name}: S(t) increases somewhere"
+
+
+def test_risk_orientation(data, fitted):
+    """A covariate that raises the hazard raises the predicted risk 1 - S(h) (KM: no covariates,
+    one curve for everyone)."""
+    probe = np.zeros((5, 3))
+    probe[:, 0] = [-2, -1, 0, 1, 2]
+    for name, m in fitted.items():
+        risk = 1 - survival_at(m.predict_survival(probe, data["grid"]), data["grid"], 90.0)
+        if name == "km":
+            assert np.ptp(risk) == 0
+            continue
+        assert risk[-1] > risk[0] + 0.1, f"{name}: risk {risk}"
+        if name in ("cox", "lr"):  # linear in x0: strictly monotone (forests: only overall)
+            assert (np.diff(risk) > 0).all(), f"{name}: {risk}"
+        # on real test patients too: risk correlates with the true hazard
+        r = 1 - survival_at(m.predict_survival(data["Xt"], data["grid"]), data["grid"], 90.0)
+        rank = pd.Series(r).rank().corr(pd.Series(data["rate_t"]).rank())
+        assert rank > 0.4, f"{name}: rank correlation of risk with the true hazard {rank:.2f}"
+
+
+# ----------------------------------------------------------- read at h: the library's own S(h)
+
+
+def test_km_read_at_horizon_is_lifelines(data):
+    km = KaplanMeier().fit(None, data["d"], data["e"])
+    s = km.predict_survival(data["Xt"], data["grid"])
+    kmf = KaplanMeierFitter().fit(data["d"], data["e"])
+    for h in HORIZONS + [float(data["dt"][0])]:  # the horizons and a test duration
+        want = kmf.survival_function_at_times(h).to_numpy()[0]
+        np.testing.assert_array_equal(survival_at(s, data["grid"], h), want)
+    # between grid points the step read is still lifelines' value: the grid holds every
+    # training event time, where the curve changes
+    t = np.linspace(1, data["grid"][-1] + 50, 97)
+    np.testing.assert_allclose(survival_at(s, data["grid"], t)[0],
+                               kmf.survival_function_at_times(t).to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_cox_read_at_horizon_is_lifelines(data, fitted):
+    cox = fitted["cox"]
+    s = cox.predict_survival(data["Xt"], data["grid"])
+    df = pd.DataFrame(data["Xt"], columns=[f"x{i}" for i in range(3)])
+    for h in HORIZONS:
+        want = cox.model.predict_survival_function(df, times=[h]).to_numpy()[0]
+        np.testing.assert_allclose(survival_at(s, data["grid"], h), want, rtol=1e-12)
+    # the coefficient of the risk covariate is positive (hazard ratio > 1)
+    assert cox.model.params_["x0"] > 0.5
+
+
+def test_rsf_read_at_horizon_is_sksurv(data, fitted):
+    rsf = fitted["rsf"]
+    s = rsf.predict_survival(data["Xt"], data["grid"])
+    fns = rsf.model.predict_survival_function(data["Xt"])
+    for h in HORIZONS:
+        want = np.array([f(h) for f in fns])
+        np.testing.assert_allclose(survival_at(s, data["grid"], h), want, rtol=1e-12)
+    # before the first training time S is 1 (sksurv's StepFunction would give S(t_1) there)
+    first = rsf.model.unique_times_[0]
+    np.testing.assert_array_equal(rsf.predict_survival(data["Xt"][:3], [first / 2]), 1.0)
+
+
+def test_horizon_classifier_read_at_horizon(data, fitted):
+    """S(h) = 1 - P(event by h) of the horizon-h classifier (after the running minimum over
+    the horizons that keeps the curve monotone); a step between horizons, 1 before the first."""
+    for name in ("lr", "rf"):
+        m = fitted[name]
+        s = m.predict_survival(data["Xt"], data["grid"])
+        p = np.column_stack([m.models[h].predict_proba(data["Xt"])[:, 1] for h in HORIZONS])
+        want = np.minimum.accumulate(1 - p, axis=1)
+        for j, h in enumerate(HORIZONS):
+            np.testing.assert_allclose(survival_at(s, data["grid"], h), want[:, j], rtol=1e-12)
+        mid = survival_at(s, data["grid"], 60.0)  # between the 30 and 90 d horizons
+        np.testing.assert_allclose(mid, want[:, 0], rtol=1e-12)
+        np.testing.assert_array_equal(m.predict_survival(data["Xt"], [10.0]), 1.0)
+
+
+# ----------------------------------------------------------- censoring
+
+
+def _mean_s(model, X, grid, h=H):
+    return float(survival_at(model.predict_survival(X, grid), grid, h).mean())
+
+
+def test_km_uses_censoring(data):
+    d, e = data["d"], data["e"]
+    kept = KaplanMeier().fit(None, d, e).predict_survival(np.zeros((1, 1)), [H])[0, 0]
+    dropped = KaplanMeier().fit(None, d[e == 1], e[e == 1]).predict_survival(
+        np.zeros((1, 1)), [H])[0, 0]
+    naive = float((d > H).mean())  # censored patients counted as event-free throughout
+    truth = float(np.exp(-data["rate_t"] * H).mean())
+    assert abs(kept - truth) < 0.06
+    assert dropped < truth - 0.1 and naive < truth - 0.1
+
+
+@pytest.mark.parametrize("make", [lambda: CoxPH(), lambda: RSF(seed=0)], ids=["cox", "rsf"])
+def test_survival_models_use_censoring(data, make):
+    """Fitted with its censored patients, a model's mean S(h) on test patients matches the true
+    S(h); fitted without them (dropped: only events left) it is far too pessimistic."""
+    d, e, X = data["d"], data["e"], data["X"]
+    truth = float(np.exp(-data["rate_t"] * H).mean())
+    kept = _mean_s(make().fit(X, d, e), data["Xt"], data["grid"])
+    dropped = _mean_s(make().fit(X[e == 1], d[e == 1], e[e == 1]), data["Xt"], data["grid"])
+    assert abs(kept - truth) < 0.06, (kept, truth)
+    assert dropped < truth - 0.1, (dropped, truth)
+
+
+def test_horizon_classifier_censoring(data):
+    """At horizon h the classifier learns "event by h" from the patients whose status at h is
+    known: a patient censored before h is left out (not counted event-free), one censored
+    after h is a control."""
+    d, e, X = data["d"], data["e"], data["X"]
+    m = HorizonClassifier(lambda: LogisticRegression(max_iter=2000), [H]).fit(X, d, e)
+    known = (e == 1) & (d <= H) | (d > H)
+    by_hand = LogisticRegression(max_iter=2000).fit(X[known], ((e == 1) & (d <= H))[known])
+    s = m.predict_survival(data["Xt"], [H])[:, 0]
+    np.testing.assert_allclose(s, 1 - by_hand.predict_proba(data["Xt"])[:, 1], rtol=1e-10)
+    # the patients censored before h do not matter at all ...
+    early = (e == 0) & (d <= H)
+    assert early.sum() > 100
+    m2 = HorizonClassifier(lambda: LogisticRegression(max_iter=2000), [H]).fit(
+        X[~early], d[~early], e[~early])
+    np.testing.assert_allclose(m2.predict_survival(data["Xt"], [H])[:, 0], s, rtol=1e-10)
+    # ... while counting them as event-free would change the answer (more optimistic)
+    naive = LogisticRegression(max_iter=2000).fit(X, (e == 1) & (d <= H))
+    assert (1 - naive.predict_proba(data["Xt"])[:, 1]).mean() > s.mean() + 0.05
