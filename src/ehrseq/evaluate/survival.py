@@ -38,8 +38,9 @@ Metrics (point estimate from lifelines/scikit-survival where they have it)
   :math:`r_i > r_j`; **tied risks count one half** (the old project counted them 0).
 * ``c_antolini``: Antolini's time-dependent C, the same pairs but compared on the whole curve:
   concordant if :math:`S(t_i \mid x_i) < S(t_i \mid x_j)`, ties one half (pycox's
-  ``antolini`` counts them 0; one half keeps a constant model at 0.5). No library here has it;
-  it is computed below and tested against a brute-force loop.
+  ``antolini`` counts them 0; one half keeps a constant model at 0.5). No runtime dependency
+  has it; it is computed below and tested against a brute-force loop and, with the tie
+  convention converted, against pycox's ``EvalSurv`` (a test-only dependency).
 * ``c_uno``: Uno's IPCW C of :math:`r` truncated at :math:`\tau` (the largest evaluable
   horizon), pairs weighted by :math:`\hat G(t_i)^{-2}`, with :math:`\hat G` the Kaplan–Meier
   estimate of the censoring distribution on the training split.
