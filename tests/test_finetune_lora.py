@@ -2,6 +2,8 @@
 (the old project's LoRA wrapped a module whose forward bypassed them and trained nothing),
 merges exactly, saves small; probe trains only the head."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -139,6 +141,35 @@ def test_probe_trains_only_the_head(data, encoder_state):
     one_step(model, ds)
     assert all(torch.equal(p, enc[n]) for n, p in model.encoder.state_dict().items())
     assert not torch.equal(model.head.weight, head)
+
+
+def test_probe_encoder_runs_in_eval_mode_while_training(data, encoder_state):
+    """Probe: the frozen encoder's dropout is off in training too (same features in training
+    and scoring); full fine-tuning keeps it on."""
+    ds, batch = data
+    cfg = dataclasses.replace(CFG, dropout=0.3)
+    probe = finetune_model("probe", cfg, encoder_state, FP)
+    full = finetune_model("full", cfg, encoder_state, FP)
+    probe.eval()
+    probe.train()
+    full.train()
+    assert probe.training and probe.head.training and probe.drop.training
+    assert not any(m.training for m in probe.encoder.modules())
+    assert all(m.training for m in full.encoder.modules())
+    with torch.no_grad():
+        assert torch.equal(probe.encoder(batch), probe.encoder(batch))
+        assert not torch.equal(full.encoder(batch), full.encoder(batch))
+        # the head's own dropout still acts in training
+        assert not torch.equal(probe(batch), probe(batch))
+
+    seen = []   # inside the training loop, which calls train() every epoch
+    fit(probe, make_loader(ds, 16, shuffle=True), survival_loss,
+        TrainParams(epochs=2, lr=1e-2, warmup_frac=0.0), val_loader=make_loader(ds, 32),
+        checkpoint=False, progress=False, handle_sigterm=False,
+        on_step=lambda step: seen.append(any(m.training for m in probe.encoder.modules())))
+    assert seen and not any(seen)
+    probe.eval()
+    assert not probe.training and not probe.head.training
 
 
 def test_full_and_scratch(encoder_state):

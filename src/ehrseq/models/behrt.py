@@ -10,7 +10,8 @@ plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`
 :func:`behrt_inputs` turns a :class:`ehrseq.data.tensors.Batch` (flat codes per visit) into the
 ``[B, L]`` layout with index arithmetic; sequences longer than ``max_len`` keep their most
 recent tokens. :class:`BEHRTSurvival` puts the discrete-time logistic-hazard head on ``[CLS]``;
-:func:`finetune_model` builds it for the modes full / lora / probe / scratch.
+:func:`finetune_model` builds it for the modes full / lora / probe / scratch (probe:
+:class:`BEHRTProbe`, whose frozen encoder stays in eval mode, dropout off).
 """
 
 from __future__ import annotations
@@ -276,6 +277,24 @@ class BEHRTSurvival(nn.Module):
         return hazard_to_survival(self(batch))
 
 
+class BEHRTProbe(BEHRTSurvival):
+    """:class:`BEHRTSurvival` for a linear probe: the encoder is frozen and always in eval
+    mode (``train()`` leaves it there), so its dropout never perturbs the features the head
+    trains on, and the head sees during training the very features it is scored with. The
+    head's own dropout still acts in training. Same weights as :class:`BEHRTSurvival` (saved
+    and loaded as one)."""
+
+    def __init__(self, config: BEHRTConfig):
+        super().__init__(config)
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> BEHRTProbe:
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+
 def survival_loss(model: nn.Module, batch: BEHRTBatch) -> torch.Tensor:
     """Loss function for :func:`ehrseq.train.loop.fit`."""
     return nll_logistic_hazard(model(batch).float(), batch.target_bin, batch.target_event)
@@ -287,16 +306,15 @@ def finetune_model(mode: str, config: BEHRTConfig, encoder_state: dict | None,
                    fp: FinetuneParams) -> nn.Module:
     """The module to train for ``mode``: ``full`` (pre-trained, all trainable), ``lora``
     (pre-trained, frozen; peft LoRA on :data:`LORA_TARGETS` plus the head train), ``probe``
-    (pre-trained, frozen; the head trains), ``scratch`` (random init, all trainable)."""
+    (pre-trained, frozen and always in eval mode, :class:`BEHRTProbe`; the head trains),
+    ``scratch`` (random init, all trainable)."""
     if mode not in FINETUNE_MODES:
         raise ValueError(f"fine-tuning mode {mode!r}; accepted: {list(FINETUNE_MODES)}")
-    model = BEHRTSurvival(config)
+    model = (BEHRTProbe if mode == "probe" else BEHRTSurvival)(config)
     if mode != "scratch":
         if encoder_state is None:
             raise ValueError(f"mode {mode!r} needs the pre-trained encoder weights")
         model.encoder.load_state_dict(encoder_state)
-    if mode == "probe":
-        model.encoder.requires_grad_(False)
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
