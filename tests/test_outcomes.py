@@ -108,6 +108,7 @@ def test_nothing_after_the_landmark_reaches_inputs_or_truth(cohort, synth, tmp_p
     assert (codes != seqs.codes).any()
     seqs.codes = codes
     seqs.save(tmp_path / "seq")
+    shutil.copy(cohort / "seq" / "visits.parquet", tmp_path / "seq")
     res = build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
     pd.testing.assert_frame_equal(res.table, t)
     before = build_batch(Sequences.load(cohort / "seq"), t["index"], t["landmark_visits"])
@@ -198,6 +199,7 @@ def test_subtype_depends_on_the_named_effect_profile_only(cohort, synth, tmp_pat
     assert (codes != seqs.codes).mean() > 0.3
     seqs.codes = codes
     seqs.save(tmp_path / "seq")
+    shutil.copy(cohort / "seq" / "visits.parquet", tmp_path / "seq")
     res = build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
     pd.testing.assert_series_equal(res.table["subtype"], t["subtype"])
     pd.testing.assert_series_equal(res.table["true_risk"], t["true_risk"])

@@ -98,3 +98,53 @@ def condition_records(events: str | Path, kinds: Sequence[str],
         con.close()
     df["code"] = df["code"].astype(str)
     return df
+
+
+def audit_inputs(events: str | Path, sequences: str | Path, table: pd.DataFrame,
+                 kinds: Sequence[str]) -> dict:
+    """Check, from the data alone, that no model input was known after its landmark.
+
+    Every event of ``kinds`` in every landmark's input window (``table``: ``outcomes.parquet``
+    rows, with ``index``, ``landmark_visits``, ``input_visits``, ``landmark_time``; the window's
+    visits named by ``sequences/visits.parquet``) is joined back to ``events.parquet``, and its
+    availability is recomputed from the raw encounter rows (the later of its own time and its
+    encounter's start), independently of the ``known_time`` column. Returns counts and the
+    largest lag in days (0 when nothing leaks).
+    """
+    import numpy as np
+
+    from ..outcomes.landmarks import ranges
+
+    sequences = Path(sequences)
+    if not (sequences / "visits.parquet").is_file():
+        raise InputError(f"{sequences / 'visits.parquet'}: missing (the sequences stage writes "
+                         "it); re-run the sequences stage")
+    visits = pd.read_parquet(sequences / "visits.parquet")
+    po = np.load(sequences / "patient_offsets.npy")
+    lm = table["landmark_visits"].to_numpy(np.int64)
+    iv = table["input_visits"].to_numpy(np.int64) if "input_visits" in table else lm
+    vis, row = ranges(po[table["index"].to_numpy(np.int64)] + lm - iv, iv)
+    inputs = pd.DataFrame({"patient": visits["patient"].to_numpy()[vis],
+                           "vkey": visits["visit_key"].to_numpy()[vis],
+                           "landmark_us": (table["landmark_time"].to_numpy(np.float64)[row]
+                                           * US_PER_DAY).round().astype(np.int64)})
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        con.register("inputs", inputs)
+        src = f"read_parquet({lit(events)})"
+        n, late, lag = con.execute(f"""
+            WITH enc AS (SELECT patient, encounter, min(time) AS start FROM {src}
+                         WHERE kind = 'encounter' GROUP BY ALL),
+            ev AS (SELECT e.patient,
+                          COALESCE(e.encounter, 'day:' || strftime(e.time, '%Y-%m-%d')) AS vkey,
+                          epoch_us(greatest(e.time, COALESCE(enc.start, e.time))) AS avail_us
+                   FROM {src} e LEFT JOIN enc USING (patient, encounter)
+                   WHERE e.kind IN ({", ".join(lit(k) for k in kinds)}))
+            SELECT count(*), count(*) FILTER (WHERE avail_us > landmark_us),
+                   COALESCE(max(avail_us - landmark_us) FILTER (WHERE avail_us > landmark_us), 0)
+            FROM ev JOIN inputs USING (patient, vkey)""").fetchone()
+    finally:
+        con.close()
+    return {"audit_input_events": int(n), "audit_input_events_known_after_landmark": int(late),
+            "audit_max_days_known_after_landmark": float(lag) / US_PER_DAY}

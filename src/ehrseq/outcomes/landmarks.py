@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import InputError
-from ..params import LandmarkParams, OutcomeParams, ParamsError
+from ..params import LandmarkParams, OutcomeParams, ParamsError, SequencesParams
 
 EPOCH = pd.Timestamp("1970-01-01")
 MIN_DURATION = 1.0 / 24.0
@@ -200,11 +200,12 @@ class OutcomesResult:
 
 
 def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
-                   p: OutcomeParams, event_kinds=None) -> OutcomesResult:
+                   p: OutcomeParams, event_kinds=None, horizons=()) -> OutcomesResult:
     """Landmarks + the outcome ``p.name`` → ``out/outcomes.parquet`` and ``out/time_bins.json``.
 
     ``event_kinds``: ``sequences.event_kinds`` (how visits were formed; onset outcomes use it
-    to decide which condition records lie in the model inputs).
+    to decide which condition records lie in the model inputs). ``horizons``: the evaluation
+    horizons (days), made time-bin edges so that discrete-time models are read exactly there.
     """
     import json
 
@@ -270,15 +271,24 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
                          f"{len(table)} eligible); a model cannot learn it: use more patients, "
                          "another outcome, or (synthetic) a longer censoring_days")
     cuts = time_bins(table.loc[train, "duration"], table.loc[train, "event"],
-                     p.time_bins.n, p.time_bins.scheme)
+                     p.time_bins.n, p.time_bins.scheme, horizons=horizons)
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / "outcomes.parquet", index=False)
     (out / "time_bins.json").write_text(json.dumps(
         {"cuts": [float(c) for c in cuts], "scheme": p.time_bins.scheme,
+         "horizons": [float(h) for h in horizons],
          "n_bins": len(cuts) - 1}, indent=1) + "\n")
 
     metrics.update(_summary(table, n_all, n_landmarked, lm.excluded, cuts))
+    from ..data.visits import audit_inputs
+
+    audit = audit_inputs(interim / "events.parquet", sequences, table,
+                         event_kinds or SequencesParams().event_kinds)
+    if audit["audit_input_events_known_after_landmark"]:
+        raise RuntimeError(f"model inputs known after the landmark: {audit} (a bug in how "
+                           "visits are dated; please report it with this message)")
+    metrics.update(audit)
     return OutcomesResult(table=table, cuts=[float(c) for c in cuts], metrics=metrics)
 
 
