@@ -4,7 +4,8 @@ inputs of the survival task, scored on the test split like every other model.
 Usage: ``python stages/finetune_behrt.py {full,lora,probe,scratch}``. ``full``, ``lora`` and
 ``probe`` start from models/pretrain_behrt; ``scratch`` from random weights of the same
 architecture. ``lora`` saves only the adapters and the head (adapter.safetensors) and predicts
-with them merged into the base weights.
+with them merged into the base weights. Every mode trains once per learning rate of
+``tune.lrs`` (same seed, fresh model) and keeps the best on the validation split.
 """
 
 import argparse
@@ -21,6 +22,7 @@ from ehrseq.models.behrt import (
     FINETUNE_MODES,
     BEHRTConfig,
     BEHRTDataset,
+    check_history,
     finetune_model,
     save_adapter,
     survival_loss,
@@ -28,14 +30,8 @@ from ehrseq.models.behrt import (
 from ehrseq.models.losses import bin_edges
 from ehrseq.params import load_params
 from ehrseq.plots import training_curves
-from ehrseq.train.loop import (
-    fingerprint,
-    fit,
-    load_pretrained,
-    make_run_key,
-    save_model,
-    seed_everything,
-)
+from ehrseq.train.loop import fingerprint, load_pretrained, make_run_key, save_model
+from ehrseq.train.tune import fit_best_lr, lr_grid, tune_metrics
 
 PRETRAINED = Path("models/pretrain_behrt")
 log = logging.getLogger("finetune_behrt")
@@ -54,8 +50,7 @@ def main(mode: str) -> None:
     if cfg.vocab_size != task.seqs.vocab_size:
         raise InputError(f"{PRETRAINED}/config.json: vocab_size {cfg.vocab_size} differs from "
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
-    seed_everything(tp.seed, tp.deterministic)
-    model = finetune_model(mode, cfg, pretrained.encoder.state_dict(), fp)
+    encoder_state = pretrained.encoder.state_dict()
     check_history(cfg.max_len, params.outcome.history.max_tokens)
     train, val, test = (BEHRTDataset(task.dataset(s), cfg.max_len)
                         for s in ("train", "val", "test"))
@@ -65,10 +60,15 @@ def main(mode: str) -> None:
     name = f"behrt_{mode}"
     with atomic_outputs(*out) as (model_dir, pred_dir, plots_dir):
         t0 = time.monotonic()
-        stats = fit(model, make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
-                                       num_workers=tp.num_workers),
-                    survival_loss, tp, val_loader=make_loader(val, tp.batch_size), run_key=key,
-                    checkpoint_root=tp.checkpoint_dir, live_dir=plots_dir / "live")
+        # one fresh model per lr of tune.lrs (same seed), the best on the validation split
+        tuned = fit_best_lr(lambda: finetune_model(mode, cfg, encoder_state, fp),
+                            lr_grid(params.tune, tp.lr),
+                            make_loader(train, tp.batch_size, shuffle=True, seed=tp.seed,
+                                        num_workers=tp.num_workers),
+                            survival_loss, tp, val_loader=make_loader(val, tp.batch_size),
+                            run_key=key, checkpoint_root=tp.checkpoint_dir,
+                            live_dir=plots_dir / "live", log=log.info)
+        model, stats = tuned.model, tuned.stats
         if mode == "lora":  # the adapters and head alone; the base is models/pretrain_behrt
             model_dir.mkdir()
             save_adapter(model, model_dir / "adapter.safetensors")
@@ -88,11 +88,13 @@ def main(mode: str) -> None:
     metrics.update(training_metrics(name, stats, params.evaluate.gpu_hourly_usd,
                                     mode=mode, size=cfg.size, checkpoint_bytes=ckpt_bytes,
                                     stage_seconds=seconds))
+    metrics.update(tune_metrics(name, tuned))
     write_json(f"metrics/finetune_behrt/{mode}.json", metrics)
-    log.info("BEHRT-%s %s (%d of %d params trained): test C-index %.3f [%.3f, %.3f] in %.0f s",
-             cfg.size, mode, stats["n_params_trainable"], metrics[f"{name}.n_params"],
+    log.info("BEHRT-%s %s (%d of %d params trained, lr %g): test C-index %.3f [%.3f, %.3f] "
+             "in %.0f s", cfg.size, mode, stats["n_params_trainable"],
+             metrics[f"{name}.n_params"], tuned.lr,
              metrics[f"{name}.c_harrell"], metrics[f"{name}.c_harrell_lo"],
-             metrics[f"{name}.c_harrell_hi"], stats["wall_time_s"])
+             metrics[f"{name}.c_harrell_hi"], tuned.wall_time_s)
 
 
 if __name__ == "__main__":

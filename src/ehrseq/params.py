@@ -268,6 +268,27 @@ class TrainParams(_Section):
     there on a fresh machine (src/ehrseq/train/mirror.py)."""
 
 
+class TuneParams(_Section):
+    """Equal tuning (src/ehrseq/train/tune.py): every neural survival model (train_survival,
+    finetune_behrt in each mode, finetune_med2vec) tries each learning rate of ``lrs`` with the
+    same seed and keeps the one with the lowest validation loss; the test split is never used
+    for the choice."""
+
+    lrs: list[float] | None = Field(default_factory=lambda: [0.001, 0.003])
+    """Learning rates tried per stage; null or [] = no tuning: ``train.lr`` (``finetune.lr``
+    for fine-tuning) alone. Each lr is one full training, so the grid multiplies the cost."""
+
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v: list[float] | None) -> list[float] | None:
+        if not v:
+            return None
+        bad = [x for x in v if not 0 < x <= 1.0]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"learning rates must be distinct and in (0, 1]; got {v}")
+        return sorted(v)
+
+
 class EvaluateParams(_Section):
     horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
     bootstrap: int = Field(200, ge=0, le=10_000)
@@ -403,6 +424,7 @@ class Params(_Section):
     embed: EmbedParams = Field(default_factory=EmbedParams)
     cluster: ClusterParams = Field(default_factory=ClusterParams)
     trajectory: TrajectoryParams = Field(default_factory=TrajectoryParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 
