@@ -60,7 +60,8 @@ def fast_umap(monkeypatch):
     from sklearn.decomposition import PCA
 
     def pca(X, dims, neighbors, min_dist, metric, seed):
-        return PCA(dims, random_state=seed).fit_transform(X).astype(np.float32)
+        model = PCA(dims, random_state=seed).fit(X)
+        return model.transform(X).astype(np.float32), model
 
     monkeypatch.setattr(C, "umap_fit", pca)
 
@@ -142,6 +143,29 @@ def test_recovers_planted_gaussian_clusters(fast_umap):
                                              bootstrap=2))
 
 
+def test_fits_on_the_fit_rows_and_assigns_the_rest(fast_umap):
+    """Held-out rows never move the clusters: the fitted rows get the labels of a fit on them
+    alone, and the held-out rows are assigned to the planted clusters they come from."""
+    X, y = gaussian_mixture(n=240)
+    fit = np.arange(len(X)) % 3 != 0
+    kw = {"kmeans_k": [2, 3, 4, 5], "seeds": 2, "bootstrap": 2}
+    r = C.cluster_embedding(X, fit=fit, **kw)
+    alone = C.cluster_embedding(X[fit], **kw)
+    np.testing.assert_array_equal(r.kmeans[fit], alone.kmeans)
+    np.testing.assert_array_equal(r.hdbscan[fit], alone.hdbscan)
+    assert r.metrics["n_fit"] == fit.sum() and r.metrics["kmeans.k"] == 4
+    assert r.metrics["kmeans.silhouette"] == alone.metrics["kmeans.silhouette"]
+    assert adjusted_rand_score(y[~fit], r.kmeans[~fit]) > 0.9
+    assert adjusted_rand_score(y[~fit], r.hdbscan[~fit]) > 0.9
+    assert set(r.labels_by_k) == {2, 3, 4, 5} and len(r.labels_by_k[3]) == len(X)
+    moved = X.copy()
+    moved[~fit] = np.random.default_rng(5).standard_normal(moved[~fit].shape) * 50
+    np.testing.assert_array_equal(C.cluster_embedding(moved, fit=fit, **kw).kmeans[fit],
+                                  r.kmeans[fit])
+    with pytest.raises(ValueError, match="at least 4 patients to fit on, got 3"):
+        C.cluster_embedding(X, fit=np.arange(len(X)) < 3)
+
+
 @pytest.mark.slow
 def test_recovers_planted_gaussian_clusters_with_umap():
     X, y = gaussian_mixture()
@@ -150,6 +174,9 @@ def test_recovers_planted_gaussian_clusters_with_umap():
     r2 = C.cluster_embedding(X, kmeans_k=[4], seeds=1, bootstrap=0)   # seeded: reproducible
     np.testing.assert_array_equal(r.umap, r2.umap)
     np.testing.assert_array_equal(r.hdbscan, r2.hdbscan)
+    fit = np.arange(len(X)) % 3 != 0         # UMAP.transform + approximate_predict
+    r3 = C.cluster_embedding(X, fit=fit, kmeans_k=[4], seeds=1, bootstrap=0, picture=False)
+    assert adjusted_rand_score(y[~fit], r3.hdbscan[~fit]) > 0.9
 
 
 def test_metrics_on_a_hand_example():
@@ -167,6 +194,8 @@ def test_metrics_on_a_hand_example():
     assert C.external_scores(lab, [0, 1, 0, 1])["ari"] == pytest.approx(-0.5)
     assert C.mean_pairwise_ari([lab, 1 - lab, lab]) == 1.0
     assert C.relabel_by_size([5, 5, 5, -1, 2, 2, 7]).tolist() == [0, 0, 0, -1, 1, 1, 2]
+    _, new = C.relabel_by_size([5, 5, 5, -1, 2, 2, 7], [7, 2, 9, -1, 5])  # same map; unknown
+    assert new.tolist() == [2, 1, -1, -1, 0]                            # labels are noise
     assert math.isnan(C.internal_scores(X, [0, 0, 0, 0])["silhouette"])
 
 
@@ -338,13 +367,36 @@ def test_stages_write_outputs_aligned_with_outcomes(tmp_path, monkeypatch, fast_
     assert m["best.embedding"] in EMBEDDING_METHODS
     for key in ("lstm.kmeans.ari_subtype", "tfidf_svd.hdbscan.noise_share",
                 "random_proj.kmeans.stability_boot_ari", "best.logrank_p",
-                "best.n_subtypes_separated"):
+                "best.n_subtypes_separated", "lstm.kmeans.train_ari_subtype"):
         assert key in m, key
+    # fitted on train, scored on test only: ARI and log-rank recomputed from the test rows
+    test, train = (table["split"] == "test").to_numpy(), (table["split"] == "train").to_numpy()
+    assert m["n_test"] == test.sum() >= 20 and m["n_fit"] == train.sum()
+    for name in EMBEDDING_METHODS:
+        c = pd.read_parquet(f"data/processed/clusters/{name}.parquet")
+        lab, st = c["kmeans"].to_numpy(), table["subtype"].to_numpy()
+        assert m[f"{name}.kmeans.ari_subtype"] == round(adjusted_rand_score(st[test],
+                                                                            lab[test]), 6)
+        assert m[f"{name}.kmeans.train_ari_subtype"] == round(
+            adjusted_rand_score(st[train], lab[train]), 6)
+    best = pd.read_parquet(f"data/processed/clusters/{m['best.embedding']}.parquet")
+    lr = C.logrank(table["duration"][test], table["event"][test], best["kmeans"][test])
+    assert m["best.logrank_p"] == round(lr["p"], 6)
+    prof = pd.read_csv("plots/cluster/subtype_profiles.csv")
+    assert prof["patients"].sum() == test.sum()
+    score = {n: m[f"{n}.kmeans.train_ari_subtype"] for n in EMBEDDING_METHODS}
+    assert m["best.by"] == "kmeans.train_ari_subtype"
+    assert score[m["best.embedding"]] == max(score.values())
     for f in ("km_best.png", "km_best.csv", "subtypes.md", "subtype_codes.csv",
               "subtype_profiles.csv", "kmeans_sweep.csv", "summary.md"):
         assert Path("plots/cluster", f).is_file(), f
     shutil.rmtree("data/processed/embeddings")          # a missing input: a clear error
     with pytest.raises(Exception, match="run the embed stage"):
+        _stage("cluster").main()
+    params["cluster"]["min_test_patients"] = int(test.sum()) + 1   # too few to score on
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(Exception, match=f"test split has {test.sum()} eligible patients"
+                                        ".*cluster.min_test_patients"):
         _stage("cluster").main()
 
 

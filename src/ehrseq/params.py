@@ -326,8 +326,11 @@ class EmbedParams(_Section):
         return v
 
 
-CLUSTER_BEST_BY = ("kmeans.ari_subtype", "kmeans.ami_subtype", "kmeans.ari_phenotype",
-                   "kmeans.stability_boot_ari", "kmeans.silhouette")
+CLUSTER_BEST_BY = ("kmeans.train_ari_subtype", "kmeans.train_ami_subtype",
+                   "kmeans.train_ari_phenotype", "kmeans.stability_boot_ari",
+                   "kmeans.silhouette")
+"""Scores of the train split (where clusters are fitted), so choosing the best embedding
+never looks at the test split its log-rank tests are computed on."""
 
 
 class ClusterParams(_Section):
@@ -337,7 +340,7 @@ class ClusterParams(_Section):
     umap_neighbors: int = Field(15, ge=2, le=500)
     umap_metric: Literal["euclidean", "cosine", "manhattan", "correlation"] = "euclidean"
     min_cluster_size: int | None = Field(None, ge=2)
-    """HDBSCAN; null = max(10, 2 % of the patients)."""
+    """HDBSCAN; null = max(10, 2 % of the train patients it is fitted on), at most half."""
     min_samples: int = Field(10, ge=1)
     kmeans_k: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])
     kmeans_n_init: int = Field(4, ge=1)
@@ -347,8 +350,11 @@ class ClusterParams(_Section):
     """Stability: refits on bootstrap samples (K-means) / 80 % subsamples (HDBSCAN)."""
     silhouette_sample: int = Field(5000, ge=100)
     seed: int = Field(0, ge=0)
-    best_by: str = "kmeans.ari_subtype"
+    best_by: str = "kmeans.train_ari_subtype"
     """Which embedding's K-means subtypes are characterised; one of CLUSTER_BEST_BY."""
+    min_test_patients: int = Field(20, ge=2)
+    """Clusters are fitted on the train split and scored (ARI, AMI, log-rank) on the test
+    split; fewer eligible test patients than this is an error, not a noisy score."""
     top_codes: int = Field(10, ge=1, le=100)
     min_code_count: int = Field(3, ge=1)
 

@@ -1,24 +1,28 @@
 """Clustering patient embeddings into subtypes, and describing the subtypes.
 
-:func:`cluster_embedding` runs, on one embedding ``X [n, d]``:
+:func:`cluster_embedding` runs, on one embedding ``X [n, d]``, fitting on the rows of the
+``fit`` mask (the stage: the train split) and assigning every other row with the fitted models
+(the stage scores the test split, which no encoder trained on):
 
-1. UMAP (umap-learn, seeded) of ``X`` to ``umap_dims`` dimensions (``min_dist`` 0, the
-   setting UMAP's authors recommend for clustering) and HDBSCAN on those coordinates
-   (noise = label -1);
-2. K-means (scikit-learn, k-means++) on ``X`` itself for every ``k`` in ``kmeans_k``; the ``k``
-   with the highest silhouette wins (silhouette on a seeded sample of ``silhouette_sample``
-   patients when there are more, so it stays O(n));
-3. internal quality: silhouette, Davies–Bouldin, Calinski–Harabasz (K-means on ``X``;
-   HDBSCAN on the UMAP coordinates, noise left out), HDBSCAN's noise share;
-4. stability as ARI: ``stability_seed_ari`` is the mean pairwise ARI of the labels from
-   ``seeds`` seeds (K-means seeds; for HDBSCAN, UMAP seeds), ``stability_boot_ari`` the mean
-   ARI against the reference labels of ``bootstrap`` refits: K-means fitted on a bootstrap
-   sample then assigning every patient; HDBSCAN refitted on a random 80 % subsample of the
-   UMAP coordinates, compared on that subsample (duplicates from a bootstrap would fake
-   density for a density-based method);
-5. a 2-D UMAP (``min_dist`` 0.1) for pictures.
+1. UMAP (umap-learn, seeded) of the fitted rows to ``umap_dims`` dimensions (``min_dist`` 0,
+   the setting UMAP's authors recommend for clustering) and HDBSCAN on those coordinates
+   (noise = label -1); other rows are placed by ``UMAP.transform`` and labelled by
+   ``hdbscan.approximate_predict`` (noise when they fall outside every cluster);
+2. K-means (scikit-learn, k-means++) on the fitted rows of ``X`` itself for every ``k`` in
+   ``kmeans_k``; the ``k`` with the highest silhouette wins (silhouette on a seeded sample of
+   ``silhouette_sample`` patients when there are more, so it stays O(n)); other rows go to
+   the nearest centre;
+3. internal quality on the fitted rows: silhouette, Davies–Bouldin, Calinski–Harabasz
+   (K-means on ``X``; HDBSCAN on the UMAP coordinates, noise left out), HDBSCAN's noise share;
+4. stability as ARI on the fitted rows: ``stability_seed_ari`` is the mean pairwise ARI of
+   the labels from ``seeds`` seeds (K-means seeds; for HDBSCAN, UMAP seeds),
+   ``stability_boot_ari`` the mean ARI against the reference labels of ``bootstrap`` refits:
+   K-means fitted on a bootstrap sample then assigning every fitted row; HDBSCAN refitted on
+   a random 80 % subsample of the UMAP coordinates, compared on that subsample (duplicates
+   from a bootstrap would fake density for a density-based method);
+5. a 2-D UMAP (``min_dist`` 0.1, fitted the same way) for pictures.
 
-Cluster ids are renumbered by decreasing size (0 = largest), noise stays -1. External truth
+Cluster ids are renumbered by decreasing size on the fitted rows (0 = largest), noise stays -1. External truth
 (:func:`external_scores`) counts HDBSCAN noise as one more cluster, so noise costs ARI.
 
 Characterisation: :func:`enriched_codes` (per cluster, log-odds ratio of having a code in the
@@ -54,28 +58,35 @@ NOISE = -1
 class ClusterResult:
     kmeans: np.ndarray            # [n] labels of the best k, 0 = largest cluster
     hdbscan: np.ndarray           # [n] labels, -1 = noise
-    umap: np.ndarray              # [n, umap_dims] coordinates HDBSCAN clustered
+    umap: np.ndarray              # [n, umap_dims] coordinates HDBSCAN clustered (or assigned)
     umap2d: np.ndarray            # [n, 2] coordinates for pictures
     sweep: pd.DataFrame           # k, silhouette, davies_bouldin, calinski_harabasz, inertia
-    labels_by_k: dict = field(default_factory=dict)   # k -> K-means labels of the sweep
+    labels_by_k: dict = field(default_factory=dict)   # k -> [n] K-means labels of the sweep
     metrics: dict = field(default_factory=dict)   # flat: kmeans.*, hdbscan.*, seconds.*
+    # every [n] array covers all rows: fitted rows their fitted labels, the rest assigned
 
 
 # --------------------------------------------------------------------------- small pieces
 
-def relabel_by_size(labels) -> np.ndarray:
-    """Renumber clusters 0..K-1 by decreasing size (ties by old label); -1 stays -1."""
+def relabel_by_size(labels, new=None):
+    """Renumber clusters 0..K-1 by decreasing size (ties by old label); -1 stays -1.
+
+    ``new``: labels that the fitted model assigned to more rows, renumbered with the same map
+    (a label absent from ``labels`` becomes -1); then the pair is returned."""
     labels = np.asarray(labels, np.int64)
-    out = np.full(len(labels), NOISE, np.int64)
     ok = labels != NOISE
-    if not ok.any():
-        return out
     used, counts = np.unique(labels[ok], return_counts=True)
-    order = used[np.lexsort((used, -counts))]
-    new = np.empty(int(used.max()) + 1, np.int64)
-    new[order] = np.arange(len(order))
-    out[ok] = new[labels[ok]]
-    return out
+    lut = np.empty(len(used), np.int64)
+    lut[np.lexsort((used, -counts))] = np.arange(len(used))
+
+    def apply(lab):
+        lab = np.asarray(lab, np.int64)
+        if not len(used):
+            return np.full(len(lab), NOISE, np.int64)
+        i = np.minimum(np.searchsorted(used, lab), len(used) - 1)
+        return np.where(used[i] == lab, lut[i], NOISE)     # noise and unknown labels: -1
+
+    return apply(labels) if new is None else (apply(labels), apply(new))
 
 
 def _scalar(v):
@@ -117,10 +128,10 @@ def mean_pairwise_ari(label_sets: Sequence[np.ndarray]) -> float:
     return float(np.mean(aris)) if aris else float("nan")
 
 
-def umap_fit(X, dims: int, neighbors: int, min_dist: float, metric: str, seed: int
-             ) -> np.ndarray:
-    """Seeded UMAP coordinates ``[n, dims]`` (neighbours capped at n - 1; random init on
-    tiny inputs, where the spectral initialisation is ill-posed)."""
+def umap_fit(X, dims: int, neighbors: int, min_dist: float, metric: str, seed: int):
+    """Seeded UMAP fitted on ``X``: (coordinates ``[n, dims]``, the fitted reducer, whose
+    ``transform`` places new rows). Neighbours capped at n - 1; random init on tiny inputs,
+    where the spectral initialisation is ill-posed."""
     import umap
 
     n = len(X)
@@ -129,14 +140,30 @@ def umap_fit(X, dims: int, neighbors: int, min_dist: float, metric: str, seed: i
         reducer = umap.UMAP(n_components=dims, n_neighbors=max(2, min(neighbors, n - 1)),
                             min_dist=min_dist, metric=metric, random_state=seed,
                             init="spectral" if n > 4 * (dims + 2) else "random")
-        return reducer.fit_transform(np.asarray(X, np.float32)).astype(np.float32)
+        return reducer.fit_transform(np.asarray(X, np.float32)).astype(np.float32), reducer
 
 
-def hdbscan_fit(U, min_cluster_size: int, min_samples: int) -> np.ndarray:
+def umap_assign(reducer, X, dims: int) -> np.ndarray:
+    """Coordinates of new rows in a fitted UMAP (``[0, dims]`` for none)."""
+    if len(X) == 0:
+        return np.zeros((0, dims), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return reducer.transform(np.asarray(X, np.float32)).astype(np.float32)
+
+
+def hdbscan_fit(U, min_cluster_size: int, min_samples: int, new=None):
+    """HDBSCAN labels of ``U`` (relabelled by size, -1 = noise); with ``new``, also the labels
+    ``hdbscan.approximate_predict`` gives those rows in the fitted clustering (the pair)."""
     import hdbscan
 
-    return relabel_by_size(hdbscan.HDBSCAN(min_cluster_size=min_cluster_size,
-                                           min_samples=min_samples).fit_predict(U))
+    model = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
+                            prediction_data=new is not None).fit(U)
+    if new is None:
+        return relabel_by_size(model.labels_)
+    assigned = (hdbscan.approximate_predict(model, new)[0] if len(new) and
+                (model.labels_ != NOISE).any() else np.full(len(new), NOISE))
+    return relabel_by_size(model.labels_, assigned)
 
 
 def kmeans_fit(X, k: int, seed: int, n_init: int):
@@ -147,78 +174,99 @@ def kmeans_fit(X, k: int, seed: int, n_init: int):
         return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(X)
 
 
+def _rows(fit: np.ndarray, on_fit: np.ndarray, on_rest: np.ndarray) -> np.ndarray:
+    """Reassemble per-row values from the fitted rows and the assigned rest."""
+    out = np.empty((len(fit), *on_fit.shape[1:]), on_fit.dtype)
+    out[fit], out[~fit] = on_fit, on_rest
+    return out
+
+
 # --------------------------------------------------------------------------- the computation
 
-def cluster_embedding(X, *, umap_dims: int = 5, umap_neighbors: int = 15,
+def cluster_embedding(X, *, fit=None, umap_dims: int = 5, umap_neighbors: int = 15,
                       umap_metric: str = "euclidean", min_cluster_size: int | None = None,
                       min_samples: int = 10, kmeans_k: Sequence[int] = range(2, 9),
                       kmeans_n_init: int = 4, seeds: int = 3, bootstrap: int = 5,
                       silhouette_sample: int | None = 5000, seed: int = 0,
                       picture: bool = True) -> ClusterResult:
     """UMAP + HDBSCAN and a K-means sweep on one embedding, with internal quality and
-    stability (see the module docstring). ``min_cluster_size`` None = max(10, 2 % of n)."""
+    stability (see the module docstring). ``fit``: boolean mask of the rows the models are
+    fitted on (None = all); every other row is assigned by the fitted models. Internal
+    quality and stability are computed on the fitted rows. ``min_cluster_size`` None =
+    max(10, 2 % of the fitted rows), capped at half of them."""
     X = np.asarray(X, np.float32)
     n = len(X)
-    if n < 4:
-        raise ValueError(f"clustering needs at least 4 patients, got {n}")
+    fit = np.ones(n, bool) if fit is None else np.asarray(fit, bool)
+    if fit.shape != (n,):
+        raise ValueError(f"fit mask of shape {fit.shape} for {n} rows")
+    Xf, Xr = X[fit], X[~fit]
+    nf = len(Xf)
+    if nf < 4:
+        raise ValueError(f"clustering needs at least 4 patients to fit on, got {nf}")
     secs: dict[str, float] = {}
     rng = np.random.default_rng(seed)
-    m: dict = {"n": n}
+    m: dict = {"n": n, "n_fit": nf}
 
     t0 = time.perf_counter()
-    U = umap_fit(X, umap_dims, umap_neighbors, 0.0, umap_metric, seed)
+    Uf, reducer = umap_fit(Xf, umap_dims, umap_neighbors, 0.0, umap_metric, seed)
+    U = _rows(fit, Uf, umap_assign(reducer, Xr, umap_dims))
     secs["umap"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    mcs = min_cluster_size or max(10, round(0.02 * n))
-    mcs = max(2, min(mcs, n // 2))
+    mcs = min_cluster_size or max(10, round(0.02 * nf))
+    mcs = max(2, min(mcs, nf // 2))
     ms = max(1, min(min_samples, mcs))
-    h = hdbscan_fit(U, mcs, ms)
+    hf, hr = hdbscan_fit(Uf, mcs, ms, new=U[~fit])
+    h = _rows(fit, hf, hr)
     secs["hdbscan"] = time.perf_counter() - t0
-    m.update({"hdbscan.n_clusters": n_clusters(h), "hdbscan.noise_share": float(np.mean(h < 0)),
+    m.update({"hdbscan.n_clusters": n_clusters(hf),
+              "hdbscan.noise_share": float(np.mean(hf < 0)),
               "hdbscan.min_cluster_size": mcs})
-    m.update({f"hdbscan.{k}": v for k, v in internal_scores(U, h, silhouette_sample,
+    m.update({f"hdbscan.{k}": v for k, v in internal_scores(Uf, hf, silhouette_sample,
                                                             seed).items()})
 
     t0 = time.perf_counter()
     rows, fits = [], {}
-    for k in sorted({int(k) for k in kmeans_k if 2 <= k < n}):   # one fit per k (a handful)
-        km = kmeans_fit(X, k, seed, kmeans_n_init)
+    for k in sorted({int(k) for k in kmeans_k if 2 <= k < nf}):   # one fit per k (a handful)
+        km = kmeans_fit(Xf, k, seed, kmeans_n_init)
         fits[k] = km
-        rows.append({"k": k, **internal_scores(X, km.labels_, silhouette_sample, seed),
+        rows.append({"k": k, **internal_scores(Xf, km.labels_, silhouette_sample, seed),
                      "inertia": float(km.inertia_)})
     sweep = pd.DataFrame(rows)
     if sweep.empty or sweep["silhouette"].isna().all():
         raise ValueError(f"kmeans_k {list(kmeans_k)}: no k in [2, n) gave two clusters "
-                         f"(n = {n})")
+                         f"(n = {nf} fitted rows)")
     best = sweep.loc[sweep["silhouette"].idxmax()]
     k = int(best["k"])
-    km_labels = relabel_by_size(fits[k].labels_)
+    by_k = {kk: _rows(fit, *relabel_by_size(f.labels_, f.predict(Xr) if len(Xr) else []))
+            for kk, f in fits.items()}
+    km_labels = by_k[k]
+    kmf = km_labels[fit]
     secs["kmeans_sweep"] = time.perf_counter() - t0
-    m.update({"kmeans.k": k, "kmeans.n_clusters": n_clusters(km_labels),
+    m.update({"kmeans.k": k, "kmeans.n_clusters": n_clusters(kmf),
               **{f"kmeans.{c}": float(best[c])
                  for c in ("silhouette", "davies_bouldin", "calinski_harabasz")}})
 
     t0 = time.perf_counter()
-    seed_labels = [km_labels] + [kmeans_fit(X, k, seed + s, kmeans_n_init).labels_
-                                 for s in range(1, seeds)]
+    seed_labels = [kmf] + [kmeans_fit(Xf, k, seed + s, kmeans_n_init).labels_
+                           for s in range(1, seeds)]
     boot = []
     for _ in range(bootstrap):         # one refit per bootstrap sample
-        idx = rng.integers(0, n, n)
-        boot.append(adjusted_rand_score(km_labels,
-                                        kmeans_fit(X[idx], k, seed, kmeans_n_init).predict(X)))
+        idx = rng.integers(0, nf, nf)
+        boot.append(adjusted_rand_score(kmf,
+                                        kmeans_fit(Xf[idx], k, seed, kmeans_n_init).predict(Xf)))
     m["kmeans.stability_seed_ari"] = mean_pairwise_ari(seed_labels)
     m["kmeans.stability_boot_ari"] = float(np.mean(boot)) if boot else float("nan")
     secs["kmeans_stability"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    seed_labels = [h] + [hdbscan_fit(umap_fit(X, umap_dims, umap_neighbors, 0.0, umap_metric,
-                                              seed + s), mcs, ms) for s in range(1, seeds)]
+    seed_labels = [hf] + [hdbscan_fit(umap_fit(Xf, umap_dims, umap_neighbors, 0.0, umap_metric,
+                                               seed + s)[0], mcs, ms) for s in range(1, seeds)]
     sub = []
     for _ in range(bootstrap):         # one refit per subsample
-        idx = np.sort(rng.choice(n, max(4, int(0.8 * n)), replace=False))
-        sub.append(adjusted_rand_score(h[idx], hdbscan_fit(U[idx], mcs, ms)))
-    found = n_clusters(h) > 0          # all noise agrees with all noise: no evidence
+        idx = np.sort(rng.choice(nf, max(4, int(0.8 * nf)), replace=False))
+        sub.append(adjusted_rand_score(hf[idx], hdbscan_fit(Uf[idx], mcs, ms)))
+    found = n_clusters(hf) > 0         # all noise agrees with all noise: no evidence
     m["hdbscan.stability_seed_ari"] = mean_pairwise_ari(seed_labels) if found else float("nan")
     m["hdbscan.stability_boot_ari"] = float(np.mean(sub)) if sub and found else float("nan")
     secs["hdbscan_stability"] = time.perf_counter() - t0
@@ -226,12 +274,12 @@ def cluster_embedding(X, *, umap_dims: int = 5, umap_neighbors: int = 15,
     U2 = np.zeros((n, 2), np.float32)
     if picture:
         t0 = time.perf_counter()
-        U2 = umap_fit(X, 2, umap_neighbors, 0.1, umap_metric, seed)
+        U2f, reducer2 = umap_fit(Xf, 2, umap_neighbors, 0.1, umap_metric, seed)
+        U2 = _rows(fit, U2f, umap_assign(reducer2, Xr, 2))
         secs["umap_2d"] = time.perf_counter() - t0
     m.update({f"seconds.{k}": v for k, v in secs.items()})
     m["seconds.total"] = float(sum(secs.values()))
-    return ClusterResult(km_labels, h, U, U2, sweep,
-                         {k: relabel_by_size(f.labels_) for k, f in fits.items()}, m)
+    return ClusterResult(km_labels, h, U, U2, sweep, by_k, m)
 
 
 # --------------------------------------------------------------------------- characterisation
@@ -314,7 +362,7 @@ def logrank(duration, event, labels, alpha: float = 0.01) -> dict:
     labels = np.asarray(labels)
     d, e = np.asarray(duration, float), np.asarray(event, int)
     ids = np.unique(labels)
-    if len(ids) < 2:
+    if len(ids) < 2 or e.sum() == 0:     # one group, or no event: nothing to test
         return {"p": float("nan"), "stat": float("nan"), "log10_p": float("nan"),
                 "n_separated": 0, "one_vs_rest_p": {}}
     res = multivariate_logrank_test(d, labels, e)
