@@ -48,6 +48,9 @@ def tiny_params(repo: Path, patients: int = 40) -> None:
     p["data"]["patients"] = patients
     p["train"].update(epochs=2, batch_size=16)
     p["evaluate"]["bootstrap"] = 10
+    # one training per stage (tests/test_tune.py covers the tuned stages); and the sweep test
+    # below sweeps finetune.lr, which reaches training only with tuning off
+    p["tune"] = {"lrs": None}
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
