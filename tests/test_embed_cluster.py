@@ -225,7 +225,7 @@ def test_phenotype_labels_from_hand_events(tmp_path):
         ("A", ts(20), "a2", "condition", "431855005"),    # CKD after it: not counted
         ("B", ts(5, 3), None, "condition", "714628002"),  # prediabetes, a day visit
         ("B", ts(9, 8), "b2", "observation", "8302-2"),   # visit b2 starts before the landmark
-        ("B", ts(10, 12), "b2", "condition", "162864005"),  # obesity later in that visit
+        ("B", ts(10, 12), "b2", "condition", "162864005"),  # obesity known after it: not counted
         ("C", ts(1), "c1", "condition", "444814009"),     # viral sinusitis: no phenotype
         ("D", ts(2), "d1", "condition", "233678006"),     # childhood asthma
         ("D", ts(3), "d2", "condition", "44054006"),      # type 2 diabetes
@@ -240,9 +240,9 @@ def test_phenotype_labels_from_hand_events(tmp_path):
     got = load_phenotypes(path, ["A", "B", "C", "D", "E", "F"], np.full(6, float(lm)))
     assert got["label"].tolist() == ["cardiovascular", "diabetes", "none", "diabetes", "none",
                                      "none"]
-    assert got["pattern"].tolist()[:4] == ["cardiovascular", "diabetes+obesity", "none",
+    assert got["pattern"].tolist()[:4] == ["cardiovascular", "diabetes", "none",
                                            "diabetes+respiratory"]
-    assert not got.loc[0, "ckd"] and got.loc[1, "obesity"]
+    assert not got.loc[0, "ckd"] and not got.loc[1, "obesity"]
     # priority: CKD outranks everything
     flags = got[["ckd", "cardiovascular", "diabetes", "respiratory", "obesity"]].copy()
     flags.loc[3, "ckd"] = True
