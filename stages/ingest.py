@@ -27,6 +27,8 @@ def main() -> None:
         **{f"dropped.{k}": n for k, n in res.dropped.items()},
         "first_year": int(res.first_time[:4]),
         "last_year": int(res.last_time[:4]),
+        "end_of_record": res.end_of_record,
+        **res.known_later,
     }
     write_json("metrics/ingest.json", metrics)
     histogram(res.events_per_patient, "plots/ingest/events_per_patient",

@@ -40,7 +40,8 @@ def cohort(tmp_path_factory) -> tuple[Path, fhir.FlattenStats]:
 
 def test_cohort_is_a_synthea_csv_export(cohort):
     out, stats = cohort
-    assert set(files(out)) == set(fhir.TABLES)
+    assert set(files(out)) == set(fhir.TABLES) | {"export.json"}
+    assert json.loads((out / "export.json").read_text()) == {"end_time": "2025-01-01T00:00:00+00:00"}
     assert stats.rows["patients.csv"] == 3 and len(ids(out / "patients.csv")) == 3
     assert stats.rows["encounters.csv"] > 0 and stats.rows["observations.csv"] > 0
     with open(out / "encounters.csv", newline="") as f:

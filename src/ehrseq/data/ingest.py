@@ -63,6 +63,7 @@ class IngestResult:
     missing_files: list[str]
     missing_columns: list[str]
     events_per_patient: list[int]
+    known_later: dict  # events known after their own time (back-linked to a later encounter)
 
 
 def _q(name: str) -> str:
@@ -300,6 +301,10 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
         COPY (SELECT file, row, reason, raw FROM bad ORDER BY file, row)
         TO {_lit(out / 'dropped_rows.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
 
+    later = con.execute(f"""
+        SELECT count(*) FILTER (WHERE known_time > time),
+               count(*) FILTER (WHERE known_time > time + INTERVAL 30 DAY),
+               COALESCE(max(epoch(known_time) - epoch(time)) / 86400, 0) FROM {ev}""").fetchone()
     by_kind = dict(con.execute(f"SELECT kind, count(*) FROM {ev} GROUP BY kind ORDER BY kind")
                    .fetchall())
     dropped = {f"{f}:{r}": n for f, r, n in con.execute(
@@ -312,4 +317,7 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
         first_time=first.isoformat(), last_time=last.isoformat(), end_of_record=end.isoformat(),
         missing_files=missing_files, missing_columns=missing_cols,
         events_per_patient=per_patient,
+        known_later={"events_known_after_own_time": int(later[0]),
+                     "events_known_30d_after_own_time": int(later[1]),
+                     "max_days_known_after_own_time": round(float(later[2]), 3)},
     )
