@@ -52,13 +52,23 @@ class SurvivalTask:
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
 
-    def dataset(self, split: str, max_visits: int | None = None) -> SequenceDataset:
-        """The rows of ``split`` as a :class:`SequenceDataset`: inputs up to the landmark (the
-        most recent ``max_visits``), discrete-time targets on the task's time bins."""
+    def dataset(self, split: str) -> SequenceDataset:
+        """The rows of ``split`` as a :class:`SequenceDataset`: the input window up to the
+        landmark (``input_visits``, shared by every model), discrete-time targets on the
+        task's time bins."""
         r, t = self.rows(split), self.table
         return SequenceDataset(self.seqs, t["index"].to_numpy()[r],
                                t["landmark_visits"].to_numpy()[r], t["duration"].to_numpy()[r],
-                               t["event"].to_numpy()[r], cuts=self.cuts, max_visits=max_visits)
+                               t["event"].to_numpy()[r], cuts=self.cuts,
+                               max_visits=self.window[r])
+
+    @property
+    def window(self) -> np.ndarray:
+        """Input visits of every row (the ``outcome.history`` window; tables written before
+        it existed: every visit up to the landmark)."""
+        t = self.table
+        col = "input_visits" if "input_visits" in t else "landmark_visits"
+        return t[col].to_numpy(np.int64)
 
     def outcome(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         r = self.rows(split)
@@ -71,7 +81,8 @@ class SurvivalTask:
         s = self.seqs
         return code_counts(s.codes, s.visit_offsets, s.patient_offsets,
                            self.table["index"].to_numpy()[r],
-                           self.table["landmark_visits"].to_numpy()[r], s.vocab_size)
+                           self.table["landmark_visits"].to_numpy()[r], s.vocab_size,
+                           self.window[r])
 
     def time_grid(self, horizons) -> np.ndarray:
         """Where every model reports S(t|x): see :func:`time_grid`."""
