@@ -11,11 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
 from ehrseq.evaluate.report import (  # noqa: E402
+    ORACLE_NOTE,
     collect,
     comparisons_markdown,
     machine,
     paired_comparisons,
     to_markdown,
+    window_note,
 )
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
@@ -23,6 +25,13 @@ from ehrseq.params import load_params  # noqa: E402
 PLOTS = Path("plots/evaluate")
 PREDICTIONS = Path("data/predictions")
 OUTCOMES = Path("data/processed/outcomes")
+OUTCOMES_METRICS = Path("metrics/outcomes.json")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def forest(rows, path: Path) -> None:
@@ -97,7 +106,9 @@ def main() -> None:
             f"# Benchmark: outcome `{params.outcome.name}`, model size `{params.model.size}`\n\n"
             + (f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). "
              if best else "No model could be scored (no evaluable test pairs). ") + f"GPU price "
-            f"for costs: ${price}/h. Machine: {machine()}.\n\n" + to_markdown(rows)
+            f"for costs: ${price}/h. Machine: {machine()}.\n\n"
+            + window_note(params.outcome.history.model_dump(), _read_json(OUTCOMES_METRICS))
+            + " " + ORACLE_NOTE + "\n\n" + to_markdown(rows)
             + "\n![C-index](cindex.png)\n"
             + ("\n## Paired comparisons (same test patients, same bootstrap resamples)\n\n"
                + comparisons_markdown(pairs) if pairs else ""))

@@ -72,3 +72,31 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
              surv=np.ones((5, 4)))
     with pytest.raises(ValueError, match="lstm.npz: predictions miss 35 test patients"):
         paired_comparisons([tmp_path / "lstm.npz"], out, [30, 90, 365], 10, 0)
+
+
+def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 200
+    true_risk = rng.standard_normal(n)
+    duration = rng.exponential(300 * np.exp(-true_risk)) + 1
+    table = pd.DataFrame({"index": np.arange(n), "split": np.where(np.arange(n) < 100,
+                                                                   "train", "test"),
+                          "duration": duration, "event": np.ones(n, int),
+                          "true_risk": true_risk})
+    out = tmp_path / "outcomes"
+    out.mkdir()
+    table.to_parquet(out / "outcomes.parquet")
+    test = table[table["split"] == "test"]
+    times = np.array([30.0, 90.0, 365.0, 2000.0])
+    for name, score in (("cox", test["true_risk"].to_numpy()),
+                        ("km", np.zeros(len(test)))):
+        surv = np.exp(-np.outer(np.exp(score), times) / 1000.0)
+        np.savez(tmp_path / f"{name}.npz", index=test["index"].to_numpy(), times=times, surv=surv)
+    rows = paired_comparisons(sorted(tmp_path.glob("*.npz")), out, [30, 90, 365], 100, 0)
+    by = {(r["a"], r["b"]): r for r in rows}
+    assert by[("cox", "oracle")]["delta"] == pytest.approx(0.0)      # the true ranking itself
+    km = by[("km", "oracle")]
+    assert km["hi"] < 0 and "**b better**" in comparisons_markdown(rows)   # KM is below it
+    table.drop(columns="true_risk").to_parquet(out / "outcomes.parquet")  # a real outcome
+    assert not [r for r in paired_comparisons(sorted(tmp_path.glob("*.npz")), out,
+                                              [30, 90, 365], 10, 0) if r["b"] == "oracle"]
