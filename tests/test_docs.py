@@ -1,0 +1,39 @@
+"""Docs that the code can contradict: the README's stage diagram against dvc.yaml."""
+
+import re
+
+import yaml
+from conftest import ROOT
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+def dag_edges() -> set[tuple[str, str]]:
+    """Stage edges of dvc.yaml: a -> b when b depends on an output of a (or a path inside it)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    body = {name: s.get("do", s) for name, s in stages.items()}   # foreach: under do:
+    outs = {name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
+            for name, s in body.items()}
+    edges = set()
+    for b, s in body.items():
+        for dep in _paths(s.get("deps")):
+            for a, paths in outs.items():
+                for o in paths:
+                    o = re.sub(r"/\$\{item\}.*", "", o)     # foreach outputs: their folder
+                    if a != b and (dep == o or dep.startswith(o.rstrip("/") + "/")
+                                   or o.startswith(dep.rstrip("/") + "/")):
+                        edges.add((a, b))
+    return edges
+
+
+def test_readme_diagram_has_every_edge_of_the_dag():
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```mermaid"):]
+    block = block[:block.index("```", 3)]
+    drawn = set(re.findall(r"^\s*(\w+) --> (\w+)\s*$", block, re.M))
+    want = dag_edges()
+    assert want, "no edges parsed from dvc.yaml"
+    assert want <= drawn, f"missing from the README diagram: {sorted(want - drawn)}"
+    assert drawn <= want, f"drawn but not in dvc.yaml: {sorted(drawn - want)}"
