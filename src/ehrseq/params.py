@@ -269,14 +269,34 @@ class TrainParams(_Section):
 
 
 class TuneParams(_Section):
-    """Equal tuning (src/ehrseq/train/tune.py): every neural survival model (train_survival,
-    finetune_behrt in each mode, finetune_med2vec) tries each learning rate of ``lrs`` with the
-    same seed and keeps the one with the lowest validation loss; the test split is never used
-    for the choice."""
+    """Equal tuning: every model family gets the same small budget, chosen on the validation
+    split; the test split is never used for the choice (docs/training.md, "Equal tuning").
+
+    - neural survival models (train_survival, finetune_behrt in each mode, finetune_med2vec;
+      src/ehrseq/train/tune.py) try each learning rate of ``lrs`` with the same seed and keep
+      the lowest validation loss;
+    - classical baselines (the ``baselines`` stage; src/ehrseq/models/classical.py
+      ``fit_best``) try each value of their main regularisation hyperparameter and keep the
+      highest validation Harrell's C (ties: the more regularised value). Kaplan–Meier has no
+      hyperparameter.
+
+    The budget is ``len(lrs)`` candidates for every family: each classical grid must have as
+    many values as ``lrs``. ``lrs: null`` turns tuning off for every model at once: one
+    candidate each, the neural lr of ``train.lr``/``finetune.lr`` and the classical defaults
+    (Cox penalizer 0.1, LR C 1.0, RF min_samples_leaf 5, RSF min_samples_leaf 10); the
+    classical grids are then not used."""
 
     lrs: list[float] | None = Field(default_factory=lambda: [0.001, 0.003])
     """Learning rates tried per stage; null or [] = no tuning: ``train.lr`` (``finetune.lr``
     for fine-tuning) alone. Each lr is one full training, so the grid multiplies the cost."""
+    cox_penalizer: list[float] = Field(default_factory=lambda: [0.01, 0.1])
+    """Penalised Cox: lifelines' L2 ``penalizer`` (>= 0; larger = more regularised)."""
+    lr_c: list[float] = Field(default_factory=lambda: [0.1, 1.0])
+    """Logistic regression per horizon: scikit-learn's inverse L2 strength ``C`` (> 0; smaller
+    = more regularised)."""
+    forest_min_leaf: list[int] = Field(default_factory=lambda: [5, 20])
+    """Random forest per horizon and random survival forest: ``min_samples_leaf`` (>= 1;
+    larger = more regularised), one grid for both forests."""
 
     @field_validator("lrs")
     @classmethod
@@ -287,6 +307,30 @@ class TuneParams(_Section):
         if bad or len(set(v)) != len(v):
             raise ValueError(f"learning rates must be distinct and in (0, 1]; got {v}")
         return sorted(v)
+
+    @field_validator("cox_penalizer", "lr_c", "forest_min_leaf")
+    @classmethod
+    def _grid(cls, v: list, info) -> list:
+        low = 1 if info.field_name == "forest_min_leaf" else 0.0
+        bad = [x for x in v if x < low or (info.field_name == "lr_c" and x <= 0)]
+        if not v or bad or len(set(v)) != len(v):
+            what = {"cox_penalizer": ">= 0", "lr_c": "> 0", "forest_min_leaf": ">= 1"}
+            raise ValueError(f"must be a non-empty list of distinct values "
+                             f"{what[info.field_name]}; got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _same_budget(self):
+        if self.lrs:   # tuning on: every family the same number of candidates
+            n = len(self.lrs)
+            off = {k: len(getattr(self, k)) for k in ("cox_penalizer", "lr_c", "forest_min_leaf")
+                   if len(getattr(self, k)) != n}
+            if off:
+                raise ValueError(
+                    f"every model family gets the same tuning budget: tune.lrs has {n} "
+                    f"value(s), so each classical grid needs {n} too; got "
+                    + ", ".join(f"tune.{k}: {m}" for k, m in off.items()))
+        return self
 
 
 class EvaluateParams(_Section):
