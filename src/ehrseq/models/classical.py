@@ -18,21 +18,34 @@ every test duration, see :meth:`ehrseq.evaluate.task.SurvivalTask.time_grid`):
 Features (built by :class:`Featurizer` on the training split only): TF-IDF of the code counts
 up to the landmark, reduced by truncated SVD for the models that need dense inputs, plus age at
 the landmark (standardised) and sex.
+
+Equal tuning (docs/training.md): every family but Kaplan–Meier has one main regularisation
+hyperparameter (:data:`TUNED`), tried over the grid of params.yaml ``tune`` (as many values as
+the neural models' learning rates, :func:`classical_grid`) by :func:`fit_best`, which fits on
+the training split and keeps the value with the highest Harrell's C on the validation split.
 """
 
 from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceError
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sksurv.ensemble import RandomSurvivalForest
 
-from ..evaluate.survival import km_survival, survival_at
+from ..evaluate.survival import harrell_c, km_survival, risk_score, survival_at
+from ..params import TuneParams
 
 
 class Featurizer:
@@ -124,8 +137,8 @@ class HorizonClassifier:
 class RSF:
     """scikit-survival's random survival forest on the dense features."""
 
-    def __init__(self, seed: int = 0):
-        self.model = RandomSurvivalForest(n_estimators=200, min_samples_leaf=10,
+    def __init__(self, seed: int = 0, min_samples_leaf: int = 10):
+        self.model = RandomSurvivalForest(n_estimators=200, min_samples_leaf=min_samples_leaf,
                                           max_features="sqrt", n_jobs=-1, random_state=seed)
 
     def fit(self, X, duration, event):
@@ -140,15 +153,155 @@ class RSF:
         return survival_at(surv, self.model.unique_times_, times)
 
 
+MODELS = ("km", "cox", "lr", "rf", "rsf")
+KINDS = {"km": "dense", "cox": "dense", "lr": "sparse", "rf": "sparse", "rsf": "dense"}
+"""Which features each model takes: ``sparse`` (TF-IDF + demographics) or ``dense`` (SVD +
+demographics; Kaplan–Meier ignores them)."""
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A family's tuned hyperparameter: its name, the params.yaml ``tune`` key of its grid,
+    today's default (the only value when tuning is off) and which way regularises more."""
+
+    hyperparam: str
+    grid_key: str
+    default: float
+    larger_regularises: bool
+
+
+TUNED = {
+    "cox": Tuned("penalizer", "cox_penalizer", 0.1, True),
+    "lr": Tuned("C", "lr_c", 1.0, False),
+    "rf": Tuned("min_samples_leaf", "forest_min_leaf", 5, True),
+    "rsf": Tuned("min_samples_leaf", "forest_min_leaf", 10, True),
+}
+"""The families with a hyperparameter to tune (Kaplan–Meier has none)."""
+
+
+def make_model(name: str, horizons, seed: int = 0, value=None):
+    """One unfitted model of family ``name``; ``value`` sets its :data:`TUNED` hyperparameter
+    (``None`` = the default)."""
+    if name == "km":
+        return KaplanMeier()
+    v = TUNED[name].default if value is None else value
+    if name == "cox":
+        return CoxPH(penalizer=float(v))
+    if name == "lr":
+        return HorizonClassifier(lambda: LogisticRegression(C=float(v), max_iter=2000),
+                                 horizons)
+    if name == "rf":
+        return HorizonClassifier(lambda: RandomForestClassifier(
+            n_estimators=300, min_samples_leaf=int(v), n_jobs=-1, random_state=seed), horizons)
+    if name == "rsf":
+        return RSF(seed, min_samples_leaf=int(v))
+    raise ValueError(f"unknown classical model {name!r}; known: {list(MODELS)}")
+
+
 def make_models(horizons, seed: int = 0) -> dict:
-    """name → (model, which features it takes: 'none' | 'sparse' | 'dense')."""
-    return {
-        "km": (KaplanMeier(), "dense"),
-        "cox": (CoxPH(), "dense"),
-        "lr": (HorizonClassifier(lambda: LogisticRegression(C=1.0, max_iter=2000), horizons),
-               "sparse"),
-        "rf": (HorizonClassifier(lambda: RandomForestClassifier(
-            n_estimators=300, min_samples_leaf=5, n_jobs=-1, random_state=seed), horizons),
-            "sparse"),
-        "rsf": (RSF(seed), "dense"),
-    }
+    """name → (model with its default hyperparameter, which features it takes: see
+    :data:`KINDS`)."""
+    return {name: (make_model(name, horizons, seed), KINDS[name]) for name in MODELS}
+
+
+def classical_grid(name: str, tune: TuneParams) -> list:
+    """The values of ``name``'s hyperparameter to try: its ``tune`` grid when tuning is on
+    (``tune.lrs`` set: as many values as the neural models' lrs), else today's default alone;
+    ``[None]`` for Kaplan–Meier (nothing to tune)."""
+    if name not in TUNED:
+        return [None]
+    t = TUNED[name]
+    return list(getattr(tune, t.grid_key)) if tune.lrs else [t.default]
+
+
+def tune_label(name: str, value) -> str:
+    """``("cox", 0.01)`` -> ``penalizer_0.01``: the value's part of metric names (as
+    ``lr_0.003`` for the neural models' learning rates)."""
+    return f"{TUNED[name].hyperparam}_{value:g}"
+
+
+FIT_FAILURES = (ConvergenceError,)
+"""A candidate whose fit raises one of these (lifelines' Cox at a small penalizer) is
+skipped, with a null validation C; the stage fails only when every candidate does."""
+
+
+def validation_c(model, X_val, d_val, e_val, horizon: float) -> float:
+    """Harrell's C on the validation split of the one risk score ``1 - S(h* | x)``
+    (:func:`ehrseq.evaluate.survival.risk_score`); NaN when it cannot be computed (no
+    comparable pair, non-finite predictions)."""
+    risk = risk_score(model.predict_survival(X_val, np.array([float(horizon)])),
+                      np.array([float(horizon)]), horizon)
+    if not np.isfinite(risk).all() or not np.asarray(e_val).any():
+        return math.nan
+    try:
+        return harrell_c(d_val, e_val, risk)
+    except (ValueError, ZeroDivisionError):  # sksurv: no comparable pair
+        return math.nan
+
+
+@dataclass
+class ClassicalTuneResult:
+    model: Any
+    """The model of the chosen value, fitted on the training split."""
+    value: Any
+    val_c: dict = field(default_factory=dict)
+    """Validation Harrell's C of every value tried (NaN: not computable or the fit failed)."""
+    fit_seconds: float = 0.0
+    """Fit time of the chosen value."""
+    wall_time_s: float = 0.0
+    """Fit and validation prediction time of every value together."""
+
+
+def fit_best(make: Callable[[Any], Any], grid: Sequence, X_train, d_train, e_train, X_val,
+             d_val, e_val, horizon: float, *, larger_regularises: bool = True,
+             log: Callable[[str], None] | None = None) -> ClassicalTuneResult:
+    """Fit ``make(value)`` on the training split for every value of ``grid`` and keep the one
+    with the highest validation Harrell's C of ``1 - S(horizon | x)`` (:func:`validation_c`).
+
+    Ties (and values whose C is NaN) go to the more regularised value: the grid is tried from
+    the most to the least regularised (``larger_regularises`` says which way) and a later
+    value must be strictly better. It sees only the training and validation arrays it is
+    given: the test split never enters the choice.
+    """
+    if not len(grid):
+        raise ValueError("fit_best: no value to try")
+    order = list(grid) if None in grid else sorted(grid, reverse=larger_regularises)
+    best: ClassicalTuneResult | None = None
+    best_c = -math.inf
+    val_c: dict = {}
+    wall, error = 0.0, None
+    for v in order:
+        t0 = time.time()
+        try:
+            model = make(v).fit(X_train, d_train, e_train)
+        except FIT_FAILURES as err:
+            error, val_c[v] = err, math.nan
+            wall += time.time() - t0
+            if log is not None:
+                log(f"{v}: fit failed ({err}); skipped")
+            continue
+        fit_s = time.time() - t0
+        c = val_c[v] = validation_c(model, X_val, d_val, e_val, horizon)
+        wall += time.time() - t0
+        if log is not None:
+            log(f"{v}: validation C {c:.4f}")
+        score = c if math.isfinite(c) else -math.inf
+        if best is None or score > best_c:   # strictly better: ties keep the earlier value
+            best, best_c = ClassicalTuneResult(model, v, fit_seconds=fit_s), score
+        del model   # a worse model is freed here
+    if best is None:
+        raise error  # type: ignore[misc]
+    best.val_c, best.wall_time_s = {v: val_c[v] for v in grid}, wall
+    return best
+
+
+def classical_tune_metrics(name: str, result: ClassicalTuneResult) -> dict:
+    """Flat metrics of a tuning: ``<name>.tuned.<hyperparam>``, ``<name>.tune.n_values``,
+    ``<name>.tune.wall_time_s`` and ``<name>.tune.<hyperparam>_<value>.val_c`` for each value
+    (null where it could not be computed)."""
+    m: dict = {f"{name}.tuned.{TUNED[name].hyperparam}": result.value,
+               f"{name}.tune.n_values": len(result.val_c),
+               f"{name}.tune.wall_time_s": round(result.wall_time_s, 3)}
+    for v, c in result.val_c.items():
+        m[f"{name}.tune.{tune_label(name, v)}.val_c"] = c if math.isfinite(c) else None
+    return m
