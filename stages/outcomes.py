@@ -14,28 +14,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from lifelines import KaplanMeierFitter  # noqa: E402
 
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
 from ehrseq.outcomes.landmarks import build_outcomes  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
+from ehrseq.repro import RISK_DECIMALS, kaplan_meier, round_decimals  # noqa: E402
 
 OUT = Path("data/processed/outcomes")
 PLOTS = Path("plots/outcomes")
 
 
 def km_by_subtype(table: pd.DataFrame, stem: Path, title: str) -> None:
-    """``<stem>.csv`` (subtype, days, survival, at_risk) and ``<stem>.png``."""
+    """``<stem>.csv`` (subtype, days, survival, at_risk) and ``<stem>.png``. Survival is a
+    product (no log/exp), rounded to RISK_DECIMALS: the same CSV bytes on every machine."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     parts = []
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for k, g in table.groupby("subtype"):   # one curve per subtype (K <= 16)
-        km = KaplanMeierFitter().fit(g["duration"], g["event"])
-        sf = km.survival_function_.iloc[:, 0]
-        parts.append(pd.DataFrame({"subtype": int(k), "days": sf.index.to_numpy(),
-                                   "survival": sf.to_numpy(),
-                                   "at_risk": km.event_table["at_risk"].to_numpy()}))
-        ax.step(sf.index, sf.to_numpy(), where="post",
+        days, at_risk, _, surv = kaplan_meier(g["duration"], g["event"])
+        surv = round_decimals(surv, RISK_DECIMALS)
+        parts.append(pd.DataFrame({"subtype": int(k), "days": days, "survival": surv,
+                                   "at_risk": at_risk}))
+        ax.step(days, surv, where="post",
                 label=f"subtype {k} (n={len(g)}, events={int(g['event'].sum())})")
     pd.concat(parts).to_csv(stem.with_suffix(".csv"), index=False)
     ax.set_xlabel("days from landmark")

@@ -3,6 +3,7 @@ as CSV (for ``dvc plots``)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -13,16 +14,38 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def histogram_edges(v: np.ndarray, bins: int = 40, log_x: bool = False) -> np.ndarray:
+    """Bin edges from ``v.min()`` to ``v.max()`` (``v.max() + 1`` on a log scale), the inner
+    ones rounded to :data:`ehrseq.repro.PLOT_DIGITS` significant digits.
+
+    Computed with Python's floats (the C library's ``log10``/``pow``), never ``np.geomspace``:
+    NumPy's float64 ``log10``/``power`` have AVX-512 kernels whose last bits differ from the C
+    library's, so the committed CSV's edges changed with the CPU (issue 14)."""
+    from .repro import round_sig
+
+    if v.size == 0:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = float(v.min()), float(v.max())
+    if log_x and v.size and lo > 0:
+        hi += 1.0
+        a, b = math.log10(lo), math.log10(hi)
+        inner = [round_sig(10.0 ** (a + (b - a) * i / bins)) for i in range(1, bins)]
+    else:
+        if lo == hi:                      # np.histogram's range for constant data
+            lo, hi = lo - 0.5, hi + 0.5
+        inner = [round_sig(lo + (hi - lo) * i / bins) for i in range(1, bins)]
+    return np.unique(np.array([lo, *[x for x in inner if lo < x < hi], hi], dtype=np.float64))
+
+
 def histogram(values, path_stem: str | Path, title: str, xlabel: str, bins: int = 40,
               log_x: bool = False) -> None:
-    """Write ``<stem>.csv`` (bin edges and counts) and ``<stem>.png``."""
+    """Write ``<stem>.csv`` (bin edges and counts) and ``<stem>.png``; the same CSV bytes on
+    every machine (:func:`histogram_edges`)."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     v = np.asarray(values, dtype=float)
-    if log_x and v.size and v.min() > 0:
-        edges = np.unique(np.geomspace(v.min(), v.max() + 1, bins + 1))
-    else:
-        edges = bins
+    edges = histogram_edges(v, bins, log_x)
     counts, edges = np.histogram(v, bins=edges)
     pd.DataFrame({"bin_start": edges[:-1], "bin_end": edges[1:], "count": counts}).to_csv(
         stem.with_suffix(".csv"), index=False)

@@ -14,6 +14,9 @@ training duration is not added: no training patient would be at risk in the bin 
 that bin's hazard would never be trained. Each horizon adds at most one bin; a fitted edge
 within a day of a horizon is dropped in its favour, so no bin is a sliver.
 
+Fitted edges are rounded to the whole second (:func:`ehrseq.repro.round_days`), so
+``time_bins.json`` has the same bytes on every machine.
+
 Durations beyond the last edge are censored there (see :mod:`ehrseq.models.losses`).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..io import InputError
+from ..repro import round_days
 
 SNAP_DAYS = 1.0  # a fitted edge closer than this to a horizon is replaced by the horizon
 
@@ -40,6 +44,7 @@ def time_bins(duration, event, n: int, scheme: str = "quantile", horizons=()) ->
         inner = np.linspace(0.0, t.max(), n + 1)[1:]
     else:
         raise ValueError(f"outcome.time_bins.scheme: got {scheme!r}; accepted: quantile, equal")
+    inner = round_days(inner)
     h = np.asarray(horizons, dtype=np.float64).ravel()
     h = h[(h > 0) & (h < d.max())]
     if h.size:  # a fitted edge within a day of a horizon gives way to it (no sliver bins)

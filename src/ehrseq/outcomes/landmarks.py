@@ -36,10 +36,12 @@ import pandas as pd
 
 from ..io import InputError
 from ..params import LandmarkParams, OutcomeParams, ParamsError, SequencesParams
+from ..repro import km_median, round_days
 
 EPOCH = pd.Timestamp("1970-01-01")
 MIN_DURATION = 1.0 / 24.0
-"""Durations are floored at one hour (days), so every duration is > 0."""
+"""Durations are floored at one hour (days), so every duration is > 0; written durations are
+rounded to the whole second (:func:`ehrseq.repro.round_days`: the same bytes on every machine)."""
 
 COLUMNS = ("patient", "index", "split", "landmark_time", "landmark_visits", "input_visits",
            "duration", "event", "subtype", "true_risk")
@@ -250,7 +252,7 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
         "landmark_time": lm.landmark_time.astype(np.float64),
         "landmark_visits": lm.landmark_visits.astype(np.int64),
         "input_visits": lm.window.astype(np.int64),
-        "duration": np.maximum(res.duration, MIN_DURATION).astype(np.float64),
+        "duration": round_days(np.maximum(res.duration, MIN_DURATION)),
         "event": res.event.astype(np.int64),
         "subtype": res.subtype.astype(np.int64),
         "true_risk": res.true_risk.astype(np.float64),
@@ -293,13 +295,9 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
 
 
 def _median_followup(duration, event) -> float:
-    """Reverse Kaplan–Meier median follow-up (censoring treated as the event)."""
-    from lifelines import KaplanMeierFitter
-
-    if len(duration) == 0:
-        return float("nan")
-    km = KaplanMeierFitter().fit(duration, 1 - np.asarray(event))
-    return float(km.median_survival_time_)
+    """Reverse Kaplan–Meier median follow-up (censoring treated as the event), computed
+    without logarithms (:func:`ehrseq.repro.km_median`): lifelines' value, on every machine."""
+    return km_median(np.asarray(duration), 1 - np.asarray(event))
 
 
 def _summary(table: pd.DataFrame, n_all: int, n_landmarked: int, excluded: dict,

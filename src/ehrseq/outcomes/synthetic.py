@@ -13,6 +13,11 @@ censoring ``C = -censoring_days ln(V)``, and the end of record censors administr
 ``U`` and ``V`` are per-patient hashes of (``synthetic.seed``, patient id). Codes are read
 through vocab.json tokens ``SNOMED-CT/<code>``: an effect sees exactly what a model sees.
 
+The same bytes on every machine (:mod:`ehrseq.repro`): the sums run in a fixed order
+(``math.fsum``, column after column, never BLAS), ``exp``/``ln`` are the C library's,
+``true_risk`` is rounded to 9 decimals before the times are drawn from it, and the times are
+rounded to the whole second before they are compared.
+
 The planted subtype ``s_i`` is a rule on the generator's own latent variables, the named-effect
 features ``x_i`` (:func:`planted_subtypes`, :data:`SUBTYPE_PARTITIONS`): the risk group
 (cardiovascular / metabolic / other, or ``none``) that dominates the patient's beta-weighted
@@ -22,11 +27,13 @@ is scored against (the earlier K-means on TF-IDF of the input codes favoured TF-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..params import SyntheticParams
+from ..repro import libm_exp, libm_log, mean, round_days, round_decimals, standardise, weighted_sum
 from .landmarks import Landmarks, days_since_epoch, hash_uniform, landmark_tokens
 
 N_SPECIALS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]: never features
@@ -141,16 +148,8 @@ def named_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
             X[both, j] = np.sign(b[both] - a[both])
         elif e.kind == "age":
             birth = days_since_epoch(seqs.patients["birth_date"].to_numpy()[lm.index])
-            X[:, j] = _standardise((lm.landmark_time - birth) / 365.25)
+            X[:, j] = standardise((lm.landmark_time - birth) / 365.25)
     return X, absent
-
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) == 0:
-        return x
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 def planted_subtypes(X: np.ndarray, n_subtypes: int, score: np.ndarray
@@ -176,13 +175,13 @@ def planted_subtypes(X: np.ndarray, n_subtypes: int, score: np.ndarray
         return np.zeros(m, np.int64), ["all"] if m else []
     col = {e.name: j for j, e in enumerate(EFFECTS)}
     beta = np.array([e.beta for e in EFFECTS])
-    S = np.stack([(X[:, [col[n] for n in effs]] * beta[[col[n] for n in effs]]).sum(1)
+    S = np.stack([weighted_sum(X[:, [col[n] for n in effs]], beta[[col[n] for n in effs]])
                   for effs in groups.values()], axis=1)      # [m, groups]: a loop over groups
     S = np.round(S, 9)                                       # 0.4 + 0.3 ties 0.7 exactly
     names = ["none", *groups]
     g = np.where(S.max(1) > 0, S.argmax(1) + 1, 0)           # argmax: the first of ties
     used = np.unique(g)
-    mean_score = np.array([score[g == u].mean() for u in used])   # a loop over K
+    mean_score = np.array([mean(score[g == u]) for u in used])   # a loop over K
     order = used[np.lexsort((used, mean_score))]
     new_id = np.empty(len(names), np.int64)
     new_id[order] = np.arange(len(order))
@@ -209,10 +208,10 @@ def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
     ``X`` alone (:func:`planted_subtypes`)."""
     X, absent = named_effects(seqs, lm)
     beta = np.array([e.beta for e in EFFECTS])
-    score = X @ beta
+    score = weighted_sum(X, beta)      # not X @ beta: BLAS kernels differ between CPUs
     subtype, _ = planted_subtypes(X, p.n_subtypes, score)
     raw = score + subtype_offsets(max(int(subtype.max(initial=0)) + 1, 1))[subtype]
-    return subtype, p.signal * _standardise(raw), X, absent
+    return subtype, round_decimals(p.signal * standardise(raw)), X, absent
 
 
 def oracle_cindex(duration, event, true_risk) -> float | None:
@@ -234,10 +233,11 @@ def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
     ids = seqs.patients["patient"].to_numpy()[lm.index]
     u = hash_uniform(ids, p.seed, "event")
     v = hash_uniform(ids, p.seed, "censor")
-    lam0 = np.log(2.0) / p.median_days
-    t_event = -np.log(u) / (lam0 * np.exp(risk))
-    t_cens = -p.censoring_days * np.log(v)
-    admin = seqs.patients["end_of_record"].to_numpy(np.float64)[lm.index] - lm.landmark_time
+    lam0 = math.log(2.0) / p.median_days
+    t_event = round_days(-libm_log(u) / (lam0 * libm_exp(risk)))
+    t_cens = round_days(-p.censoring_days * libm_log(v))
+    admin = round_days(seqs.patients["end_of_record"].to_numpy(np.float64)[lm.index]
+                       - lm.landmark_time)
     stop = np.minimum(t_cens, admin)
     event = (t_event <= stop).astype(np.int64)
     duration = np.where(event == 1, t_event, stop)
