@@ -14,7 +14,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo tor
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install repro test test-all lint bench bench-pipeline clean-venv plots-diff check-remote pod
+.PHONY: install repro test test-all lint bench bench-pipeline check-lock clean-venv plots-diff check-remote pod
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: install
 # The whole default DAG from a fresh clone, stage by stage, against the 15-minute budget
 bench-pipeline: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/pipeline.py
+
+# A fresh clone of HEAD recomputes the data stages and compares them with the committed dvc.lock
+# (docs/architecture.md, Reproducibility): make check-lock CHECK_LOCK_ARGS="--rev main"
+CHECK_LOCK_ARGS ?=
+check-lock: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/check_lock.py $(CHECK_LOCK_ARGS)
 
 check-remote: install
 	$(BIN)/python -m ehrseq.pod check-remote
