@@ -49,6 +49,7 @@ def tiny_params(repo: Path, patients: int = 40) -> None:
     p["train"].update(epochs=2, batch_size=16)
     p["evaluate"]["bootstrap"] = 50
     p["outcome"]["synthetic"]["signal"] = 3.0   # a strong truth: scores are checkable on 40
+    p["cluster"]["min_test_patients"] = 4       # 40 patients: about 6 in the test split
     # one training per stage (tests/test_tune.py covers the tuned stages); and the sweep test
     # below sweeps finetune.lr, which reaches training only with tuning off
     p["tune"] = {"lrs": None}
