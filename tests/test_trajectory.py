@@ -57,8 +57,11 @@ def test_labels_on_a_hand_made_events_table(tmp_path):
     rows = [  # patient, day, encounter, kind, code
         ("A", 900.0, "a1", "condition", X),     # X recorded before the landmark: present
         ("A", 1010.0, "a2", "condition", X),
-        ("A2", 1000.0, "b1", "procedure", "p1"),  # the landmark visit starts at day 1000 ...
-        ("A2", 1000.5, "b1", "condition", X),   # ... so X, recorded later in it, is an input
+        ("A2", 1000.0, "b1", "procedure", "p1"),  # a visit starting at the landmark ...
+        ("A2", 1000.5, "b1", "condition", X),   # ... X known half a day later: an onset
+        ("A3", 1010.0, "g2", "encounter", "e"),  # an encounter 10 d after the landmark ...
+        ("A3", 900.0, "g2", "condition", X),    # ... back-links X (START day 900): known at
+                                                # day 1010, so not present: an onset at 10 d
         ("B", 1020.0, "c1", "condition", X),    # onset 20 d after: 1 at every horizon
         ("B", 1400.0, "c2", "condition", X),    # later records do not move the onset
         ("C", 1100.0, "d1", "condition", X),    # onset at 100 d: 0, 0, 1
@@ -71,7 +74,7 @@ def test_labels_on_a_hand_made_events_table(tmp_path):
     ev["system"], ev["description"] = "SNOMED-CT", "x"
     ev.drop(columns="day").to_parquet(tmp_path / "events.parquet", index=False)
 
-    ids = ["A", "A2", "B", "C", "D", "E", "F", "G", "H"]
+    ids = ["A", "A2", "A3", "B", "C", "D", "E", "F", "G", "H"]
     eor = {"D": 1050.0, "F": 1060.0, "H": 990.0}  # D censored at 50 d; F dies at 60 d
     death = {"F": pd.Timestamp("1970-01-01") + pd.Timedelta(days=1060),
              "H": pd.Timestamp("1970-01-01") + pd.Timedelta(days=990)}  # H died before
@@ -90,7 +93,8 @@ def test_labels_on_a_hand_made_events_table(tmp_path):
 
     x, d, z = 0, 1, 2  # target columns
     assert same(got["A"][x], [NAN] * 3)            # present at the landmark: masked
-    assert same(got["A2"][x], [NAN] * 3)           # recorded in the landmark visit: masked
+    assert same(got["A2"][x], [1, 1, 1])           # known after the landmark: not an input
+    assert same(got["A3"][x], [1, 1, 1])           # back-linked: known from its encounter on
     assert same(got["B"][x], [1, 1, 1])            # onset within every horizon
     assert same(got["C"][x], [0, 0, 1])            # onset beyond 30 and 90 d: 0 there
     assert same(got["D"][x], [0, NAN, NAN])        # record ends at 50 d: censored first
@@ -102,8 +106,10 @@ def test_labels_on_a_hand_made_events_table(tmp_path):
     assert same(got["D"][d], [0, NAN, NAN])
     assert same(got["H"][d], [NAN] * 3)            # died before the landmark: masked
     assert same(got["C"][z], [0, 0, 0])            # a code never recorded: no onset
-    assert lab.present[:, x].tolist() == [True, True] + [False] * 7
+    assert lab.present[:, x].tolist() == [True] + [False] * 9
     assert lab.onset[ids.index("B"), x] == pytest.approx(20.0)
+    assert lab.onset[ids.index("A2"), x] == pytest.approx(0.5)
+    assert lab.onset[ids.index("A3"), x] == pytest.approx(10.0)   # not its START (−100 d)
     assert lab.first_any[ids.index("A"), x] == pytest.approx(900.0)
 
 
