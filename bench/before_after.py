@@ -36,8 +36,26 @@ def _fmt(c) -> str:
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
-def page(before: Path, after: Path, title: str, command: str, note: str = "") -> str:
+def _from_report(path: Path) -> dict:
+    """``<model>.c_harrell(_lo/_hi)`` read back from a generated benchmark table (Markdown)."""
+    import re
+
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", cells[3]) if len(cells) > 3 else None
+        if m:
+            name = "oracle" if cells[1].startswith("oracle") else cells[1]
+            out.update({f"{name}.c_harrell": float(m[1]), f"{name}.c_harrell_lo": float(m[2]),
+                        f"{name}.c_harrell_hi": float(m[3])})
+    return out
+
+
+def page(before: Path, after: Path, title: str, command: str, note: str = "",
+         before_report: Path | None = None) -> str:
     eb, ea = _read(before / "metrics/evaluate.json"), _read(after / "metrics/evaluate.json")
+    if before_report is not None:
+        eb = _from_report(before_report)
     ob, oa = _read(before / "metrics/outcomes.json"), _read(after / "metrics/outcomes.json")
     mb, ma = _models(eb), _models(ea)
     old = audit_old_rule(before)
@@ -88,8 +106,10 @@ def main() -> None:
     ap.add_argument("--title", default="Before and after")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--note", default="", help="how the two runs were made (Markdown)")
+    ap.add_argument("--before-report", type=Path,
+                    help="take BEFORE's C from this generated benchmark table instead")
     a = ap.parse_args()
-    text = page(a.before, a.after, a.title, " ".join(sys.argv[1:]), a.note)
+    text = page(a.before, a.after, a.title, " ".join(sys.argv[1:]), a.note, a.before_report)
     if a.out:
         a.out.write_text(text)
     print(text)
