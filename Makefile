@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
-	$(BIN)/python -m ehrseq.offline_plots .dvc/plots-offline.html >/dev/null
+	$(BIN)/python -m ehrseq.ops.offline_plots .dvc/plots-offline.html >/dev/null
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -52,11 +52,11 @@ check-lock: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/check_lock.py $(CHECK_LOCK_ARGS)
 
 check-remote: install
-	$(BIN)/python -m ehrseq.pod check-remote
+	$(BIN)/python -m ehrseq.ops.pod check-remote
 
 # On a rented GPU machine: make pod POD_ARGS="-S model.size=large --require-gpu"
 pod: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m ehrseq.pod run $(POD_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m ehrseq.ops.pod run $(POD_ARGS)
 
 # Compare plots with another revision, rendered offline (Vega inlined): make plots-diff REV=main
 REV ?= HEAD

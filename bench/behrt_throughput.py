@@ -16,7 +16,7 @@ machine load only ever slows a round down, so the fastest is the least disturbed
 
 Throughput counts real (non-padding) tokens. ``data ms`` is the time to build the batch from
 the sequences arrays (gather, layout, masking) in this process; ``data share`` is its share of
-data + step time when loading is not overlapped (``train.num_workers: 0``). Attention dropout
+data + step time when loading is not overlapped (``runtime.num_workers: 0``). Attention dropout
 is 0 in both models (ours never uses it; it forces the unfused attention path).
 
     python bench/behrt_throughput.py            # BEHRT-large, length 512, batch 64
@@ -33,8 +33,9 @@ import pandas as pd
 import torch
 
 from ehrseq.data.tensors import Sequences
-from ehrseq.models.behrt import SIZE_PRESETS, BEHRTBatch, BEHRTConfig
+from ehrseq.models.behrt import BEHRTBatch, BEHRTConfig
 from ehrseq.models.pretraining import BEHRTPretrain, PretrainDataset, pretrain_loss
+from ehrseq.params import BEHRT_SIZES
 
 CODES_PER_VISIT = (2, 6)  # uniform, so about 5 tokens a visit with its [SEP]
 
@@ -95,7 +96,7 @@ def timed(steps: dict, device, warmup: int, n: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    h, layers, heads, inter, _ = SIZE_PRESETS["large"]
+    h, layers, heads, inter, _ = BEHRT_SIZES["large"]
     ap.add_argument("--hidden", type=int, default=h)
     ap.add_argument("--layers", type=int, default=layers)
     ap.add_argument("--heads", type=int, default=heads)

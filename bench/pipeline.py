@@ -10,7 +10,7 @@ stage's seconds and share, the total and its ratio to the budget, the machine an
 average before and after (other jobs on the machine slow every stage: report it).
 
     python bench/pipeline.py                   # the default params (200 generated patients)
-    python bench/pipeline.py -S train.threads=1 -S data.patients=100
+    python bench/pipeline.py -S runtime.threads=1 -S data.patients=100
     python bench/pipeline.py --keep DIR        # clone into DIR and keep it
 
 Exits 1 when ``dvc repro`` fails. Results: docs/benchmarks.md.
@@ -73,12 +73,12 @@ def timed_repro(repo: Path, env: dict) -> tuple[list[tuple[str, float]], float, 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="params.yaml override, e.g. -S train.threads=1")
+                    help="params.yaml override, e.g. -S runtime.threads=1")
     ap.add_argument("--keep", type=Path, help="clone here and keep it (must not exist)")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-pipeline-")) / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
-    set_params(work / "params.yaml", [*args.set, f"train.checkpoint_dir={work / 'checkpoints'}"])
+    set_params(work / "params.yaml", [*args.set, f"runtime.checkpoint_dir={work / 'checkpoints'}"])
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(work / "src")}
     load_before = os.getloadavg()

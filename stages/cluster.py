@@ -20,9 +20,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from ehrseq.data.task import SurvivalTask
 from ehrseq.evaluate import clustering as C
 from ehrseq.evaluate.embed import PatientEmbedding, input_counts
-from ehrseq.evaluate.task import SurvivalTask
 from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
 from ehrseq.outcomes.phenotypes import load_phenotypes
 from ehrseq.params import ClusterParams, load_params

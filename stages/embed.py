@@ -9,8 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+from ehrseq.data.task import SurvivalTask
 from ehrseq.evaluate.embed import PatientEmbedding, embed
-from ehrseq.evaluate.task import SurvivalTask
 from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.params import load_params
 

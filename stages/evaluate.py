@@ -1,7 +1,9 @@
-"""Stage `evaluate`: one benchmark table across every model that ran, from the stage metrics:
-metrics/evaluate.json (for `dvc metrics diff`), a Markdown report and figures."""
+"""Stage `evaluate`: the only place test metrics are computed. Scores every model's test
+predictions found under data/predictions (no list of models: :mod:`ehrseq.evaluate.scoring`),
+compares them pairwise on the same test patients, and writes metrics/evaluate.json (for `dvc
+metrics diff`), a Markdown report and figures."""
 
-import sys
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -19,13 +21,14 @@ from ehrseq.evaluate.report import (  # noqa: E402
     to_markdown,
     window_note,
 )
+from ehrseq.evaluate.scoring import PREDICTIONS, Outcomes, score_all  # noqa: E402
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
 
 PLOTS = Path("plots/evaluate")
-PREDICTIONS = Path("data/predictions")
 OUTCOMES = Path("data/processed/outcomes")
 OUTCOMES_METRICS = Path("metrics/outcomes.json")
+log = logging.getLogger("evaluate")
 
 
 def _read_json(path: Path) -> dict:
@@ -72,41 +75,31 @@ def params_vs_c(rows, path: Path) -> None:
 
 def main() -> None:
     params = load_params()
-    files = sys.argv[1:]
-    rows = collect(files, yaml.safe_load(Path("params.yaml").read_text()))
-    price = params.evaluate.gpu_hourly_usd
-    flat = {}
-    for r in rows:
-        key = r["model"].split(" ")[0]
-        flat[f"{key}.c_harrell"] = r["_c"]
-        flat[f"{key}.c_harrell_lo"] = r["_lo"]
-        flat[f"{key}.c_harrell_hi"] = r["_hi"]
-        if r.get("_seconds") is not None:
-            flat[f"{key}.train_seconds"] = r["_seconds"]
-        if r.get("_gpu_usd") is not None:
-            flat[f"{key}.gpu_cost_usd"] = r["_gpu_usd"]
-    scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
-    best = max(scored, key=lambda r: r["_c"]) if scored else None
-    if best is not None:
-        flat["best.c_harrell"] = best["_c"]
-        if flat.get("oracle.c_harrell") is not None:
-            flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
-    ev = params.evaluate
-    preds = sorted(p for p in PREDICTIONS.rglob("*.npz") if "train_trajectory" not in p.parts)
-    pairs = paired_comparisons(preds, OUTCOMES, ev.horizons, ev.bootstrap, ev.seed) \
-        if preds and (OUTCOMES / "outcomes.parquet").is_file() else []
-    for r in pairs:
-        for k in ("delta", "lo", "hi", "p_not_better"):
-            flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
+    rep, horizons = params.report, params.outcome.horizons
     with atomic_outputs(PLOTS) as (out,):
         out.mkdir()
+        flat, risks = score_all(PREDICTIONS, OUTCOMES, horizons, rep, out,
+                                progress=lambda name: log.info("scoring %s", name))
+        rows = collect(flat, yaml.safe_load(Path("params.yaml").read_text()))
+        scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
+        best = max(scored, key=lambda r: r["_c"]) if scored else None
+        if best is not None:
+            flat["best.c_harrell"] = best["_c"]
+            if flat.get("oracle.c_harrell") is not None:
+                flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
+        pairs = paired_comparisons(risks, Outcomes.load(OUTCOMES), rep.bootstrap, rep.seed)
+        for r in pairs:
+            for k in ("delta", "lo", "hi", "p_not_better"):
+                flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
         forest(rows, out / "cindex.png")
         params_vs_c(rows, out / "params_vs_cindex.png")
         (out / "report.md").write_text(
             f"# Benchmark: outcome `{params.outcome.name}`, model size `{params.model.size}`\n\n"
             + (f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). "
-             if best else "No model could be scored (no evaluable test pairs). ") + f"GPU price "
-            f"for costs: ${price}/h. Machine: {machine()}.\n\n"
+               if best else "No model could be scored (no evaluable test pairs). ")
+            + f"Test split: {flat['test.patients']} patients, {flat['test.landmarks']} "
+            f"landmarks, {flat['test.events']} events. GPU price for costs: "
+            f"${rep.gpu_hourly_usd}/h. Machine: {machine()}.\n\n"
             + window_note(params.outcome.history.model_dump(), _read_json(OUTCOMES_METRICS))
             + " " + ORACLE_NOTE + "\n\n" + to_markdown(rows)
             + "\n![C-index](cindex.png)\n"
@@ -119,4 +112,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_stage(main)

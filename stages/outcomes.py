@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
-from ehrseq.outcomes.landmarks import build_outcomes  # noqa: E402
+from ehrseq.outcomes.build import build_outcomes  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
 from ehrseq.repro import RISK_DECIMALS, kaplan_meier, round_decimals  # noqa: E402
 
@@ -54,7 +54,7 @@ def main() -> None:
     t0 = time.time()
     with atomic_outputs(OUT) as (tmp,):
         res = build_outcomes("data/interim", "data/processed/sequences", tmp, p,
-                             params.sequences.event_kinds, horizons=params.evaluate.horizons)
+                             params.sequences.event_kinds, horizons=params.outcome.horizons)
     write_json("metrics/outcomes.json", res.metrics)
     km_by_subtype(res.table, PLOTS / "km_by_subtype",
                   f"outcome {p.name}: Kaplan–Meier by planted subtype")

@@ -29,8 +29,10 @@ from ehrseq.models.pretraining import (
     pretrain_loader,
     pretrain_loss,
 )
+from ehrseq.models.store import load_model, save_model
 from ehrseq.params import BEHRTParams, ModelParams, TrainParams
-from ehrseq.train.loop import fit, load_model, save_model, seed_everything
+from ehrseq.train.loop import fit
+from ehrseq.train.runtime import seed_everything
 
 TINY = dict(hidden=32, layers=2, heads=4, intermediate=64, max_len=64, dropout=0.0)
 

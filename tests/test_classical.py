@@ -10,8 +10,8 @@ import pytest
 from lifelines import KaplanMeierFitter
 from sklearn.linear_model import LogisticRegression
 
+from ehrseq.data.task import time_grid
 from ehrseq.evaluate.survival import survival_at
-from ehrseq.evaluate.task import time_grid
 from ehrseq.models.classical import RSF, CoxPH, HorizonClassifier, KaplanMeier, make_models
 
 HORIZONS = [30, 90, 180]

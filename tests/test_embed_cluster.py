@@ -25,6 +25,7 @@ import yaml
 from conftest import ROOT
 from sklearn.metrics import adjusted_rand_score
 
+from ehrseq.data.task import SurvivalTask
 from ehrseq.data.tensors import SequenceDataset, build_batch, toy_sequences
 from ehrseq.evaluate import clustering as C
 from ehrseq.evaluate.embed import (
@@ -33,14 +34,13 @@ from ehrseq.evaluate.embed import (
     embed,
     lstm_landmark_state,
 )
-from ehrseq.evaluate.task import SurvivalTask
 from ehrseq.models.behrt import BEHRTConfig, behrt_inputs
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig
 from ehrseq.models.med2vec import Med2Vec, Med2VecConfig, encode_all_visits
 from ehrseq.models.pretraining import BEHRTPretrain
+from ehrseq.models.store import save_model
 from ehrseq.outcomes.phenotypes import load_phenotypes, phenotype_labels
 from ehrseq.params import EMBEDDING_METHODS
-from ehrseq.train.loop import save_model
 
 DAY = 86_400
 
@@ -285,7 +285,7 @@ def test_embeddings_use_only_pre_landmark_data(tmp_path, monkeypatch):
 def test_lstm_embedding_is_what_the_head_reads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     task = toy_project(tmp_path, n=30)
-    from ehrseq.train.loop import load_model
+    from ehrseq.models.store import load_model
 
     model, _, _ = load_model("models/train_survival")
     model.eval()
@@ -306,7 +306,7 @@ def test_model_embeddings_match_the_encoders(tmp_path, monkeypatch):
     patient; Med2Vec rows are the mean of its visit vectors over the input visits."""
     monkeypatch.chdir(tmp_path)
     task = toy_project(tmp_path, n=30)
-    from ehrseq.train.loop import load_model
+    from ehrseq.models.store import load_model
 
     t, s = task.table, task.seqs
     behrt, _, _ = load_model("models/pretrain_behrt")

@@ -19,8 +19,9 @@ from ehrseq.models.behrt import (
     save_adapter,
     survival_loss,
 )
+from ehrseq.models.store import save_model
 from ehrseq.params import FinetuneParams, TrainParams
-from ehrseq.train.loop import fit, save_model
+from ehrseq.train.loop import fit
 
 CFG = BEHRTConfig(vocab_size=300, hidden=64, layers=2, heads=4, intermediate=128, max_len=64,
                   n_bins=6, dropout=0.0)

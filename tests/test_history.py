@@ -8,12 +8,13 @@ from conftest import export_dir
 
 from ehrseq.data.ingest import ingest
 from ehrseq.data.sequences import build_sequences
+from ehrseq.data.task import SurvivalTask
 from ehrseq.data.tensors import Sequences, build_batch
-from ehrseq.evaluate.task import SurvivalTask
-from ehrseq.models.behrt import BEHRTDataset, check_history
+from ehrseq.models.behrt import BEHRTDataset
 from ehrseq.models.med2vec import Med2VecSurvivalDataset
-from ehrseq.outcomes.landmarks import build_outcomes, input_window, landmark_tokens
-from ehrseq.params import OutcomeParams, ParamsError, SequencesParams
+from ehrseq.outcomes.build import build_outcomes
+from ehrseq.outcomes.landmarks import input_window, landmark_tokens
+from ehrseq.params import OutcomeParams, ParamsError, SequencesParams, parse_params
 
 SPECIAL = 5
 HISTORY = {"max_visits": 6, "max_tokens": 60}
@@ -107,9 +108,15 @@ def test_dataset_reads_landmark_visits_not_all_visits(task):
 
 
 def test_behrt_must_hold_the_window():
-    check_history(256, 255)
+    """Checked by the params schema, before any stage builds a model."""
+    parse_params({"outcome": {"history": {"max_tokens": 255}}})
     with pytest.raises(ParamsError, match="outcome.history.max_tokens=300"):
-        check_history(256, 300)
+        parse_params({"outcome": {"history": {"max_tokens": 300}}})
+    parse_params({"outcome": {"history": {"max_tokens": 300}}, "model": {"size": "medium"}})
+    with pytest.raises(ParamsError, match="model.behrt.heads: 3 does not divide hidden 128"):
+        parse_params({"model": {"behrt": {"heads": 3}}})
+    with pytest.raises(ParamsError, match="contrastive objective is not implemented"):
+        parse_params({"pretrain": {"contrastive_weight": 0.5}})
 
 
 def test_sequences_fixture_is_real(task):

@@ -19,7 +19,7 @@ from ehrseq.data.sequences import build_sequences
 from ehrseq.data.synthesize import generate_cohort
 from ehrseq.data.tensors import Sequences
 from ehrseq.data.visits import audit_inputs
-from ehrseq.outcomes.landmarks import build_outcomes
+from ehrseq.outcomes.build import build_outcomes
 from ehrseq.params import LandmarkParams, OutcomeParams, SequencesParams
 
 P = "p1"

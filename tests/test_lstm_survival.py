@@ -8,15 +8,19 @@ import torch
 from lifelines.utils import concordance_index
 
 from ehrseq.data.tensors import SequenceDataset, Sequences, make_loader, toy_sequences
-from ehrseq.models.losses import bin_targets, hazard_to_survival, nll_logistic_hazard
+from ehrseq.models.inference import predict
+from ehrseq.models.losses import hazard_to_survival, nll_logistic_hazard
 from ehrseq.models.lstm_survival import (
     DiscreteTimeSurvivalLSTM,
     LSTMConfig,
     lstm_config,
     survival_loss,
 )
+from ehrseq.models.store import load_model, save_model
 from ehrseq.params import LSTMParams, ModelParams, TrainParams
-from ehrseq.train.loop import fit, load_model, predict, save_model, seed_everything
+from ehrseq.survival.bins import bin_targets
+from ehrseq.train.loop import fit
+from ehrseq.train.runtime import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

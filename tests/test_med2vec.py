@@ -34,8 +34,10 @@ from ehrseq.models.med2vec import (
     visit_bags,
     visit_level_loss,
 )
+from ehrseq.models.store import load_model, save_model
 from ehrseq.params import Med2VecParams, ModelParams, TrainParams
-from ehrseq.train.loop import fit, load_model, save_model, seed_everything
+from ehrseq.train.loop import fit
+from ehrseq.train.runtime import seed_everything
 
 N_SPECIAL = 5
 
@@ -308,13 +310,13 @@ def test_umap_plot_writes_png_and_csv(tmp_path):
 
 def test_survival_head_reads_only_input_visits_and_fine_tunes_the_encoder(tmp_path):
     from ehrseq.data.tensors import SequenceDataset
-    from ehrseq.models.losses import bin_targets
     from ehrseq.models.med2vec import (
         Med2VecSurvival,
         Med2VecSurvivalDataset,
         encode_all_visits,
         survival_loss,
     )
+    from ehrseq.survival.bins import bin_targets
 
     seqs = toy_sequences(n_patients=40, vocab_size=30, max_visits=8, seed=3)
     keep = np.flatnonzero(seqs.n_visits >= 2)

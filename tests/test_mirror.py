@@ -97,7 +97,7 @@ def test_corrupt_remote_checkpoint_falls_back(s3, tmp_path):
     repo = dvc_repo(tmp_path / "pod", endpoint)
     mirror = CheckpointMirror.from_dvc(repo)
     assert mirror is not None
-    from ehrseq.train.loop import save_checkpoint
+    from ehrseq.train.checkpoint import save_checkpoint
 
     run = tmp_path / "local"
     for i in (1, 2):

@@ -13,15 +13,11 @@ from ehrseq.data.ingest import ingest
 from ehrseq.data.sequences import build_sequences
 from ehrseq.data.tensors import Sequences, build_batch
 from ehrseq.io import InputError
-from ehrseq.outcomes.bins import time_bins
-from ehrseq.outcomes.landmarks import (
-    Landmarks,
-    build_outcomes,
-    choose_landmarks,
-    days_since_epoch,
-)
+from ehrseq.outcomes.build import build_outcomes
+from ehrseq.outcomes.landmarks import Landmarks, choose_landmarks, days_since_epoch
 from ehrseq.outcomes.synthetic import CODES, EFFECTS, named_effects, planted_subtypes
 from ehrseq.params import LandmarkParams, OutcomeParams, ParamsError, SequencesParams
+from ehrseq.survival.bins import time_bins
 
 
 @pytest.fixture(scope="module")

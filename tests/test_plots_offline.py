@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ehrseq.offline_plots import write_template
+from ehrseq.ops.offline_plots import write_template
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

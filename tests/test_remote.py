@@ -3,7 +3,7 @@ the real `dvc` and `git` commands on a tiny generated cohort.
 
 Scenario (one shared pipeline run): clone A runs `dvc repro`, then `dvc push --run-cache` and
 `git push` to a bare repository ("origin"); a fresh clone B pulls every output back, clean; a
-fresh clone C reruns the pipeline and recomputes nothing; `python -m ehrseq.pod run
+fresh clone C reruns the pipeline and recomputes nothing; `python -m ehrseq.ops.pod run
 -S model.size=large` in B runs only the model stage and is killed (SIGKILL) once that stage is
 pushed; the same command in a fresh clone D restores the model from the run-cache and finishes;
 A pulls the experiment and compares it with main. Plus the remote check's failures, each in
@@ -29,8 +29,8 @@ import yaml
 from conftest import ROOT
 from test_pipeline import copy_repo, run, tiny_params
 
-from ehrseq.pod import experiment_name
-from ehrseq.remote import run_cache_blockers
+from ehrseq.ops.pod import experiment_name
+from ehrseq.ops.remote import run_cache_blockers
 
 BUCKET = "ehrseq-test"
 KEY, SECRET = "testing-key", "testing-secret-value"
@@ -49,8 +49,8 @@ def s3(endpoint: str, key: str = KEY, secret: str = SECRET, service: str = "s3")
 
 
 def pod(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m ehrseq.pod ARGS` in ``cwd``; returns the finished process (not checked)."""
-    return subprocess.run([sys.executable, "-m", "ehrseq.pod", *args], cwd=cwd, text=True,
+    """`python -m ehrseq.ops.pod ARGS` in ``cwd``; returns the finished process (not checked)."""
+    return subprocess.run([sys.executable, "-m", "ehrseq.ops.pod", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(Path(cwd) / "src"), **(env or {})})
 
@@ -230,9 +230,9 @@ def kill_after_stage_pushed(cmd: list[str], cwd: Path, stage: str) -> str:
 
 @pytest.fixture(scope="module")
 def pods(origin, clone_b):
-    """`python -m ehrseq.pod run -S model.size=large` twice: in B, killed once the model stage
+    """`python -m ehrseq.ops.pod run -S model.size=large` twice: in B, killed once the model stage
     is pushed; then in a fresh clone D (a new pod), to the end."""
-    args = [sys.executable, "-m", "ehrseq.pod", "run", "-S", "model.size=large"]
+    args = [sys.executable, "-m", "ehrseq.ops.pod", "run", "-S", "model.size=large"]
     first = kill_after_stage_pushed(args, clone_b, "train_survival")
     d = clone(origin["origin"], origin["tmp"] / "D", origin["endpoint"])
     res = pod(args[3:], d)

@@ -1,4 +1,5 @@
-"""The benchmark table and the paired comparisons of the `evaluate` stage."""
+"""The benchmark table, the scoring of every prediction found under a directory, and the paired
+comparisons of the `evaluate` stage."""
 
 from __future__ import annotations
 
@@ -9,21 +10,28 @@ import pandas as pd
 import pytest
 
 from ehrseq.evaluate.report import collect, comparisons_markdown, paired_comparisons, to_markdown
+from ehrseq.evaluate.scoring import Outcomes, find_predictions, gpu_cost, score_all
 from ehrseq.evaluate.survival import harrell_c, risk_score
+from ehrseq.io import InputError
+from ehrseq.params import ReportParams
 
 
-def test_table_rows_come_from_the_metrics_keys(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({
+def compare(pred_dir, outcomes, n_boot):
+    """What the evaluate stage does: score every prediction under ``pred_dir``, then pair."""
+    metrics, risks = score_all(pred_dir, outcomes, [30, 90, 365], ReportParams(bootstrap=n_boot))
+    return metrics, paired_comparisons(risks, Outcomes.load(outcomes), n_boot, 0)
+
+
+def test_table_rows_come_from_the_metrics_keys():
+    rows = collect({
         "oracle.c_harrell": 0.8, "oracle.c_harrell_lo": 0.7, "oracle.c_harrell_hi": 0.9,
         "cox.c_harrell": 0.75, "cox.c_harrell_lo": 0.7, "cox.c_harrell_hi": 0.8,
-        "cox.n": 40, "cox.n_events": 12}))
-    (tmp_path / "b.json").write_text(json.dumps({
+        "cox.n": 40, "cox.n_events": 12,
         "med2vec.c_harrell": 0.7, "med2vec.c_harrell_lo": 0.6, "med2vec.c_harrell_hi": 0.8,
         "med2vec.n_params": 120_000, "med2vec.n_params_trainable": 60_000,
         "med2vec.checkpoint_bytes": 2_500_000, "med2vec.train_seconds": 3.25,
-        "med2vec.n": 40, "med2vec.n_events": 12}))
-    rows = collect([tmp_path / "a.json", tmp_path / "b.json"],
-                   {"outcome": {"name": "synthetic"}, "model": {"size": "small"}})
+        "med2vec.n": 40, "med2vec.n_events": 12, "med2vec.size": "small",
+        "best.c_harrell": 0.75}, {"outcome": {"name": "synthetic"}})
     assert [r["model"] for r in rows] == ["oracle (true risk)", "cox", "med2vec"]
     m2v = rows[2]
     assert m2v["size"] == "small" and rows[1]["size"] == ""        # only neural rows have one
@@ -48,16 +56,21 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     times = np.array([30.0, 90.0, 365.0, 2000.0])
     truth = -test["duration"].to_numpy() / 200                 # a perfect ranking
 
-    def write(name, score, order):
+    preds = tmp_path / "predictions"
+
+    def write(name, score, order, stage):
         surv = np.exp(-np.outer(np.exp(score), times) / 1000.0)
-        np.savez(tmp_path / f"{name}.npz", index=test["index"].to_numpy()[order],
+        (preds / stage).mkdir(parents=True, exist_ok=True)
+        np.savez(preds / stage / f"{name}.npz", index=test["index"].to_numpy()[order],
                  times=times, surv=surv[order])
 
-    write("behrt_full", truth, np.arange(len(test))[::-1])     # stored in another order
-    write("behrt_scratch", rng.standard_normal(len(test)), np.arange(len(test)))
-    write("cox", truth, np.arange(len(test)))
-    files = sorted(tmp_path.glob("*.npz"))
-    rows = paired_comparisons(files, out, [30, 90, 365], n_boot=100, seed=0)
+    write("behrt_full", truth, np.arange(len(test))[::-1], "finetune_behrt/full")  # reordered
+    write("behrt_scratch", rng.standard_normal(len(test)), np.arange(len(test)),
+          "finetune_behrt/scratch")
+    write("cox", truth, np.arange(len(test)), "baselines")
+    metrics, rows = compare(preds, out, 100)
+    assert metrics["behrt_full.c_harrell"] == metrics["cox.c_harrell"]   # found at any depth
+    assert metrics["test.patients"] == metrics["test.landmarks"] == 40
     by = {(r["a"], r["b"]): r for r in rows}
     assert set(by) == {("behrt_full", "behrt_scratch"), ("behrt_full", "cox")}  # pairs present
     d, e = test["duration"].to_numpy(), test["event"].to_numpy()
@@ -68,10 +81,10 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     r = by[("behrt_full", "behrt_scratch")]
     assert r["delta"] > 0.2 and r["lo"] > 0 and harrell_c(d, e, full) == pytest.approx(1.0)
     assert "**a better**" in comparisons_markdown(rows)
-    np.savez(tmp_path / "lstm.npz", index=test["index"].to_numpy()[:5], times=times,
+    np.savez(preds / "lstm.npz", index=test["index"].to_numpy()[:5], times=times,
              surv=np.ones((5, 4)))
-    with pytest.raises(ValueError, match="lstm.npz: predictions miss 35 test patients"):
-        paired_comparisons([tmp_path / "lstm.npz"], out, [30, 90, 365], 10, 0)
+    with pytest.raises(InputError, match="lstm.npz: predictions miss 35 test landmarks"):
+        compare(preds, out, 10)
 
 
 def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path):
@@ -88,15 +101,50 @@ def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path
     table.to_parquet(out / "outcomes.parquet")
     test = table[table["split"] == "test"]
     times = np.array([30.0, 90.0, 365.0, 2000.0])
+    preds = tmp_path / "predictions"
+    preds.mkdir()
     for name, score in (("cox", test["true_risk"].to_numpy()),
                         ("km", np.zeros(len(test)))):
         surv = np.exp(-np.outer(np.exp(score), times) / 1000.0)
-        np.savez(tmp_path / f"{name}.npz", index=test["index"].to_numpy(), times=times, surv=surv)
-    rows = paired_comparisons(sorted(tmp_path.glob("*.npz")), out, [30, 90, 365], 100, 0)
+        np.savez(preds / f"{name}.npz", index=test["index"].to_numpy(), times=times, surv=surv)
+    metrics, rows = compare(preds, out, 100)
+    assert metrics["oracle.c_harrell"] == pytest.approx(metrics["cox.c_harrell"])
     by = {(r["a"], r["b"]): r for r in rows}
     assert by[("cox", "oracle")]["delta"] == pytest.approx(0.0)      # the true ranking itself
     km = by[("km", "oracle")]
     assert km["hi"] < 0 and "**b better**" in comparisons_markdown(rows)   # KM is below it
     table.drop(columns="true_risk").to_parquet(out / "outcomes.parquet")  # a real outcome
-    assert not [r for r in paired_comparisons(sorted(tmp_path.glob("*.npz")), out,
-                                              [30, 90, 365], 10, 0) if r["b"] == "oracle"]
+    metrics, rows = compare(preds, out, 10)
+    assert "oracle.c_harrell" not in metrics and not [r for r in rows if r["b"] == "oracle"]
+
+
+def test_predictions_are_found_by_directory_with_their_run_statistics(tmp_path):
+    """A new model (a fine-tuning mode, a learning-curve point) is one more file under the
+    predictions directory: scored, costed and tabled with no list to edit."""
+    rng = np.random.default_rng(2)
+    n = 120
+    table = pd.DataFrame({"index": np.arange(n), "split": np.where(np.arange(n) < 60, "train",
+                                                                   "test"),
+                          "duration": rng.exponential(300, n) + 1, "event": np.ones(n, int)})
+    out = tmp_path / "outcomes"
+    out.mkdir()
+    table.to_parquet(out / "outcomes.parquet")
+    test = table[table["split"] == "test"]
+    times = np.array([30.0, 90.0, 365.0, 2000.0])
+    preds = tmp_path / "predictions" / "some_new_stage" / "point_25"
+    preds.mkdir(parents=True)
+    surv = np.exp(-np.outer(np.exp(rng.standard_normal(len(test))), times) / 1000.0)
+    np.savez(preds / "new_model.npz", index=test["index"].to_numpy(), times=times, surv=surv)
+    info = {"model": "new_model", "train_seconds": 1800.0, "tune.wall_time_s": 3600.0,
+            "device_type": "cuda", "world_size": 2, "n_params": 1000, "size": "large"}
+    (preds / "new_model.json").write_text(json.dumps(info))
+    metrics, _ = score_all(tmp_path / "predictions", out, [30, 90, 365],
+                           ReportParams(bootstrap=0, gpu_hourly_usd=3.0))
+    assert 0 <= metrics["new_model.c_harrell"] <= 1 and metrics["new_model.size"] == "large"
+    assert metrics["new_model.gpu_cost_usd"] == pytest.approx(6.0)   # 1 h x 2 GPUs x $3
+    assert gpu_cost({"device_type": "cpu", "train_seconds": 9e9}, 3.0) == 0.0
+    rows = collect(metrics, {"outcome": {"name": "synthetic"}})
+    assert [r["model"] for r in rows] == ["new_model"] and rows[0]["size"] == "large"
+    np.savez(preds / "broken.npz", something=np.zeros(3))
+    with pytest.raises(InputError, match="broken.npz: arrays \\['something'\\]"):
+        find_predictions(tmp_path / "predictions")

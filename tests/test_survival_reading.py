@@ -3,7 +3,8 @@
 - discrete-time models: S between bin edges by constant hazard within each bin
   (:func:`interpolate_discrete`), horizons made bin edges by :func:`time_bins`;
 - the common grid holds every test duration, training event time, horizon and edge;
-- ``score_model`` saves and scores the interpolated curve;
+- a training stage saves the interpolated curve (``survival_predictions``) and ``evaluate``
+  scores it;
 - our Antolini C and integrated Brier score agree with pycox's on the same curves.
 """
 
@@ -16,15 +17,17 @@ import pandas as pd
 import pytest
 import torch
 
+from ehrseq.data.task import SurvivalTask, time_grid
+from ehrseq.evaluate.scoring import score_all
 from ehrseq.evaluate.survival import (
     antolini_c,
     evaluate_survival,
     interpolate_discrete,
     survival_at,
 )
-from ehrseq.evaluate.task import SurvivalTask, score_model, time_grid
-from ehrseq.outcomes.bins import time_bins
-from ehrseq.params import EvaluateParams
+from ehrseq.params import ReportParams
+from ehrseq.survival.bins import time_bins
+from ehrseq.train.recipe import survival_predictions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,7 +119,7 @@ def test_time_grid_holds_every_time_asked():
     np.testing.assert_array_equal(task.time_grid([30]), [2, 5, 9, 25, 30, 80])
 
 
-# ------------------------------------------------------------------ score_model end to end
+# ------------------------------------------------------------------ predictions to scores end to end
 
 
 def _task(table, cuts):
@@ -137,7 +140,7 @@ class _FixedCurves(torch.nn.Module):
         return self.s[batch.rows]
 
 
-def test_score_model_reads_discrete_models_at_the_horizon(tmp_path):
+def test_discrete_models_are_saved_and_scored_at_the_horizon(tmp_path):
     rng = np.random.default_rng(3)
     n = 300
     split = np.where(np.arange(n) < 200, "train", "test")
@@ -151,9 +154,13 @@ def test_score_model_reads_discrete_models_at_the_horizon(tmp_path):
     rates = rng.uniform(0.0005, 0.01, size=(100, len(edges) - 1))
     s_edges = piecewise_s(edges, rates, edges).astype(np.float32)
     loader = [SimpleNamespace(rows=torch.arange(i, min(i + 32, 100))) for i in range(0, 100, 32)]
-    ev = EvaluateParams(horizons=horizons, bootstrap=0)
-    metrics = score_model("fixed", _FixedCurves(s_edges), loader, task, ev, edges, tmp_path)
-    z = np.load(tmp_path / "fixed.npz")
+    survival_predictions("fixed", _FixedCurves(s_edges), task, loader, horizons,
+                         tmp_path / "pred")
+    (tmp_path / "out").mkdir()
+    table.to_parquet(tmp_path / "out" / "outcomes.parquet")
+    metrics, _ = score_all(tmp_path / "pred", tmp_path / "out", horizons,
+                           ReportParams(bootstrap=0))
+    z = np.load(tmp_path / "pred" / "fixed.npz")
     np.testing.assert_array_equal(z["times"], task.time_grid(horizons))
     for h in horizons:
         k = int(np.flatnonzero(edges == h)[0])

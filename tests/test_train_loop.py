@@ -10,13 +10,9 @@ import torch
 from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, survival_loss
 from ehrseq.params import TrainParams
-from ehrseq.train.loop import (
-    LRSchedule,
-    fit,
-    list_checkpoints,
-    load_checkpoint,
-    read_checkpoint,
-)
+from ehrseq.train.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint
+from ehrseq.train.loop import fit
+from ehrseq.train.schedule import LRSchedule
 
 EPOCHS = 4
 
@@ -213,7 +209,7 @@ def test_stats_schedule_and_dvclive_leave_dvc_yaml_alone(data, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(data, tmp_path):
-    """train.compile: torch.compile (inductor, dynamic shapes; a C compiler and tens of seconds
+    """runtime.compile: torch.compile (inductor, dynamic shapes; a C compiler and tens of seconds
     on a CPU, hence slow) follows the eager run's validation curve. Not bit-identical: the
     compiled dropout draws its masks from inductor's own RNG (measured: 0.25 % apart)."""
     _, s1 = _run(data, tmp_path, "eager")

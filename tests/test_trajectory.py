@@ -20,7 +20,9 @@ from ehrseq.evaluate.multilabel import (
     weighted_brier,
     weighted_ece,
 )
+from ehrseq.models.inference import predict
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig
+from ehrseq.models.store import load_model, save_model
 from ehrseq.models.trajectory import (
     DiseaseTrajectoryModel,
     TrajectoryConfig,
@@ -30,7 +32,8 @@ from ehrseq.models.trajectory import (
 )
 from ehrseq.outcomes.trajectory_labels import build_labels, frequent_onsets, label_matrix
 from ehrseq.params import ParamsError, TrainParams, load_params
-from ehrseq.train.loop import fit, load_model, predict, save_model, seed_everything
+from ehrseq.train.loop import fit
+from ehrseq.train.runtime import seed_everything
 
 NAN = math.nan
 HORIZONS = [30, 90, 365]
@@ -376,7 +379,7 @@ def test_stage_params_section(tmp_path):
     f.write_text("train: {threads: 1}\ntrajectory: {horizons: [365, 30], pos_weight: auto}\n")
     params = load_params(f)
     tp = params.trajectory
-    assert params.train.threads == 1 and tp.horizons == [30, 365] and tp.pos_weight == "auto"
+    assert params.runtime.threads == 1 and tp.horizons == [30, 365] and tp.pos_weight == "auto"
     assert tp.targets is None
     f.write_text("trajectory: {horizon: [30]}\n")
     with pytest.raises(ParamsError, match="trajectory.horizon: unknown key"):

@@ -13,16 +13,16 @@ import torch
 import yaml
 
 from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
+from ehrseq.models.inference import evaluate_loss
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, survival_loss
 from ehrseq.params import ParamsError, TrainParams, TuneParams, parse_params
-from ehrseq.train.loop import evaluate_loss
 from ehrseq.train.tune import fit_best_lr, lr_grid, lr_run_key, tune_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTS = [30, 90, 180, 365]
 CFG = LSTMConfig(vocab_size=40, n_bins=len(CUTS), embed_dim=8, hidden_dim=8, layers=1,
                  dropout=0.0)
-TP = TrainParams(epochs=3, batch_size=16, warmup_frac=0.0, patience=5, device="cpu")
+TP = TrainParams(epochs=3, batch_size=16, warmup_frac=0.0, patience=5)
 GOOD, BAD = 3e-2, 1e-6   # BAD barely moves the initial weights in 3 epochs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,8 +88,8 @@ def test_picks_the_lowest_validation_loss_and_never_reads_test(cohort):
 
     again = tune(cohort, [GOOD, BAD])   # the order of the grid does not matter
     assert again.lr == GOOD and again.val_losses[GOOD] == res.val_losses[GOOD]
-    with pytest.raises(ValueError, match="validation"):
-        fit_best_lr(build, [GOOD], make_loader(cohort["train"], 16), survival_loss, TP,
+    with pytest.raises(ValueError, match="validation"):   # choosing needs validation
+        fit_best_lr(build, [GOOD, BAD], make_loader(cohort["train"], 16), survival_loss, TP,
                     val_loader=None, run_key="k")
     with pytest.raises(ValueError, match="repeated"):
         tune(cohort, [GOOD, GOOD])
@@ -158,7 +158,7 @@ def test_params():
     for stage in ("train_survival", "finetune_behrt", "finetune_med2vec"):
         spec = dvc[stage].get("do", dvc[stage])
         assert "tune" in spec["params"], stage
-        assert "src/ehrseq/train/tune.py" in spec["deps"], stage
+        assert "src/ehrseq/train" in spec["deps"], stage   # tune.py among them
 
 
 # --------------------------------------------------------------------------- the stage
@@ -181,9 +181,8 @@ def toy_workspace(root: Path, n: int = 90) -> None:
     (out / "time_bins.json").write_text(json.dumps({"cuts": [0, 30, 90, 180, 365, 730]}))
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"lstm": {"embed_dim": 8, "hidden_dim": 8}},
-        "train": {"epochs": 2, "batch_size": 16, "threads": 1, "device": "cpu",
-                  "mirror_checkpoints": False},
-        "evaluate": {"bootstrap": 0},
+        "train": {"epochs": 2, "batch_size": 16},
+        "runtime": {"threads": 1, "device": "cpu", "mirror_checkpoints": False},
         "outcome": {"history": {"max_tokens": 63}},   # BEHRT's max_len 64 holds it
         "tune": {"lrs": [BAD, GOOD]}}))
 
@@ -192,7 +191,7 @@ def pretrained_models(root: Path, vocab_size: int, vocab: dict) -> None:
     from ehrseq.models.behrt import BEHRTConfig
     from ehrseq.models.med2vec import Med2Vec, Med2VecConfig
     from ehrseq.models.pretraining import BEHRTPretrain
-    from ehrseq.train.loop import save_model
+    from ehrseq.models.store import save_model
 
     torch.manual_seed(0)
     b = BEHRTConfig(vocab_size=vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
@@ -226,7 +225,12 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
     losses = {lr: m[f"{name}.tune.lr_{lr:g}.val_loss"] for lr in (BAD, GOOD)}
     assert m[f"{name}.tuned_lr"] == min(losses, key=losses.get)
     assert m[f"{name}.best_val_loss"] == losses[m[f"{name}.tuned_lr"]]
-    assert m[f"{name}.tune.n_lrs"] == 2 and 0.0 <= m[f"{name}.c_harrell"] <= 1.0
+    assert m[f"{name}.tune.n_lrs"] == 2 and f"{name}.c_harrell" not in m   # evaluate scores
+    pred = tmp_path / f"data/predictions/{out}"
+    side = json.loads((pred / f"{name}.json").read_text())
+    assert side["tuned_lr"] == m[f"{name}.tuned_lr"] and side["stage"] == out
+    z = np.load(pred / f"{name}.npz")
+    assert z["surv"].shape == (len(z["index"]), len(z["times"])) and len(z["index"]) > 0
     assert len(list((tmp_path / "checkpoints").iterdir())) == 2   # one run key per lr
     assert {p.name for p in (tmp_path / f"plots/{out}/live").iterdir()} == \
         {"lr_1e-06", "lr_0.03"}

@@ -146,11 +146,21 @@ class OutcomeParams(_Section):
     history: HistoryParams = Field(default_factory=HistoryParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
     time_bins: TimeBinParams = Field(default_factory=TimeBinParams)
+    horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
+    """Days after the landmark where every model is scored (AUC, Brier, calibration, the risk
+    score's h*); they are also time-bin edges, so discrete-time models read them exactly."""
     onset_codes: list[str] = Field(
         default_factory=lambda: ["44054006", "59621000", "55822004", "230690007"]
     )
     """SNOMED codes for onset outcomes and trajectory targets (diabetes type 2, hypertension,
     hyperlipidemia, stroke by default)."""
+
+    @field_validator("horizons")
+    @classmethod
+    def _h(cls, v: list[int]) -> list[int]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError("horizons must be a non-empty list of positive day counts")
+        return sorted(v)
 
     @field_validator("name")
     @classmethod
@@ -179,6 +189,21 @@ class BEHRTParams(_Section):
     max_len: int | None = Field(None, ge=8)
 
 
+BEHRT_SIZES = {  # size: (hidden, layers, heads, intermediate, max_len)
+    "small": (128, 4, 4, 512, 256),
+    "medium": (256, 6, 8, 1024, 512),
+    "large": (512, 6, 8, 2048, 512),
+}
+
+
+def behrt_dims(model: ModelParams) -> dict[str, int]:
+    """BEHRT's dimensions: the preset of ``model.size`` with every ``model.behrt`` field that
+    is set on top."""
+    preset = dict(zip(("hidden", "layers", "heads", "intermediate", "max_len"),
+                      BEHRT_SIZES[model.size], strict=True))
+    return {k: getattr(model.behrt, k) or v for k, v in preset.items()}
+
+
 class Med2VecParams(_Section):
     code_dim: int | None = Field(None, ge=4)
     visit_dim: int | None = Field(None, ge=4)
@@ -200,13 +225,17 @@ class PretrainParams(_Section):
 
     mlm_weight: float = Field(1.0, ge=0)
     next_visit_weight: float = Field(1.0, ge=0)
-    contrastive_weight: float = Field(0.0, ge=0)
+    contrastive_weight: float = 0.0
+    """Reserved: the contrastive objective is not implemented; accepted: 0."""
     mask_prob: float = Field(0.15, gt=0, lt=1)
     epochs: int | None = Field(None, ge=1)
     """Overrides ``train.epochs`` for pre-training."""
 
     @model_validator(mode="after")
     def _some_objective(self):
+        if self.contrastive_weight != 0:
+            raise ValueError("contrastive_weight: the contrastive objective is not "
+                             "implemented; accepted: 0")
         if self.mlm_weight + self.next_visit_weight + self.contrastive_weight <= 0:
             raise ValueError("at least one of mlm_weight, next_visit_weight, "
                              "contrastive_weight must be > 0")
@@ -235,20 +264,31 @@ class FinetuneParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
+    """What changes a model's weights: every training stage lists this whole section. Machine
+    settings (device, threads, workers, checkpoints) are in ``runtime``, which no stage lists,
+    so moving a run to another machine retrains nothing."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0, le=1.0)
+    lr: float = Field(3e-3, gt=0, le=1.0)
     lr_scale_with_batch: bool = False
     """Scale lr linearly by (batch_size * grad_accum * world_size) / 64."""
     weight_decay: float = Field(0.01, ge=0)
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "plateau", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0)
-    patience: int = Field(5, ge=1)
+    patience: int = Field(8, ge=1)
     min_delta: float = Field(1e-4, ge=0)
     seed: int = 0
     deterministic: bool = True
+
+
+class RuntimeParams(_Section):
+    """The machine a run happens on: read by every training stage, listed by none of them in
+    dvc.yaml (changing these never retrains). ``amp`` and ``compile`` are here too: they are
+    choices of the GPU run, and the GPU itself already changes the last digits of results."""
+
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = True
     """bf16 autocast on CUDA (ignored elsewhere)."""
@@ -333,18 +373,15 @@ class TuneParams(_Section):
         return self
 
 
-class EvaluateParams(_Section):
-    horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
+class ReportParams(_Section):
+    """Report-only settings: read by the ``evaluate`` stage alone, so changing them re-scores
+    and never retrains."""
+
     bootstrap: int = Field(200, ge=0, le=10_000)
+    """Resamples of test patients for every 95% interval and paired comparison (0 = none)."""
     seed: int = 0
     gpu_hourly_usd: float = Field(2.0, ge=0)
-
-    @field_validator("horizons")
-    @classmethod
-    def _h(cls, v: list[int]) -> list[int]:
-        if not v or any(h <= 0 for h in v):
-            raise ValueError("horizons must be a non-empty list of positive day counts")
-        return sorted(v)
+    """Turns each run's GPU hours into money in the report."""
 
 
 EMBEDDING_METHODS = ("lstm", "behrt_cls", "behrt_mean", "med2vec", "tfidf_svd", "random_proj")
@@ -469,13 +506,30 @@ class Params(_Section):
     outcome: OutcomeParams = Field(default_factory=OutcomeParams)
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
     cluster: ClusterParams = Field(default_factory=ClusterParams)
     trajectory: TrajectoryParams = Field(default_factory=TrajectoryParams)
     tune: TuneParams = Field(default_factory=TuneParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+
+    @model_validator(mode="after")
+    def _behrt_fits(self):
+        """BEHRT's dimensions, checked before any model is built: heads divide hidden, and
+        max_len holds the shared input window plus [CLS]."""
+        dims = behrt_dims(self.model)
+        if dims["hidden"] % dims["heads"]:
+            raise ValueError(f"model.behrt.heads: {dims['heads']} does not divide hidden "
+                             f"{dims['hidden']}; accepted: a divisor of the hidden size")
+        need = self.outcome.history.max_tokens + 1
+        if dims["max_len"] < need:
+            raise ValueError(f"model.behrt.max_len: {dims['max_len']} cannot hold the shared "
+                             f"input window outcome.history.max_tokens="
+                             f"{self.outcome.history.max_tokens} plus [CLS]; accepted: max_len "
+                             f">= {need}, or a smaller outcome.history.max_tokens")
+        return self
 
 
 def _format_error(err: ValidationError, path: Path) -> str:

@@ -79,3 +79,14 @@ def training_curves(history: list[dict], path_stem: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
+
+
+def skipped_figure(text: str, path: str | Path) -> None:
+    """A small figure that says why a stage trained nothing (so its plots output exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.0, 0.5, text, wrap=True, fontsize=8, va="center")
+    fig.savefig(path)
+    plt.close(fig)

@@ -13,7 +13,8 @@ from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, survival_loss
 from ehrseq.params import TrainParams
 from ehrseq.train import distributed
-from ehrseq.train.loop import fit, seed_everything
+from ehrseq.train.loop import fit
+from ehrseq.train.runtime import seed_everything
 
 out, global_batch = Path(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(1)

@@ -15,8 +15,9 @@ import torch
 from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, survival_loss
 from ehrseq.params import TrainParams
-from ehrseq.train.loop import fit, seed_everything
+from ehrseq.train.loop import fit
 from ehrseq.train.mirror import CheckpointMirror
+from ehrseq.train.runtime import seed_everything
 
 out, repo, pause = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 torch.set_num_threads(1)

@@ -118,7 +118,7 @@ class Sequences:
         return np.diff(self.patient_offsets)
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Concatenate ``arange(s, s + l)`` for every pair without a loop.
 
     Returns (values, owner, within): the concatenated indices, which pair each came from and
@@ -205,7 +205,7 @@ def build_batch(seqs: Sequences, index, landmark_visits, max_visits=None,
         raise ValueError(f"patient row {p[i]}: landmark_visits={lm[i]} but the patient has "
                          f"{n_vis[i]} visits (accepted: 1..n_visits)")
     keep = lm if max_visits is None else np.minimum(lm, max_visits)
-    vis, row, pos = _ranges(first_visit + lm - keep, keep)
+    vis, row, pos = ranges(first_visit + lm - keep, keep)
     bsz, vmax = len(p), int(keep.max()) if len(keep) else 0
 
     age = np.zeros((bsz, vmax), np.float32)
@@ -216,7 +216,7 @@ def build_batch(seqs: Sequences, index, landmark_visits, max_visits=None,
 
     vstart = np.asarray(vo[vis])
     counts = np.asarray(vo[vis + 1]) - vstart
-    tok, _, _ = _ranges(vstart, counts)
+    tok, _, _ = ranges(vstart, counts)
     grid = np.zeros((bsz, vmax), np.int64)
     grid[row, pos] = counts
     flat = grid.reshape(-1)
@@ -241,7 +241,7 @@ class SequenceDataset(torch.utils.data.Dataset):
     ``dataset[rows]`` returns a whole :class:`Batch`, so a DataLoader is built with
     ``batch_size=None`` and a batch sampler as its ``sampler`` (see :func:`make_loader`).
     ``cuts`` (time-bin edges in days) adds ``target_bin``/``target_event`` via
-    :func:`ehrseq.models.losses.bin_targets`.
+    :func:`ehrseq.survival.bins.bin_targets`.
     """
 
     def __init__(self, seqs: Sequences, index, landmark_visits, duration=None, event=None,
@@ -264,7 +264,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         if cuts is not None:
             if self.duration is None or self.event is None:
                 raise ValueError("cuts need duration and event")
-            from ..models.losses import bin_targets
+            from ..survival.bins import bin_targets
 
             self.target_bin, self.target_event = bin_targets(self.duration, self.event, cuts)
 

@@ -113,7 +113,7 @@ def audit_inputs(events: str | Path, sequences: str | Path, table: pd.DataFrame,
     """
     import numpy as np
 
-    from .tensors import _ranges   # data -> data: no import of the outcomes package
+    from .tensors import ranges  # data -> data: no import of the outcomes package
 
     sequences = Path(sequences)
     if not (sequences / "visits.parquet").is_file():
@@ -123,7 +123,7 @@ def audit_inputs(events: str | Path, sequences: str | Path, table: pd.DataFrame,
     po = np.load(sequences / "patient_offsets.npy")
     lm = table["landmark_visits"].to_numpy(np.int64)
     iv = table["input_visits"].to_numpy(np.int64) if "input_visits" in table else lm
-    vis, row, _ = _ranges(po[table["index"].to_numpy(np.int64)] + lm - iv, iv)
+    vis, row, _ = ranges(po[table["index"].to_numpy(np.int64)] + lm - iv, iv)
     inputs = pd.DataFrame({"patient": visits["patient"].to_numpy()[vis],
                            "vkey": visits["visit_key"].to_numpy()[vis],
                            "landmark_us": (table["landmark_time"].to_numpy(np.float64)[row]

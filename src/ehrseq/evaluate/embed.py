@@ -43,9 +43,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.features import code_counts
-from ..data.tensors import Batch, SequenceDataset, _ranges, make_loader
+from ..data.task import SurvivalTask
+from ..data.tensors import Batch, SequenceDataset, make_loader, ranges
 from ..io import InputError
-from .task import SurvivalTask
 
 N_SPECIALS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]
 EmbedFn = Callable[[SurvivalTask, Any], np.ndarray]
@@ -88,7 +88,7 @@ def input_rows(task: SurvivalTask) -> tuple[np.ndarray, np.ndarray]:
     """(global visit id, table row) of every input visit (the shared window) of every row."""
     po = np.asarray(task.seqs.patient_offsets)
     end = po[task.table["index"].to_numpy()] + task.table["landmark_visits"].to_numpy()
-    vis, row, _ = _ranges(end - task.window, task.window)
+    vis, row, _ = ranges(end - task.window, task.window)
     return vis, row
 
 
@@ -146,7 +146,8 @@ def lstm_landmark_state(model, batch: Batch) -> torch.Tensor:
 def load_encoder(name: str, device: str = "cpu"):
     """The trained model embedder ``name`` reads (its ``needs[0]`` directory), checked against
     the current vocabulary so that codes mean what the model learnt."""
-    from ..train.loop import load_model, resolve_device
+    from ..models.inference import resolve_device
+    from ..models.store import load_model
 
     model_dir = Path(EMBEDDERS[name].needs[0])
     if not (model_dir / "config.json").is_file():
@@ -172,7 +173,7 @@ def _landmark_dataset(task: SurvivalTask) -> SequenceDataset:
 @register("lstm", needs=("models/train_survival",))
 def lstm_embedding(task: SurvivalTask, params) -> np.ndarray:
     """Survival-LSTM hidden state at the landmark visit."""
-    from ..train.loop import predict
+    from ..models.inference import predict
 
     model, vocab = load_encoder("lstm", params.device)
     _check_vocab("lstm", vocab, task)
@@ -193,7 +194,7 @@ def behrt_pool(encoder, batch, pool: str) -> torch.Tensor:
 
 def _behrt(task: SurvivalTask, params, name: str, pool: str) -> np.ndarray:
     from ..models.behrt import BEHRTDataset
-    from ..train.loop import predict
+    from ..models.inference import predict
 
     model, vocab = load_encoder(name, params.device)
     _check_vocab(name, vocab, task)
@@ -219,8 +220,8 @@ def behrt_mean(task: SurvivalTask, params) -> np.ndarray:
 @register("med2vec", needs=("models/train_med2vec",))
 def med2vec_mean(task: SurvivalTask, params) -> np.ndarray:
     """Med2Vec visit vectors averaged over the input visits."""
+    from ..models.inference import resolve_device
     from ..models.med2vec import encode_all_visits
-    from ..train.loop import resolve_device
 
     model, vocab = load_encoder("med2vec", params.device)
     _check_vocab("med2vec", vocab, task)

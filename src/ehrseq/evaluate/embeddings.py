@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..data.tensors import Sequences, _ranges
+from ..data.tensors import Sequences, ranges
 
 # --------------------------------------------------------------------------- code neighbours
 
@@ -93,7 +93,7 @@ def visit_code_matrix(seqs: Sequences, visits: np.ndarray) -> sp.csr_matrix:
     visits = np.asarray(visits, np.int64)
     vo = seqs.visit_offsets
     start = np.asarray(vo[visits])
-    pos, owner, _ = _ranges(start, np.asarray(vo[visits + 1]) - start)
+    pos, owner, _ = ranges(start, np.asarray(vo[visits + 1]) - start)
     m = sp.csr_matrix((np.ones(len(pos), np.float32), (owner, np.asarray(seqs.codes[pos]))),
                       shape=(len(visits), seqs.vocab_size))
     m.sum_duplicates()
@@ -105,7 +105,7 @@ def split_visits(seqs: Sequences, split: str) -> np.ndarray:
     """Visit rows of the patients in ``split`` (train/val/test)."""
     p = np.flatnonzero(seqs.patients["split"].to_numpy() == split)
     po = seqs.patient_offsets
-    visits, _, _ = _ranges(np.asarray(po[p]), np.asarray(po[p + 1]) - np.asarray(po[p]))
+    visits, _, _ = ranges(np.asarray(po[p]), np.asarray(po[p + 1]) - np.asarray(po[p]))
     return visits
 
 
@@ -238,3 +238,62 @@ def umap_plot(emb: np.ndarray, tokens: Sequence[str], labels: Sequence[frozenset
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"))
     plt.close(fig)
+
+
+MED2VEC_KS_CODE, MED2VEC_KS_VISIT = (5, 10), (10, 20)
+
+
+def med2vec_quality(model, seqs, code_emb: np.ndarray, visit_emb: np.ndarray, cfg, seed: int,
+                    plots_dir: Path) -> dict:
+    """Med2Vec's embeddings against ground truth no model saw: code precision@k by Synthea
+    module (beside a random and a PPMI+SVD embedding of the same dimension), next-visit recall
+    on the test patients (beside frequency and last-visit baselines), and a UMAP of the codes."""
+    from ..data.modules import code_modules, label_tokens, membership
+
+    tokens = seqs.vocab["tokens"]
+    n_special = len(seqs.vocab.get("specials", {}))
+    # ground truth: Synthea modules; baselines of the same dimension
+    labels = label_tokens(tokens, code_modules())
+    member, modules = membership(labels)
+    train_visits = split_visits(seqs, "train")
+    candidates = {
+        "med2vec": code_emb,
+        "random": random_embedding(len(tokens), cfg.code_dim, seed),
+        "ppmi_svd": ppmi_svd(seqs, train_visits, cfg.code_dim, seed),
+    }
+    metrics: dict = {"codes.labelled": int(member.any(1).sum()),
+                     "codes.vocab": len(tokens), "codes.modules": len(modules),
+                     "med2vec.dead_codes": int((code_emb[n_special:].sum(1) == 0).sum())}
+    chance = chance_precision(member)
+    for name, emb in candidates.items():
+        for k, p in precision_at_k(emb, member, MED2VEC_KS_CODE).items():
+            metrics[f"code_precision_at_{k}.{name}"] = p
+    for k in MED2VEC_KS_CODE:
+        m = metrics
+        m[f"code_precision_at_{k}.chance"] = chance
+        m[f"code_precision_at_{k}.margin_vs_random"] = \
+            m[f"code_precision_at_{k}.med2vec"] - m[f"code_precision_at_{k}.random"]
+        m[f"code_precision_at_{k}.margin_vs_ppmi_svd"] = \
+            m[f"code_precision_at_{k}.med2vec"] - m[f"code_precision_at_{k}.ppmi_svd"]
+
+    # next-visit recall on the test patients
+    src, tgt = next_visit_pairs(seqs, "test")
+    freq = frequency_scores(seqs, train_visits)
+    weight, bias = model.output.weight.detach(), model.output.bias.detach()
+    scorers = {
+        "med2vec": lambda v: torch.from_numpy(visit_emb[v]) @ weight.T + bias,
+        "frequency": lambda v: torch.from_numpy(freq).expand(len(v), -1),
+        "last_visit": last_visit_scores(seqs, freq),
+    }
+    metrics["next_visit.pairs"] = len(src)
+    for name, fn in scorers.items():
+        for k, r in next_visit_recall(fn, seqs, src, tgt, MED2VEC_KS_VISIT, n_special).items():
+            metrics[f"next_visit_recall_at_{k}.{name}"] = r
+    for k in MED2VEC_KS_VISIT:
+        m = metrics
+        for base in ("frequency", "last_visit"):
+            m[f"next_visit_recall_at_{k}.margin_vs_{base}"] = \
+                m[f"next_visit_recall_at_{k}.med2vec"] - m[f"next_visit_recall_at_{k}.{base}"]
+    umap_plot(code_emb, tokens, labels, plots_dir / "code_umap", seed=seed,
+              title=f"Med2Vec code embeddings ({cfg.size}, UMAP), by Synthea module")
+    return metrics

@@ -24,18 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tensors import Batch, SequenceDataset
-from ..params import FinetuneParams, ModelParams, ParamsError
+from ..params import FINETUNE_MODES, FinetuneParams, ModelParams, behrt_dims
 from .losses import hazard_to_survival, nll_logistic_hazard
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 N_SPECIAL = 5
-SIZE_PRESETS = {  # size: (hidden, layers, heads, intermediate, max_len)
-    "small": (128, 4, 4, 512, 256),
-    "medium": (256, 6, 8, 1024, 512),
-    "large": (512, 6, 8, 2048, 512),
-}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-FINETUNE_MODES = ("full", "lora", "probe", "scratch")
 
 
 @dataclass(frozen=True)
@@ -53,21 +47,10 @@ class BEHRTConfig:
     model_class: str = "ehrseq.models.behrt.BEHRTSurvival"
 
 
-def check_history(max_len: int, max_tokens: int) -> None:
-    """BEHRT must hold the whole shared input window (``outcome.history.max_tokens``) after
-    its [CLS] token, or it would read less history than the other models."""
-    if max_len < max_tokens + 1:
-        raise ParamsError(f"model.behrt.max_len: {max_len} cannot hold the shared input window "
-                          f"outcome.history.max_tokens={max_tokens} plus [CLS]; accepted: "
-                          f"max_len >= {max_tokens + 1}, or a smaller outcome.history.max_tokens")
-
-
 def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
                  model_class: str = "ehrseq.models.behrt.BEHRTSurvival") -> BEHRTConfig:
     """The preset of ``params.size`` with every ``params.behrt`` field that is set on top."""
-    preset = dict(zip(("hidden", "layers", "heads", "intermediate", "max_len"),
-                      SIZE_PRESETS[params.size], strict=True))
-    dims = {k: getattr(params.behrt, k) or v for k, v in preset.items()}
+    dims = behrt_dims(params)   # validated by the params schema
     if dims["hidden"] % dims["heads"]:
         raise ValueError(f"model.behrt.heads: {dims['heads']} does not divide hidden "
                          f"{dims['hidden']}; accepted: a divisor of the hidden size")

@@ -4,7 +4,7 @@ survival matrix ``S(t | x)`` on the common time grid, so every model is scored b
 evaluation module (``ehrseq.evaluate.survival``) with the one risk score.
 
 Each model gives its own S(t) at exactly the grid times asked (the grid holds the horizons and
-every test duration, see :meth:`ehrseq.evaluate.task.SurvivalTask.time_grid`):
+every test duration, see :meth:`ehrseq.data.task.SurvivalTask.time_grid`):
 
 - Kaplan–Meier: lifelines' step function, 1 before the first training time;
 - Cox: lifelines' ``predict_survival_function(X, times=...)``, whose baseline cumulative
@@ -44,8 +44,8 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sksurv.ensemble import RandomSurvivalForest
 
-from ..evaluate.survival import harrell_c, km_survival, risk_score, survival_at
 from ..params import TuneParams
+from ..survival.curves import harrell_c, km_survival, risk_score, survival_at
 
 
 class Featurizer:
@@ -305,3 +305,24 @@ def classical_tune_metrics(name: str, result: ClassicalTuneResult) -> dict:
     for v, c in result.val_c.items():
         m[f"{name}.tune.{tune_label(name, v)}.val_c"] = c if math.isfinite(c) else None
     return m
+
+
+def multilabel_baseline(name: str, X_tr, y_tr: np.ndarray, X_te, seed: int,
+                        n_jobs: int) -> np.ndarray:
+    """Multi-horizon onset risks by a count model (``name``: ``lr`` or ``rf``; the
+    ``train_trajectory`` baselines): one classifier per (target, horizon) on the known training rows; a cell with one class
+    predicts its rate. Probabilities are made non-decreasing across horizons (running max)."""
+    n_te, T, H = X_te.shape[0], y_tr.shape[1], y_tr.shape[2]
+    out = np.zeros((n_te, T, H))
+    for t in range(T):          # a handful of targets x horizons; each fit is vectorised
+        for j in range(H):
+            known = ~np.isnan(y_tr[:, t, j])
+            y = y_tr[known, t, j].astype(int)
+            if y.size == 0 or y.min() == y.max():
+                out[:, t, j] = y.mean() if y.size else 0.0
+                continue
+            clf = (LogisticRegression(C=1.0, max_iter=2000) if name == "lr" else
+                   RandomForestClassifier(n_estimators=300, min_samples_leaf=5,
+                                          n_jobs=n_jobs, random_state=seed))
+            out[:, t, j] = clf.fit(X_tr[known], y).predict_proba(X_te)[:, 1]
+    return np.maximum.accumulate(out, axis=2)

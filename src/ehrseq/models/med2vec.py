@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tensors import SequenceDataset, Sequences, _ranges
+from ..data.tensors import SequenceDataset, Sequences, ranges
 from ..params import ModelParams
 from .losses import hazard_to_survival, nll_logistic_hazard
 
@@ -82,7 +82,7 @@ def visit_bags(seqs: Sequences, visits: np.ndarray) -> tuple[np.ndarray, np.ndar
     visits = np.asarray(visits, dtype=np.int64)
     vo = seqs.visit_offsets
     start = np.asarray(vo[visits])
-    tok, owner, _ = _ranges(start, np.asarray(vo[visits + 1]) - start)
+    tok, owner, _ = ranges(start, np.asarray(vo[visits + 1]) - start)
     key = np.unique(owner * np.int64(seqs.vocab_size) + np.asarray(seqs.codes[tok], np.int64))
     owner, codes = np.divmod(key, np.int64(seqs.vocab_size))
     return codes, np.bincount(owner, minlength=len(visits)).astype(np.int64)
@@ -164,7 +164,7 @@ class Med2VecDataset(torch.utils.data.Dataset):
     def __getitem__(self, rows) -> Med2VecBatch:
         p = self.index[np.atleast_1d(np.asarray(rows, np.int64))]
         po = self.seqs.patient_offsets
-        visits, owner, _ = _ranges(np.asarray(po[p]), np.asarray(po[p + 1]) - np.asarray(po[p]))
+        visits, owner, _ = ranges(np.asarray(po[p]), np.asarray(po[p + 1]) - np.asarray(po[p]))
         return build_visit_batch(self.seqs, visits, owner, self.male[p][owner])
 
 
@@ -304,7 +304,7 @@ class Med2VecSurvivalDataset:
         p, lm = self.base.index[rows], self.base.landmark_visits[rows]
         n = self.lengths[rows]
         start = np.asarray(self.base.seqs.patient_offsets[p]) + lm - n
-        visits, owner, _ = _ranges(start, n)
+        visits, owner, _ = ranges(start, n)
         b = build_visit_batch(self.base.seqs, visits, owner, self.male[p][owner])
         b.n_patients, b.rows = len(rows), torch.from_numpy(rows)
         if self.base.target_bin is not None:

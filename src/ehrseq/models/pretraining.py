@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tensors import BucketBatchSampler, Sequences, _ranges, build_batch
+from ..data.tensors import BucketBatchSampler, Sequences, build_batch, ranges
 from .behrt import (
     BEHRT,
     MASK,
@@ -85,7 +85,7 @@ def multi_hot(seqs: Sequences, visits: np.ndarray, valid: np.ndarray) -> torch.T
     out = torch.zeros(len(visits), seqs.vocab_size)
     v = visits[valid]
     start = np.asarray(seqs.visit_offsets[v])
-    tok, owner, _ = _ranges(start, np.asarray(seqs.visit_offsets[v + 1]) - start)
+    tok, owner, _ = ranges(start, np.asarray(seqs.visit_offsets[v + 1]) - start)
     out[np.flatnonzero(valid)[owner], np.asarray(seqs.codes[tok], np.int64)] = 1.0
     out[:, :N_SPECIAL] = 0.0
     return out
@@ -135,9 +135,11 @@ class EpochBatchSampler(BucketBatchSampler):
 
 
 def pretrain_loader(dataset: PretrainDataset, batch_size: int, *, shuffle: bool = False,
-                    seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
+                    seed: int = 0, num_workers: int = 0, rank: int = 0,
+                    world_size: int = 1) -> torch.utils.data.DataLoader:
     """Like :func:`ehrseq.data.tensors.make_loader`, for pre-training batches."""
-    sampler = EpochBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed)
+    sampler = EpochBatchSampler(dataset.lengths, batch_size, shuffle=shuffle, seed=seed,
+                                rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
         pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
@@ -173,7 +175,7 @@ def code_log_freq(seqs: Sequences, index) -> torch.Tensor:
     po, vo = seqs.patient_offsets, seqs.visit_offsets
     index = np.asarray(index, dtype=np.int64)
     start = np.asarray(vo[po[index]])
-    tok, _, _ = _ranges(start, np.asarray(vo[po[index + 1]]) - start)
+    tok, _, _ = ranges(start, np.asarray(vo[po[index + 1]]) - start)
     counts = np.bincount(np.asarray(seqs.codes[tok], np.int64), minlength=seqs.vocab_size) + 1.0
     counts[:N_SPECIAL] = 0.0
     with np.errstate(divide="ignore"):

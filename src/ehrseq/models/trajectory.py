@@ -22,17 +22,25 @@ Encoders (``trajectory.encoder``) are registered in :data:`ENCODERS`:
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from ..data.tensors import Batch, SequenceDataset
+from ..io import InputError
 from ..params import ModelParams
 from .behrt import BEHRT, BEHRTConfig, behrt_config, behrt_inputs
 from .lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, lstm_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -247,3 +255,35 @@ class TrajectoryDataset(SequenceDataset):
         if self.labels is not None:
             out.labels = self.labels[batch.rows]
         return out
+
+
+def init_from_survival(model: DiseaseTrajectoryModel, vocab: dict,
+                       survival_model: Path = Path("models/train_survival")) -> bool:
+    """Load the survival LSTM's encoder weights when ``survival_model`` exists."""
+    SURVIVAL_MODEL = survival_model
+    weights = SURVIVAL_MODEL / "model.safetensors"
+    if not weights.exists():
+        log.warning("trajectory.init_from_survival: %s missing; training from random weights",
+                    weights)
+        return False
+    saved = json.loads((SURVIVAL_MODEL / "vocab.json").read_text())
+    if saved.get("tokens") != vocab["tokens"]:
+        raise InputError(f"{SURVIVAL_MODEL}/vocab.json differs from the current sequences "
+                         "vocabulary; re-run train_survival or set init_from_survival: false")
+    try:
+        model.encoder.load_survival(load_file(str(weights)))
+    except ValueError as err:
+        raise InputError(f"{weights}: {err}; train_survival and train_trajectory must use the "
+                         "same model.size and model.lstm") from None
+    return True
+
+
+def pos_weights(labels: np.ndarray, mode) -> torch.Tensor | None:
+    if mode is None:
+        return None
+    if mode != "auto":
+        return torch.full(labels.shape[1:], float(mode))
+    known = ~np.isnan(labels)
+    pos = (np.nan_to_num(labels) > 0).sum(0)
+    ratio = np.where(pos > 0, (known.sum(0) - pos) / np.maximum(pos, 1), 1.0)
+    return torch.as_tensor(np.clip(ratio, 1.0, 100.0), dtype=torch.float32)

@@ -21,24 +21,23 @@ the landmark's timestamp included; a visit is dated when its last fact became kn
 Med2Vec, the embeddings and the synthetic outcome's named effects all see the same visits.
 Everything is NumPy over the offset arrays: no Python loop per patient, visit or event.
 
-:func:`build_outcomes` assembles the ``outcomes`` contract (docs/architecture.md,
-docs/outcomes.md) from the landmarks and the outcome chosen by ``outcome.name``.
+The primitives live here; :func:`ehrseq.outcomes.build.build_outcomes` assembles the
+``outcomes`` contract from them and the outcome chosen by ``outcome.name``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..data.sequences import EPOCH
+from ..data.tensors import ranges
 from ..io import InputError
-from ..params import LandmarkParams, OutcomeParams, ParamsError, SequencesParams
-from ..repro import km_median, round_days
+from ..params import LandmarkParams, ParamsError
 
-EPOCH = pd.Timestamp("1970-01-01")
 MIN_DURATION = 1.0 / 24.0
 """Durations are floored at one hour (days), so every duration is > 0; written durations are
 rounded to the whole second (:func:`ehrseq.repro.round_days`: the same bytes on every machine)."""
@@ -57,19 +56,10 @@ def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
     return (raw + 0.5) / 2.0**64
 
 
-def ranges(starts, lengths) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated ``arange(s, s + l)`` for every pair, and which pair each value came from."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    owner = np.repeat(np.arange(len(lengths)), lengths)
-    first = np.cumsum(lengths) - lengths
-    within = np.arange(int(lengths.sum()), dtype=np.int64) - first[owner]
-    return np.asarray(starts, dtype=np.int64)[owner] + within, owner
-
-
 def days_since_epoch(values) -> np.ndarray:
     """Dates/timestamps (naive = UTC) → float days since 1970-01-01; missing → NaN."""
     ts = pd.to_datetime(pd.Series(values), utc=True)
-    return ((ts - EPOCH.tz_localize("UTC")) / pd.Timedelta(days=1)).to_numpy(np.float64)
+    return ((ts - EPOCH) / pd.Timedelta(days=1)).to_numpy(np.float64)
 
 
 @dataclass
@@ -147,7 +137,7 @@ def choose_landmarks(visit_time, patient_offsets, patients: pd.DataFrame,
             if p.date is None:
                 raise ParamsError("outcome.landmark.date: required (YYYY-MM-DD) when "
                                   "outcome.landmark.mode is 'date'")
-            lm_all = np.full(n, float((pd.Timestamp(p.date) - EPOCH).days))
+            lm_all = np.full(n, float((pd.Timestamp(p.date, tz="UTC") - EPOCH).days))
         before = np.bincount(owner[t <= lm_all[owner]], minlength=n) if len(t) else \
             np.zeros(n, np.int64)
         followup = eor - lm_all
@@ -189,136 +179,6 @@ def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visit
     vo = np.asarray(visit_offsets)
     lm = np.asarray(landmark_visits, np.int64)
     iv = lm if input_visits is None else np.asarray(input_visits, np.int64)
-    vis, row = ranges(po[np.asarray(index)] + lm - iv, iv)
-    pos, which = ranges(vo[vis], vo[vis + 1] - vo[vis])
+    vis, row, _ = ranges(po[np.asarray(index)] + lm - iv, iv)
+    pos, which, _ = ranges(vo[vis], vo[vis + 1] - vo[vis])
     return np.asarray(codes)[pos].astype(np.int64), row[which], vis[which]
-
-
-@dataclass
-class OutcomesResult:
-    table: pd.DataFrame
-    cuts: list
-    metrics: dict
-
-
-def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
-                   p: OutcomeParams, event_kinds=None, horizons=()) -> OutcomesResult:
-    """Landmarks + the outcome ``p.name`` → ``out/outcomes.parquet`` and ``out/time_bins.json``.
-
-    ``event_kinds``: ``sequences.event_kinds`` (how visits were formed; onset outcomes use it
-    to decide which condition records lie in the model inputs). ``horizons``: the evaluation
-    horizons (days), made time-bin edges so that discrete-time models are read exactly there.
-    """
-    import json
-
-    from ..data.tensors import Sequences
-    from .bins import time_bins
-    from .real import mortality, onset
-    from .synthetic import SyntheticResult, subtypes_and_risk, synthetic
-
-    interim, out = Path(interim), Path(out)
-    seqs = Sequences.load(sequences)
-    pats = seqs.patients
-    lm = choose_landmarks(seqs.visit_time, seqs.patient_offsets, pats, p.landmark)
-    lm.input_visits = input_window(seqs.visit_offsets, seqs.patient_offsets, lm.index,
-                                   lm.landmark_visits, p.history.max_visits,
-                                   p.history.max_tokens)
-    n_landmarked = len(lm.index)
-    eor = pats["end_of_record"].to_numpy(np.float64)
-    metrics: dict = {}
-
-    if p.name == "synthetic":
-        res = synthetic(seqs, lm, p.synthetic)
-        metrics.update(res.metrics)
-    else:
-        if p.name == "mortality":
-            death = days_since_epoch(pats["death_date"])
-            dur, ev, keep, why = mortality(lm, death, eor)
-        else:
-            code = p.name.split(":", 1)[1]
-            dur, ev, keep, why = onset(interim / "events.parquet", pats["patient"], lm, code,
-                                       eor, event_kinds)
-        if why:
-            lm.excluded[why] = int((~keep).sum())
-        lm = lm.subset(keep)
-        subtype = subtypes_and_risk(seqs, lm, p.synthetic)[0]
-        res = SyntheticResult(dur[keep], ev[keep], np.full(len(lm.index), np.nan), subtype)
-
-    split = pats["split"].to_numpy()[lm.index]
-    table = pd.DataFrame({
-        "patient": pats["patient"].to_numpy()[lm.index].astype(str),
-        "index": lm.index.astype(np.int64),
-        "split": split.astype(str),
-        "landmark_time": lm.landmark_time.astype(np.float64),
-        "landmark_visits": lm.landmark_visits.astype(np.int64),
-        "input_visits": lm.window.astype(np.int64),
-        "duration": round_days(np.maximum(res.duration, MIN_DURATION)),
-        "event": res.event.astype(np.int64),
-        "subtype": res.subtype.astype(np.int64),
-        "true_risk": res.true_risk.astype(np.float64),
-    }, columns=list(COLUMNS))
-
-    n_all = len(pats)
-    reasons = ", ".join(f"{k}: {v}" for k, v in lm.excluded.items() if v)
-    if table.empty:
-        raise InputError(f"outcome {p.name!r}: no eligible patient among {n_all} "
-                         f"(excluded: {reasons or 'none'}); check outcome.landmark "
-                         f"(mode={p.landmark.mode}, min_visits={p.landmark.min_visits}, "
-                         f"min_followup_days={p.landmark.min_followup_days})")
-    train = table["split"] == "train"
-    n_train_events = int(table.loc[train, "event"].sum())
-    if n_train_events == 0:
-        raise InputError(f"outcome {p.name!r}: no events in the training split "
-                         f"({int(train.sum())} eligible training patients of "
-                         f"{len(table)} eligible); a model cannot learn it: use more patients, "
-                         "another outcome, or (synthetic) a longer censoring_days")
-    cuts = time_bins(table.loc[train, "duration"], table.loc[train, "event"],
-                     p.time_bins.n, p.time_bins.scheme, horizons=horizons)
-
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / "outcomes.parquet", index=False)
-    (out / "time_bins.json").write_text(json.dumps(
-        {"cuts": [float(c) for c in cuts], "scheme": p.time_bins.scheme,
-         "horizons": [float(h) for h in horizons],
-         "n_bins": len(cuts) - 1}, indent=1) + "\n")
-
-    metrics.update(_summary(table, n_all, n_landmarked, lm.excluded, cuts))
-    from ..data.visits import audit_inputs
-
-    audit = audit_inputs(interim / "events.parquet", sequences, table,
-                         event_kinds or SequencesParams().event_kinds)
-    if audit["audit_input_events_known_after_landmark"]:
-        raise RuntimeError(f"model inputs known after the landmark: {audit} (a bug in how "
-                           "visits are dated; please report it with this message)")
-    metrics.update(audit)
-    return OutcomesResult(table=table, cuts=[float(c) for c in cuts], metrics=metrics)
-
-
-def _median_followup(duration, event) -> float:
-    """Reverse Kaplan–Meier median follow-up (censoring treated as the event), computed
-    without logarithms (:func:`ehrseq.repro.km_median`): lifelines' value, on every machine."""
-    return km_median(np.asarray(duration), 1 - np.asarray(event))
-
-
-def _summary(table: pd.DataFrame, n_all: int, n_landmarked: int, excluded: dict,
-             cuts) -> dict:
-    m: dict = {"patients": n_all, "with_landmark": n_landmarked, "eligible": len(table),
-               "event_rate": float(table["event"].mean()),
-               "median_followup_days": _median_followup(table["duration"], table["event"]),
-               "median_duration_days": float(table["duration"].median()),
-               "landmark_visits_median": float(table["landmark_visits"].median()),
-               "input_visits_median": float(table["input_visits"].median()),
-               "history_truncated": float((table["input_visits"]
-                                           < table["landmark_visits"]).mean()),
-               "n_time_bins": len(cuts) - 1}
-    for reason, k in sorted(excluded.items()):
-        m[f"excluded_{reason}"] = int(k)
-    for s in ("train", "val", "test"):
-        part = table[table["split"] == s]
-        m[f"eligible_{s}"] = len(part)
-        m[f"events_{s}"] = int(part["event"].sum())
-        m[f"event_rate_{s}"] = float(part["event"].mean()) if len(part) else None
-    for k, part in table.groupby("subtype"):
-        m[f"subtype_{k}_patients"] = len(part)
-        m[f"subtype_{k}_event_rate"] = float(part["event"].mean())
-    return m

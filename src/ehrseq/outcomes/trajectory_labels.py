@@ -38,10 +38,10 @@ import pandas as pd
 from ..data.visits import condition_records
 from ..io import InputError
 from ..params import SequencesParams
+from .landmarks import days_since_epoch
 
 DEATH = "death"
 US_PER_DAY = 86_400e6
-EPOCH = pd.Timestamp("1970-01-01")
 
 
 @dataclass
@@ -171,10 +171,7 @@ def build_labels(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataF
         np.minimum.at(first_any, (r, c), t)
     if DEATH in targets:
         j = targets.index(DEATH)
-        death = pd.to_datetime(pats["death_date"])
-        if death.dt.tz is not None:
-            death = death.dt.tz_convert(None)
-        death = ((death - EPOCH) / pd.Timedelta(days=1)).to_numpy(np.float64)
+        death = days_since_epoch(pats["death_date"])
         died = np.isfinite(death)
         present[:, j] = died & (death <= lm)
         onset_abs[:, j] = np.where(died & (death > lm), death, np.inf)

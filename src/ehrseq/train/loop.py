@@ -7,22 +7,6 @@ steps / M minutes and at every epoch end into ``<checkpoint_dir>/<run key>/``; c
 :func:`fit` again with the same run key resumes, and in deterministic CPU mode ends with the
 same weights and metrics as a run that was never interrupted.
 
-Checkpoint directory (one sub-directory per checkpoint, newest ``keep_checkpoints`` kept)::
-
-    checkpoints/<run key>/
-      000007-step000120/
-        model.safetensors       model weights
-        optimizer.safetensors   AdamW moments and step counts
-        best.safetensors        weights of the best epoch so far (absent before the first)
-        rng.safetensors         torch / CUDA / NumPy RNG state tensors
-        state.json              everything else: epoch, step, position in the epoch,
-                                schedule, early stopping, history, Python RNG, counters
-        manifest.json           SHA-256 of each file above, verified on load
-
-Each checkpoint is written into a temporary sibling and renamed into place; a checkpoint whose
-files are missing, truncated or altered is skipped (and renamed ``.corrupt-*``) in favour of
-the previous one. Nothing is unpickled: tensors are read with safetensors, the rest is JSON.
-
 Data-parallel training later: ``wrap_model`` wraps the moved model (e.g. in DDP), only
 ``rank`` 0 writes checkpoints, metrics and progress, and accumulation steps use ``no_sync``.
 """
@@ -30,468 +14,38 @@ Data-parallel training later: ``wrap_model`` wraps the moved model (e.g. in DDP)
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
-import json
 import logging
 import math
-import os
-import platform
-import random
 import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from safetensors.torch import load_model as _st_load_model
-from safetensors.torch import save_model as _st_save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..params import TrainParams
+from ..models.inference import (
+    LossFn,
+    autocast,
+    batch_counts,
+    evaluate_loss,
+    move_to,
+    resolve_device,
+)
+from ..models.store import cpu_state
+from ..params import RuntimeParams, TrainParams
+from .checkpoint import get_rng, list_checkpoints, load_checkpoint, save_checkpoint, set_rng
+from .runtime import count_parameters, device_name, peak_memory_mb, seed_everything
+from .schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
-
-# --------------------------------------------------------------------------- environment
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: 'cuda' requested but CUDA is not available "
-                           "(accepted here: auto, cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("train.device: 'mps' requested but MPS is not available "
-                           "(accepted here: auto, cpu)")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; with ``deterministic`` use deterministic kernels where
-    PyTorch has them (a warning, not an error, where it has none)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-
-
-def make_run_key(*parts: Any) -> str:
-    """A short stable key from anything JSON-able (params, data hashes): the checkpoint
-    folder of one run, so a changed configuration never resumes a stale checkpoint."""
-    blob = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def fingerprint(*paths: str | Path, extra: bytes = b"") -> str:
-    """SHA-256 of the files under ``paths`` (folders: their files, sorted by path) and
-    ``extra``: part of a run key, so a changed input never resumes a stale checkpoint."""
-    h = hashlib.sha256()
-    files = sorted(f for p in map(Path, paths)
-                   for f in ([p] if p.is_file() else p.iterdir()) if f.is_file())
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    h.update(extra)
-    return h.hexdigest()
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    return obj
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(all, trainable) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-
-
-def move_to(obj: Any, device: torch.device) -> Any:
-    """Move a batch (an object with ``.to``, or dicts/lists/tuples of tensors) to ``device``."""
-    nb = device.type == "cuda"
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=nb)
-    if hasattr(obj, "to"):
-        return obj.to(device, non_blocking=nb)
-    if isinstance(obj, dict):
-        return {k: move_to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(move_to(v, device) for v in obj)
-    return obj
-
-
-def _batch_size(batch: Any) -> tuple[int, int]:
-    """(patients, tokens) in a batch: ``n_patients``/``n_tokens`` attributes, else the first
-    dimension of the first tensor."""
-    n = getattr(batch, "n_patients", None)
-    if n is None:
-        first = next((t for t in (batch.values() if isinstance(batch, dict) else batch)
-                      if isinstance(t, torch.Tensor)), None)
-        n = int(first.shape[0]) if first is not None else 0
-    return int(n), int(getattr(batch, "n_tokens", 0))
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    try:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / (2**20 if platform.system() == "Darwin" else 2**10), "process_peak_rss"
-    except ImportError:  # Windows
-        return float("nan"), "unavailable"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()})"
-
-
-# --------------------------------------------------------------------------- schedule, stopping
-
-@dataclass
-class LRSchedule:
-    """Multiplier of the base learning rate after ``step`` optimizer steps: linear warm-up,
-    then cosine or linear decay to 0, constant, or halving on a plateau of the monitored
-    metric (after ``patience`` epochs without improvement, down to 1/1000)."""
-
-    kind: str
-    total_steps: int
-    warmup_steps: int
-    mode: str = "min"
-    min_delta: float = 0.0
-    patience: int = 2
-    scale: float = 1.0
-    best: float | None = None
-    bad_epochs: int = 0
-
-    def factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind in ("constant", "plateau"):
-            return self.scale
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-    def epoch_end(self, value: float) -> None:
-        if self.kind != "plateau" or not math.isfinite(value):
-            return
-        if _improves(value, self.best, self.mode, self.min_delta):
-            self.best, self.bad_epochs = value, 0
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs > self.patience:
-                self.scale, self.bad_epochs = max(self.scale * 0.5, 1e-3), 0
-
-
-def _improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-@dataclass
-class EarlyStopping:
-    """Stop after ``patience`` epochs without an improvement larger than ``min_delta``."""
-
-    patience: int
-    min_delta: float = 0.0
-    mode: str = "min"
-    best: float | None = None
-    best_epoch: int = -1
-    bad_epochs: int = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record an epoch's metric; True when it is the new best."""
-        if _improves(value, self.best, self.mode, self.min_delta):
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON skeleton of ``obj`` with every tensor/array moved into ``tensors`` by path."""
-    if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().to("cpu", copy=True).contiguous()
-        return {"__tensor__": path}
-    if isinstance(obj, np.ndarray):
-        tensors[path] = torch.from_numpy(obj.astype(np.int64 if obj.dtype.kind in "iu"
-                                                    else np.float64))
-        return {"__ndarray__": path, "dtype": str(obj.dtype)}
-    if isinstance(obj, dict):
-        return {"__dict__": [[k, _encode(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        items = [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
-        return {"__tuple__": items} if isinstance(obj, tuple) else items
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    return obj
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
-    if "__ndarray__" in obj:
-        return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"])
-    if "__tuple__" in obj:
-        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-    return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
-
-
-def _write_synced(path: Path, data: bytes | None = None) -> None:
-    if data is not None:
-        path.write_bytes(data)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def save_checkpoint(run_dir: str | Path, name: str, groups: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Write ``groups`` (``model``, ``optimizer``, ``best``, ``rng`` ... : any nesting of
-    tensors, arrays and JSON values) as checkpoint ``name``, atomically; prune to ``keep``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    skeleton, files = {}, {}
-    for group, obj in groups.items():
-        tensors: dict[str, torch.Tensor] = {}
-        skeleton[group] = _encode(obj, group, tensors)
-        if tensors:
-            fname = f"{group}.safetensors"
-            save_file(tensors, str(tmp / fname))
-            _write_synced(tmp / fname)
-            files[fname] = _sha256(tmp / fname)
-    _write_synced(tmp / "state.json", json.dumps(skeleton).encode())
-    files["state.json"] = _sha256(tmp / "state.json")
-    _write_synced(tmp / "manifest.json", json.dumps({"files": files}, indent=1).encode())
-    final = run_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    with contextlib.suppress(OSError):  # make the rename durable where directories sync
-        fd = os.open(run_dir, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoint directories of a run, oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name[:1].isdigit())
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Verify every file's SHA-256 against the manifest and decode the groups."""
-    path = Path(path)
-    manifest = json.loads((path / "manifest.json").read_text())
-    for fname, digest in manifest["files"].items():
-        if _sha256(path / fname) != digest:
-            raise ValueError(f"{path / fname}: SHA-256 mismatch (corrupt or truncated)")
-    skeleton = json.loads((path / "state.json").read_text())
-    tensors = {}
-    for fname in manifest["files"]:
-        if fname.endswith(".safetensors"):
-            tensors.update(load_file(str(path / fname)))
-    return {group: _decode(obj, tensors) for group, obj in skeleton.items()}
-
-
-def load_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies, or None. Ones that fail are renamed
-    ``.corrupt-<name>`` with a warning, and the previous one is tried."""
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return path, read_checkpoint(path)
-        except Exception as err:  # noqa: BLE001 - any failure means: not usable
-            log.warning("checkpoint %s unusable (%s); falling back to the previous one",
-                        path, err)
-            with contextlib.suppress(OSError):
-                os.replace(path, path.with_name(f".corrupt-{path.name}-{int(time.time())}"))
-    return None
-
-
-def _get_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if torch.backends.mps.is_available():
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def _set_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "mps" in state and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(state["mps"])
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-# --------------------------------------------------------------------------- model files
-
-def save_model(directory: str | Path, model: nn.Module, config: Any,
-               vocab: dict | str | Path | None = None) -> None:
-    """Write ``model.safetensors``, ``config.json`` (with ``model_class``) and ``vocab.json``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = dict(_plain(config))
-    config.setdefault("model_class", f"{type(model).__module__}.{type(model).__qualname__}")
-    _st_save_model(model, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if isinstance(vocab, (str, Path)):
-        shutil.copyfile(vocab, directory / "vocab.json")
-    elif vocab is not None:
-        (directory / "vocab.json").write_text(json.dumps(vocab))
-
-
-def load_model(directory: str | Path, factory: Callable[[dict], nn.Module] | None = None,
-               device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict | None]:
-    """Rebuild a model saved by :func:`save_model`: (model, config, vocab or None).
-
-    ``factory(config)`` builds the module; by default ``config["model_class"]`` is imported
-    and its ``from_config(config)`` called."""
-    directory = Path(directory)
-    config = json.loads((directory / "config.json").read_text())
-    if factory is None:
-        module, _, name = config["model_class"].rpartition(".")
-        factory = getattr(importlib.import_module(module), name).from_config
-    model = factory(config)
-    _st_load_model(model, str(directory / "model.safetensors"), device=str(device))
-    vocab_path = directory / "vocab.json"
-    vocab = json.loads(vocab_path.read_text()) if vocab_path.exists() else None
-    return model.to(device), config, vocab
-
-
-def load_pretrained(directory: str | Path, stage: str, vocab: dict | None = None,
-                    ) -> tuple[nn.Module, dict]:
-    """:func:`load_model` of the model stage ``stage`` wrote, for a stage that starts from it:
-    a missing model, or a vocabulary other than ``vocab`` (when given), is an ``InputError``
-    naming the stage to (re-)run."""
-    from ..io import InputError
-
-    directory = Path(directory)
-    if not (directory / "model.safetensors").exists():
-        raise InputError(f"{directory}/model.safetensors: missing; run stage {stage}")
-    model, config, saved = load_model(directory)
-    if vocab is not None and saved is not None and saved.get("tokens") != vocab["tokens"]:
-        raise InputError(f"{directory}/vocab.json: differs from the sequences vocabulary; "
-                         f"re-run {stage}")
-    return model, config
-
-
-# --------------------------------------------------------------------------- evaluation helpers
-
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: Iterable, loss_fn: LossFn,
-                  device: torch.device | None = None, amp: bool = True) -> float:
-    """Mean of ``loss_fn`` over a loader, weighted by batch size, in eval mode."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float32, device=device)
-    n = 0
-    for batch in loader:
-        batch = move_to(batch, device)
-        size, _ = _batch_size(batch)
-        with _autocast(device, amp):
-            total += loss_fn(model, batch).float() * size
-        n += size
-    model.train(was_training)
-    return float(total.item()) / max(n, 1)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, fn: Callable[[nn.Module, Any], torch.Tensor],
-            n_rows: int | None = None, device: torch.device | None = None,
-            amp: bool = True) -> np.ndarray:
-    """``fn(model, batch)`` for every batch, put back in dataset row order (``batch.rows``)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    rows, outs = [], []
-    for batch in loader:
-        batch = move_to(batch, device)
-        with _autocast(device, amp):
-            outs.append(fn(model, batch).float().cpu())
-        rows.append(batch.rows.cpu())
-    model.train(was_training)
-    rows_t, out_t = torch.cat(rows), torch.cat(outs)
-    n_rows = n_rows or int(rows_t.max()) + 1
-    result = np.full((n_rows, *out_t.shape[1:]), np.nan, dtype=np.float32)
-    result[rows_t.numpy()] = out_t.numpy()
-    return result
-
-
-# --------------------------------------------------------------------------- the loop
 
 @dataclass
 class _LoopState:
@@ -560,10 +114,10 @@ def _epoch_iterator(loader: Iterable, sampler: Any, epoch: int, skip: int,
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     if skip == 0 and rng_at_ckpt is not None:
-        _set_rng(rng_at_ckpt)
+        set_rng(rng_at_ckpt)
     elif skip and rng_epoch_start is not None:
-        _set_rng(rng_epoch_start)
-    start_state = _get_rng()
+        set_rng(rng_epoch_start)
+    start_state = get_rng()
     in_sampler = bool(skip) and hasattr(sampler, "skip_batches")
     if in_sampler:
         sampler.skip_batches(skip)  # no batch is built for the skipped part
@@ -572,7 +126,7 @@ def _epoch_iterator(loader: Iterable, sampler: Any, epoch: int, skip: int,
         for _ in range(skip):
             next(it)
     if skip and rng_at_ckpt is not None:
-        _set_rng(rng_at_ckpt)
+        set_rng(rng_at_ckpt)
     return it, start_state
 
 
@@ -581,6 +135,7 @@ def fit(
     train_loader: Iterable,
     loss_fn: LossFn,
     params: TrainParams,
+    runtime: RuntimeParams | None = None,
     *,
     val_loader: Iterable | None = None,
     val_fn: Callable[[nn.Module, torch.device], dict[str, float]] | None = None,
@@ -604,13 +159,17 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` in place and return run statistics (with ``history`` per epoch).
 
+    ``params`` is what changes the weights (params.yaml ``train``); ``runtime`` the machine
+    (``runtime``: device, threads, AMP, compile, checkpoint cadence and folder; default
+    :class:`ehrseq.params.RuntimeParams`).
+
     ``loss_fn(model, batch)`` returns a scalar loss (it must call ``model(...)`` so a DDP
     wrapper sees the forward). Validation each epoch: ``val_loss`` over ``val_loader`` and/or
     the metrics of ``val_fn(model, device)``; early stopping and best-weight selection use
     ``monitor`` (default ``val_loss``, else ``train_loss``) in ``mode`` min or max. At the end
     the best epoch's weights are loaded into ``model``.
 
-    Checkpoints go to ``(checkpoint_root or params.checkpoint_dir) / run_key`` (derive the
+    Checkpoints go to ``(checkpoint_root or runtime.checkpoint_dir) / run_key`` (derive the
     key with :func:`make_run_key` from everything that defines the run); with ``resume`` an
     existing one is continued (a finished run returns at once). ``max_steps`` stops after
     that many optimizer steps in all, with a checkpoint, like a pre-emption; SIGTERM
@@ -624,15 +183,16 @@ def fit(
     """
     t_start = time.monotonic()
     is_main = rank == 0
-    if params.threads:
-        torch.set_num_threads(params.threads)
-    device = resolve_device(params.device)
+    rt = runtime or RuntimeParams()
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
+    device = resolve_device(rt.device)
     seed_everything(params.seed, params.deterministic)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.to(device)
     net = wrap_model(model, device) if wrap_model else model
-    if params.compile:   # the compiled module shares its parameters with ``model``
+    if rt.compile:   # the compiled module shares its parameters with ``model``
         net = torch.compile(net, dynamic=True)
     has_val = val_loader is not None or val_fn is not None
     monitor = monitor or ("val_loss" if val_loader is not None else
@@ -665,7 +225,7 @@ def fit(
     state = _LoopState()
     best: dict[str, torch.Tensor] | None = None
     rng_at_ckpt = rng_epoch_start = None
-    run_dir = Path(checkpoint_root or params.checkpoint_dir) / run_key
+    run_dir = Path(checkpoint_root or rt.checkpoint_dir) / run_key
     resumed_from = None
 
     if checkpoint and resume and mirror is not None and not list_checkpoints(run_dir):
@@ -703,8 +263,8 @@ def fit(
             return
         state.seq += 1
         path = save_checkpoint(run_dir, f"{state.seq:06d}-step{state.step:09d}", {
-            "model": _cpu_state(model), "optimizer": opt.state_dict(), "best": best,
-            "rng": {"at_checkpoint": _get_rng(), "epoch_start": rng_epoch_start},
+            "model": cpu_state(model), "optimizer": opt.state_dict(), "best": best,
+            "rng": {"at_checkpoint": get_rng(), "epoch_start": rng_epoch_start},
             "schedule": asdict(sched), "stopper": asdict(stopper), "loop": asdict(state),
         }, keep=keep_checkpoints)
         if mirror is not None:
@@ -715,7 +275,7 @@ def fit(
 
     set_lr()
     live = _open_live(live_dir, state.history) if (live_dir and is_main) else None
-    autocast = _autocast(device, params.amp)
+    amp_ctx = autocast(device, rt.amp)
     preempt = _Preemption(handle_sigterm)
     last_ckpt = time.monotonic()
     hit_max = False
@@ -738,12 +298,12 @@ def fit(
                 sync = contextlib.nullcontext() if last_in_group or not hasattr(net, "no_sync") \
                     else net.no_sync()
                 with sync:
-                    with autocast:
+                    with amp_ctx:
                         loss = loss_fn(net, batch)
                     (loss.float() / group_n).backward()
                 loss_sum += loss.detach().float()
                 state.loss_n += 1
-                size, tokens = _batch_size(batch)
+                size, tokens = batch_counts(batch)
                 state.patients += size
                 state.tokens += tokens
                 bar.update(1)
@@ -759,9 +319,9 @@ def fit(
                 if state.step % 20 == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / state.loss_n:.4f}", refresh=False)
                 hit_max = max_steps is not None and state.step >= max_steps
-                due = (params.checkpoint_every_steps and state.step % params.checkpoint_every_steps == 0) \
-                    or (params.checkpoint_every_minutes
-                        and time.monotonic() - last_ckpt >= 60 * params.checkpoint_every_minutes)
+                due = (rt.checkpoint_every_steps and state.step % rt.checkpoint_every_steps == 0) \
+                    or (rt.checkpoint_every_minutes
+                        and time.monotonic() - last_ckpt >= 60 * rt.checkpoint_every_minutes)
                 if (due or hit_max or preempt.flag) and state.batch < n_batches:
                     state.loss_sum = loss_sum.item()
                     state.train_time_s += time.monotonic() - t_epoch
@@ -787,15 +347,15 @@ def fit(
                 with torch.no_grad():
                     if val_loader is not None:
                         record["val_loss"] = evaluate_loss(model, val_loader, loss_fn, device,
-                                                           params.amp)
+                                                           rt.amp)
                     if val_fn is not None:
-                        with autocast:
+                        with amp_ctx:
                             record.update({k: float(v) for k, v in val_fn(model, device).items()})
             if monitor not in record:
                 raise KeyError(f"fit: monitor {monitor!r} is not among the epoch metrics "
                                f"{sorted(record)}")
             if stopper.update(record[monitor], epoch):
-                best = _cpu_state(model)
+                best = cpu_state(model)
             sched.epoch_end(record[monitor])
             set_lr()
             state.history.append(record)
@@ -818,13 +378,13 @@ def fit(
     if state.finished and best is not None:
         model.load_state_dict(best)
     n_all, n_trainable = count_parameters(model)
-    peak, peak_kind = _peak_memory_mb(device)
+    peak, peak_kind = peak_memory_mb(device)
     wall = prior_wall + time.monotonic() - t_start
     train_time = max(state.train_time_s, 1e-9)
     return {
         "completed": state.finished,
         "device": device.type,
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "n_params": n_all,
         "n_params_trainable": n_trainable,
         "epochs": state.epoch,

@@ -1,7 +1,7 @@
 """Mirror training checkpoints to the DVC remote, so a preempted pod's work survives it.
 
-Checkpoints live outside every stage output (``train.checkpoint_dir/<run key>/``, the key is a
-hash of the stage, its params and its input data). With ``train.mirror_checkpoints`` on and an
+Checkpoints live outside every stage output (``runtime.checkpoint_dir/<run key>/``, the key is a
+hash of the stage, its params and its input data). With ``runtime.mirror_checkpoints`` on and an
 S3 (or S3-compatible) default DVC remote configured, every checkpoint the loop writes is copied
 to ``<remote url>/checkpoints/<run key>/<checkpoint>/``, its manifest last, so a half-uploaded
 checkpoint has no manifest and is never used. A run that starts with no local checkpoint pulls
@@ -18,7 +18,13 @@ import os
 import shutil
 from pathlib import Path
 
+from ..io import InputError
+
 log = logging.getLogger(__name__)
+
+
+class MirrorError(InputError):
+    """The configured remote cannot hold checkpoints (credentials, bucket, endpoint)."""
 
 
 class CheckpointMirror:
@@ -28,8 +34,13 @@ class CheckpointMirror:
         self.fs, self.root, self.keep = fs, root.rstrip("/"), keep
 
     @classmethod
-    def from_dvc(cls, repo: str | Path = ".") -> CheckpointMirror | None:
-        """The default DVC remote of ``repo`` as a mirror; None when there is none."""
+    def from_dvc(cls, repo: str | Path = ".", check: bool = False) -> CheckpointMirror | None:
+        """The default DVC remote of ``repo`` as a mirror; None when there is none.
+
+        With ``check``, the remote is reached once before any training: wrong credentials, a
+        missing bucket or an unreachable endpoint raise :class:`MirrorError` naming the
+        remote, instead of hours of training whose checkpoints silently never leave the
+        machine."""
         from dvc.repo import Repo
 
         try:
@@ -55,7 +66,12 @@ class CheckpointMirror:
                 kwargs["key"] = remote["access_key_id"]
                 kwargs["secret"] = remote.get("secret_access_key")
             fs = s3fs.S3FileSystem(**kwargs)
-            return cls(fs, url[len("s3://"):] + "/checkpoints")
+            mirror = cls(fs, url[len("s3://"):] + "/checkpoints")
+            if check:
+                mirror.check(f"DVC remote {name!r} ({url}"
+                             + (f", endpoint {remote['endpointurl']}" if remote.get("endpointurl")
+                                else "") + ")")
+            return mirror
         if "://" not in url:  # a local or mounted-folder remote
             import fsspec
 
@@ -64,6 +80,18 @@ class CheckpointMirror:
         log.warning("checkpoint mirror: remote %s (%s) is not supported; not mirroring",
                     name, url)
         return None
+
+    def check(self, what: str) -> None:
+        """List the mirror's bucket once; any failure is a :class:`MirrorError` naming ``what``."""
+        bucket = self.root.split("/", 1)[0]
+        try:
+            self.fs.ls(bucket, detail=False)
+        except Exception as err:  # noqa: BLE001 - credentials, bucket, endpoint: all fatal here
+            raise MirrorError(
+                f"checkpoint mirror: cannot reach {what}: {type(err).__name__}: {err}. Fix the "
+                "remote's credentials (dvc remote modify --local <name> access_key_id ..., or "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or set runtime.mirror_checkpoints: "
+                "false to train without a mirror") from None
 
     def _names(self, run_key: str) -> list[str]:
         """Complete remote checkpoints of a run (those with a manifest), oldest first."""
@@ -87,7 +115,7 @@ class CheckpointMirror:
 
     def pull_latest(self, run_key: str, run_dir: Path) -> Path | None:
         """Download the newest remote checkpoint that verifies into ``run_dir``."""
-        from .loop import read_checkpoint
+        from .checkpoint import read_checkpoint
 
         for name in reversed(self._names(run_key)):
             tmp = run_dir / f".tmp-pull-{name}"

@@ -24,8 +24,10 @@ from typing import Any
 
 from torch import nn
 
+from ..models.inference import LossFn
 from ..params import TrainParams, TuneParams
-from .loop import LossFn, fit, make_run_key, seed_everything
+from .loop import fit
+from .runtime import make_run_key, seed_everything
 
 
 @dataclass
@@ -59,7 +61,7 @@ def lr_label(lr: float) -> str:
 
 def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
                 train_loader: Iterable, loss_fn: LossFn, params: TrainParams, *,
-                val_loader: Iterable, run_key: str, live_dir: str | Path | None = None,
+                val_loader: Iterable | None = None, run_key: str, live_dir: str | Path | None = None,
                 log: Callable[[str], None] | None = None, **fit_kwargs) -> TuneResult:
     """Train one fresh model per learning rate of ``lrs`` and keep the one with the lowest
     best validation loss over ``val_loader``.
@@ -68,18 +70,20 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
     starts from the same initial weights; ``params`` is used with its ``lr`` replaced.
     ``run_key`` is the stage's key; each lr checkpoints under :func:`lr_run_key`. With more
     than one lr, each writes its DVCLive metrics to ``live_dir/lr_<lr>``. Other keyword
-    arguments go to :func:`fit` (``monitor`` is not accepted: the choice is by validation
-    loss). Only the best model so far is kept in memory besides the one training.
+    arguments go to :func:`fit`; the choice is by the lowest best value of the monitored
+    metric (``val_loss`` by default, or a ``monitor`` of ``val_fn``). Only the best model so far
+    is kept in memory besides the one training.
     """
     lrs = [float(lr) for lr in lrs]
     if not lrs:
         raise ValueError("fit_best_lr: no learning rate to try")
     if len(set(lrs)) != len(lrs):
         raise ValueError(f"fit_best_lr: repeated learning rates in {lrs}")
-    if val_loader is None:
-        raise ValueError("fit_best_lr: choosing a learning rate needs the validation loader")
-    if "monitor" in fit_kwargs:
-        raise TypeError("fit_best_lr chooses by validation loss; monitor= is not accepted")
+    if len(lrs) > 1 and val_loader is None and fit_kwargs.get("val_fn") is None:
+        raise ValueError("fit_best_lr: choosing a learning rate needs a validation loader "
+                         "(or val_fn)")
+    if fit_kwargs.get("mode", "min") != "min":
+        raise ValueError("fit_best_lr keeps the lowest monitored validation value (mode min)")
     best: TuneResult | None = None
     losses: dict[float, float] = {}
     wall = 0.0

@@ -1,14 +1,14 @@
 """One command for an ephemeral GPU machine ("pod"): nothing is lost when it goes away.
 
-    python -m ehrseq.pod check-remote
-    python -m ehrseq.pod run -S model.size=large [-S KEY=VALUE ...] [--name NAME]
+    python -m ehrseq.ops.pod check-remote
+    python -m ehrseq.ops.pod run -S model.size=large [-S KEY=VALUE ...] [--name NAME]
                              [--git-remote origin] [--require-gpu]
 
 ``run`` prints each step and stops at the first failure:
 
 1. GPU: what nvidia-smi and torch see (a warning when torch cannot use a GPU;
    ``--require-gpu`` makes it an error).
-2. DVC remote: reachable, bucket present, credentials accepted (``ehrseq.remote``);
+2. DVC remote: reachable, bucket present, credentials accepted (``ehrseq.ops.remote``);
    stages that could never be restored from the run-cache are named.
 3. Git: an identity (``dvc exp save`` needs one) and a remote that accepts a push (dry run).
 4. The ``-S`` overrides are written to params.yaml (DVC's own ``-S`` code, as ``dvc exp run``)
@@ -45,7 +45,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ehrseq.remote import RemoteCheckError, check_remote, run_cache_blockers
+from ehrseq.ops.remote import RemoteCheckError, check_remote, run_cache_blockers
 
 RAN = re.compile(r"Running stage '([^']+)'")
 RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m ehrseq.pod``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m ehrseq.pod", description=__doc__,
+    """Entry point of ``python -m ehrseq.ops.pod``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m ehrseq.ops.pod", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check-remote", help="check the default DVC remote (exit 1 when unusable)")

@@ -1,8 +1,8 @@
 """Know before renting: parameter count, memory per batch and estimated epoch time of a model
 size on the cohort at hand, measured on this machine with a few real training steps.
 
-    python -m ehrseq.estimate --size large                 # the LSTM, every batch setting from params.yaml
-    python -m ehrseq.estimate --model lstm --size medium --batch-size 128 --device cuda
+    python -m ehrseq.ops.estimate --size large                 # the LSTM, every batch setting from params.yaml
+    python -m ehrseq.ops.estimate --model lstm --size medium --batch-size 128 --device cuda
 
 It reads data/processed/sequences when present (else a toy cohort of --patients patients),
 times ``--steps`` optimizer steps after two warm-up steps and extrapolates to one epoch of
@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.tensors import SequenceDataset, Sequences, toy_sequences
-from .params import load_params
-from .train.loop import count_parameters, resolve_device
+from ..data.tensors import SequenceDataset, Sequences, toy_sequences
+from ..models.inference import resolve_device
+from ..params import load_params
+from ..train.runtime import count_parameters
 
 
 def _lstm(params, vocab_size: int, n_bins: int):
-    from .models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
+    from ..models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
 
     return DiscreteTimeSurvivalLSTM(lstm_config(params.model, vocab_size, n_bins)), survival_loss
 
@@ -52,8 +53,8 @@ def estimate(model_name: str, size: str, batch_size: int | None = None, device: 
     has_visits = np.flatnonzero(seqs.n_visits > 0)
     rng = np.random.default_rng(0)
     idx = rng.choice(has_visits, size=min(bs, has_visits.size), replace=False)
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
+    if params.runtime.threads:
+        torch.set_num_threads(params.runtime.threads)
     ds = SequenceDataset(seqs, idx, seqs.n_visits[idx], np.full(idx.size, 100.0),
                          np.ones(idx.size, int), cuts=cuts,
                          max_visits=params.outcome.history.max_visits)
@@ -91,7 +92,7 @@ def estimate(model_name: str, size: str, batch_size: int | None = None, device: 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m ehrseq.estimate", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m ehrseq.ops.estimate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="lstm")
     ap.add_argument("--size", choices=["small", "medium", "large"], default="small")

@@ -6,7 +6,7 @@ The edges are fitted on the durations of the *events* in the training split:
   bin holds about as many training events (ties merge edges, giving fewer bins);
 - ``equal``: ``n`` bins of equal width on ``[0, max event time]``.
 
-Then every evaluation horizon (``evaluate.horizons``, passed as ``horizons``) that lies inside
+Then every evaluation horizon (``outcome.horizons``, passed as ``horizons``) that lies inside
 the training follow-up becomes an edge too, so a horizon never falls inside a bin: a
 discrete-time model's S(30 d) is then its own prediction at an edge, not an interpolation
 (:func:`ehrseq.evaluate.survival.interpolate_discrete`). A horizon at or beyond the longest
@@ -17,10 +17,12 @@ within a day of a horizon is dropped in its favour, so no bin is a sliver.
 Fitted edges are rounded to the whole second (:func:`ehrseq.repro.round_days`), so
 ``time_bins.json`` has the same bytes on every machine.
 
-Durations beyond the last edge are censored there (see :mod:`ehrseq.models.losses`).
+Durations beyond the last edge are censored there (:func:`bin_targets`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,3 +55,40 @@ def time_bins(duration, event, n: int, scheme: str = "quantile", horizons=()) ->
     if len(edges) < 2:   # every event at t = 0 cannot happen (durations > 0); be safe
         edges = np.array([0.0, float(t.max()) or 1.0])
     return edges
+
+
+def bin_edges(cuts: Sequence[float]) -> np.ndarray:
+    """The bin edges starting at 0; raises ``ValueError`` unless strictly increasing."""
+    edges = np.asarray(cuts, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) == 0 or edges[0] < 0:
+        raise ValueError(f"cuts must be a non-empty list of day counts >= 0, got {cuts!r}")
+    if edges[0] > 0:
+        edges = np.concatenate([[0.0], edges])
+    if len(edges) < 2 or (np.diff(edges) <= 0).any():
+        raise ValueError(f"cuts must be strictly increasing with at least one bin, got {cuts!r}")
+    return edges
+
+
+def bin_targets(duration, event, cuts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Map (duration, event) to (bin index, event flag) for :func:`nll_logistic_hazard`.
+
+    - An event at t falls in the bin containing t (right-closed: t = edges[k+1] is bin k).
+    - A censoring at t counts as surviving its bin only if t reaches the bin's midpoint
+      (the life-table convention), else as surviving up to the previous bin; one censored in
+      the first half of the first bin is kept as surviving bin 0.
+    - Anything beyond the last edge is censored there: bin K-1, event 0.
+    """
+    edges = bin_edges(cuts)
+    n_bins = len(edges) - 1
+    t = np.asarray(duration, dtype=np.float64)
+    e = np.asarray(event).astype(np.float32)
+    if t.shape != e.shape:
+        raise ValueError(f"duration {t.shape} and event {e.shape} differ in shape")
+    if np.isnan(t).any() or (t < 0).any():
+        raise ValueError("durations must be >= 0 and not NaN")
+    k = np.clip(np.searchsorted(edges, t, side="left") - 1, 0, n_bins - 1)
+    beyond = t > edges[-1]
+    mid = (edges[k] + edges[k + 1]) / 2
+    censored = (e == 0) | beyond
+    idx = np.where(censored & ~beyond & (t < mid), np.maximum(k - 1, 0), k)
+    return idx.astype(np.int64), np.where(beyond, 0.0, e).astype(np.float32)

@@ -3,7 +3,7 @@ result opened on a machine without network shows nothing. This writes an HTML te
 Vega, Vega-Lite and Vega-Embed inlined (the bundle that ships inside vl-convert-python), which
 `dvc plots show/diff --html-template` (or `plots.html_template` in .dvc/config) fills in.
 
-    python -m ehrseq.offline_plots .dvc/plots-offline.html
+    python -m ehrseq.ops.offline_plots .dvc/plots-offline.html
     dvc plots diff main --html-template .dvc/plots-offline.html -o plots-diff
 """
 

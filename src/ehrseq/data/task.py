@@ -1,5 +1,6 @@
-"""The survival task every model stage shares: sequences + outcomes, the common time grid, and
-scoring on the test split with the one evaluation module.
+"""The survival task every model stage reads: sequences + outcomes (landmark rows, splits,
+input windows, time bins), the datasets of each split, and the common time grid on which every
+model stores its test predictions (scored by the ``evaluate`` stage alone).
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.features import code_counts
-from ..data.sequences import EPOCH
-from ..data.tensors import SequenceDataset, Sequences
 from ..io import InputError
-from ..params import EvaluateParams
-from . import survival
+from .features import code_counts
+from .sequences import EPOCH
+from .tensors import SequenceDataset, Sequences
 
 SEQUENCES = Path("data/processed/sequences")
 OUTCOMES = Path("data/processed/outcomes")
@@ -103,52 +102,3 @@ def time_grid(cuts, horizons, test_duration, train_event_times=()) -> np.ndarray
              for x in (cuts, horizons, test_duration, train_event_times)]
     t = np.unique(np.concatenate(parts))
     return t[t > 0]
-
-
-def score(name: str, surv: np.ndarray, times: np.ndarray, task: SurvivalTask,
-          ev: EvaluateParams, plots_dir: str | Path | None = None) -> dict:
-    """Evaluate a test-split survival matrix; flat metrics ``<name>.<metric>`` (+ plots)."""
-    d, e = task.outcome("test")
-    td, te = task.outcome("train")
-    res = survival.evaluate_survival(d, e, surv, times, td, te, ev.horizons, ev.bootstrap,
-                                     ev.seed)
-    if plots_dir is not None:
-        stem = Path(plots_dir) / name
-        risk = survival.risk_score(surv, times, res["risk_horizon"])
-        survival.plot_km_by_risk_group(d, e, risk, f"{stem}_km_by_risk.png",
-                                       f"{stem}_km_by_risk.csv",
-                                       title=f"{name}: Kaplan–Meier by predicted-risk quartile")
-        survival.plot_calibration(res["calibration"], f"{stem}_calibration.png",
-                                  f"{stem}_calibration.csv", title=f"{name}: calibration")
-    return {f"{name}.{k}": v for k, v in survival.scalar_metrics(res).items()}
-
-
-def score_model(name: str, model, loader, task: SurvivalTask, ev: EvaluateParams,
-                edges: np.ndarray, pred_dir: Path, plots_dir: Path | None = None) -> dict:
-    """Score a discrete-time model on the test split: ``model.predict_survival`` over
-    ``loader`` (the test rows, in order) gives S at the bin ``edges``; it is put on the common
-    time grid by :func:`ehrseq.evaluate.survival.interpolate_discrete` (constant hazard within
-    each bin, flat beyond the last edge), saved to ``pred_dir/<name>.npz`` (``index``,
-    ``times``, ``surv``) and scored."""
-    from ..train.loop import predict
-
-    te = task.rows("test")
-    surv_edges = predict(model, loader, lambda m, b: m.predict_survival(b), len(te))
-    times = task.time_grid(ev.horizons)
-    surv = survival.interpolate_discrete(surv_edges, edges, times)
-    Path(pred_dir).mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(Path(pred_dir) / f"{name}.npz",
-                        index=task.table["index"].to_numpy()[te], times=times, surv=surv)
-    return score(name, surv, times, task, ev, plots_dir)
-
-
-def training_metrics(name: str, stats: dict, gpu_hourly_usd: float, **extra) -> dict:
-    """``<name>.*`` run statistics of :func:`ehrseq.train.loop.fit` for the benchmark table."""
-    m = {"n_params": stats["n_params"], "n_params_trainable": stats["n_params_trainable"],
-         "epochs": stats["epochs"], "best_epoch": stats["best_epoch"],
-         "best_val_loss": stats["best_value"], "train_seconds": stats["wall_time_s"],
-         "patients_per_s": stats["patients_per_s"], "tokens_per_s": stats["tokens_per_s"],
-         "peak_memory_mb": stats["peak_memory_mb"], "device": stats["device_name"],
-         "gpu_cost_usd": stats["wall_time_s"] / 3600 * gpu_hourly_usd
-         if stats["device"].startswith("cuda") else 0.0, **extra}
-    return {f"{name}.{k}": v for k, v in m.items()}

@@ -1,0 +1,190 @@
+"""The library's layout, measured: import cycles, upward imports, stage-script sizes, and
+whether every module a stage imports is among its dvc.yaml deps.
+
+    python bench/layout.py            # print the report (exit 1 on a cycle, an upward import
+                                      # or a stage dep missing from dvc.yaml)
+    python bench/layout.py /tmp/old   # the same for another checkout (e.g. a git worktree)
+
+Layers, lowest first (a module may import its own layer or lower ones, never higher):
+
+    params io repro plots  <  survival  <  data  <  outcomes  <  models  <  train
+    <  evaluate  <  ops
+
+Imports are read statically (``ast``), function-level imports included, so a lazy import that
+runs upward counts too. tests/test_layout.py runs the same checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(sys.argv[1]).resolve() if __name__ == "__main__" and len(sys.argv) > 1 \
+    else Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PKG = "ehrseq"
+LAYERS = [("params", "io", "repro", "plots"), ("survival",), ("data",), ("outcomes",),
+          ("models",), ("train",), ("evaluate",), ("ops",)]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted((SRC / PKG).rglob("*.py"))}
+
+
+def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> list[str]:
+    if node.level:
+        base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    # ``from pkg import name`` may import a submodule ``pkg.name``
+    return [target] + [f"{target}.{a.name}" for a in node.names]
+
+
+def imports_of(path: Path, mod: str | None = None) -> set[str]:
+    """ehrseq modules that ``path`` imports (any nesting level)."""
+    known = modules()
+    mod = mod or (module_name(path) if path.is_relative_to(SRC) else "__main__")
+    is_pkg = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = _resolve(mod, is_pkg, node)
+        for n in names:
+            if n in known and n != mod:
+                found.add(n)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {m: imports_of(p, m) for m, p in modules().items()}
+
+
+def layer(mod: str) -> int:
+    parts = mod.split(".")
+    top = parts[1] if len(parts) > 1 else ""
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    return len(LAYERS)   # the package itself or an unknown top level: highest
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def upward(g: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a lower layer imports a higher one."""
+    return sorted((a, b) for a, bs in g.items() for b in bs
+                  if a.count(".") >= 1 and b.count(".") >= 1 and layer(b) > layer(a))
+
+
+def closure(path: Path) -> set[str]:
+    """Every ehrseq module a script needs, transitively."""
+    g = graph()
+    todo, seen = list(imports_of(path)), set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo += list(g.get(m, ()))
+    return seen
+
+
+def stage_deps() -> dict[str, tuple[Path, set[str]]]:
+    """stage -> (its script, the files it lists as deps) from dvc.yaml."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, st in spec.items():
+        st = st.get("do", st)
+        script = next(w for w in st["cmd"].split() if w.startswith("stages/"))
+        out[name] = (ROOT / script, {str(d) for d in st.get("deps", [])})
+    return out
+
+
+def missing_deps() -> dict[str, list[str]]:
+    """Per stage, the src files it imports (transitively) that dvc.yaml does not list, so a
+    change to them would not re-run it (a stale lock)."""
+    mods = modules()
+    bad = {}
+    for name, (script, deps) in stage_deps().items():
+        need = {str(mods[m].relative_to(ROOT)) for m in closure(script)}
+        need = {f for f in need if not f.endswith("__init__.py")}
+        covered = {f for f in need if f in deps or any(
+            f.startswith(d.rstrip("/") + "/") for d in deps)}
+        if need - covered:
+            bad[name] = sorted(need - covered)
+    return bad
+
+
+def main() -> int:
+    g = graph()
+    cyc, up, miss = cycles(g), upward(g), missing_deps()
+    print(f"{len(g)} modules, {sum(map(len, g.values()))} imports")
+    print(f"import cycles: {len(cyc)}")
+    for c in cyc:
+        print("  " + " <-> ".join(c))
+    print(f"upward imports (a lower layer importing a higher one): {len(up)}")
+    for a, b in up:
+        print(f"  {a} -> {b}")
+    print("stage scripts (lines):")
+    for p in sorted((ROOT / "stages").glob("*.py")):
+        print(f"  {p.name:24s} {len(p.read_text().splitlines()):4d}")
+    print(f"stages importing src files missing from their dvc.yaml deps: {len(miss)}")
+    for s, files in miss.items():
+        print(f"  {s}: {', '.join(files)}")
+    by_layer = defaultdict(list)
+    for m in g:
+        by_layer[layer(m)].append(m)
+    return 1 if cyc or up or miss else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

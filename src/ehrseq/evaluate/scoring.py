@@ -1,0 +1,162 @@
+"""Scoring every model's test predictions: the engine of the ``evaluate`` stage, the only place
+where test metrics are computed.
+
+Models are found by directory: every ``*.npz`` under ``data/predictions`` (any depth). Two
+formats, told apart by their arrays:
+
+- survival (every survival model, classical or neural): ``index`` (the sequences row of each
+  test landmark), ``times`` (days) and ``surv`` (S(t|x), ``[n, len(times)]``); the model's name
+  is the file's stem and must be unique;
+- multi-label onset risks (``train_trajectory``): ``labels`` ``[n, targets, horizons]`` (NaN
+  where unknown), ``targets``, ``horizons`` and one ``prob_<model>`` per model.
+
+Beside a prediction, ``<stem>.json`` holds the run's statistics (seconds, parameters, device,
+size ...; :data:`ehrseq.train.recipe.RUN_STATS`), merged into the model's metrics. Adding a
+model, a fine-tuning mode or a learning-curve point means writing one more file there; neither
+dvc.yaml nor this module lists models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import InputError
+from ..params import ReportParams
+from . import survival
+from .multilabel import evaluate_multilabel
+
+PREDICTIONS = Path("data/predictions")
+SURVIVAL_KEYS = {"index", "times", "surv"}
+MULTILABEL_KEYS = {"labels", "targets", "horizons"}
+
+
+def find_predictions(root: str | Path = PREDICTIONS) -> tuple[dict[str, Path], list[Path]]:
+    """(survival predictions by model name, multi-label prediction files) under ``root``."""
+    surv: dict[str, Path] = {}
+    multi: list[Path] = []
+    for f in sorted(Path(root).rglob("*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            keys = set(z.files)
+        if SURVIVAL_KEYS <= keys:
+            if f.stem in surv:
+                raise InputError(f"{f}: model name {f.stem!r} is also {surv[f.stem]}; every "
+                                 "survival prediction needs its own file name")
+            surv[f.stem] = f
+        elif MULTILABEL_KEYS <= keys:
+            multi.append(f)
+        else:
+            raise InputError(f"{f}: arrays {sorted(keys)}; accepted: survival predictions "
+                             f"{sorted(SURVIVAL_KEYS)} or multi-label {sorted(MULTILABEL_KEYS)} "
+                             "+ prob_<model>")
+    return surv, multi
+
+
+def run_info(prediction: Path) -> dict:
+    """The run statistics written beside a prediction (``<stem>.json``), or {}."""
+    side = prediction.with_suffix(".json")
+    return json.loads(side.read_text()) if side.is_file() else {}
+
+
+@dataclass
+class Outcomes:
+    """The outcomes the test predictions are scored against (from outcomes.parquet)."""
+
+    index: np.ndarray          # sequences row of each test landmark, in table order
+    duration: np.ndarray
+    event: np.ndarray
+    train_duration: np.ndarray
+    train_event: np.ndarray
+    true_risk: np.ndarray      # NaN unless the outcome is synthetic
+
+    @classmethod
+    def load(cls, outcomes_dir: str | Path) -> Outcomes:
+        path = Path(outcomes_dir) / "outcomes.parquet"
+        if not path.is_file():
+            raise InputError(f"{path}: missing; run the outcomes stage first")
+        t = pd.read_parquet(path)
+        te, tr = t[t["split"] == "test"], t[t["split"] == "train"]
+        truth = te["true_risk"].to_numpy(float) if "true_risk" in te else np.full(len(te), np.nan)
+        return cls(te["index"].to_numpy(), te["duration"].to_numpy(float),
+                   te["event"].to_numpy(int), tr["duration"].to_numpy(float),
+                   tr["event"].to_numpy(int), truth)
+
+    def align(self, path: Path, index: np.ndarray) -> np.ndarray:
+        """Row of ``path``'s predictions for each test landmark; every one must be there."""
+        pos = pd.Index(index).get_indexer(self.index)
+        if (pos < 0).any():
+            raise InputError(f"{path}: predictions miss {int((pos < 0).sum())} test landmarks "
+                             "of outcomes.parquet; re-run the stage that wrote it")
+        return pos
+
+    def reference_horizon(self, horizons) -> float:
+        return survival.reference_horizon(self.duration, self.event, self.train_duration,
+                                          self.train_event, horizons)
+
+
+def score_survival(name: str, surv: np.ndarray, times: np.ndarray, o: Outcomes,
+                   horizons, report: ReportParams, plots_dir: Path | None = None) -> dict:
+    """Every survival metric of one model with its interval: ``<name>.<metric>`` (+ plots)."""
+    res = survival.evaluate_survival(o.duration, o.event, surv, times, o.train_duration,
+                                     o.train_event, horizons, report.bootstrap, report.seed)
+    if plots_dir is not None:
+        stem = Path(plots_dir) / name
+        risk = survival.risk_score(surv, times, res["risk_horizon"])
+        survival.plot_km_by_risk_group(o.duration, o.event, risk, f"{stem}_km_by_risk.png",
+                                       f"{stem}_km_by_risk.csv",
+                                       title=f"{name}: Kaplan–Meier by predicted-risk quartile")
+        survival.plot_calibration(res["calibration"], f"{stem}_calibration.png",
+                                  f"{stem}_calibration.csv", title=f"{name}: calibration")
+    return {f"{name}.{k}": v for k, v in survival.scalar_metrics(res).items()}
+
+
+def gpu_cost(info: dict, hourly_usd: float) -> float:
+    """GPU hours of a run (every lr it tried, every process) at ``hourly_usd``; 0 off CUDA."""
+    if info.get("device_type") != "cuda":
+        return 0.0
+    seconds = info.get("tune.wall_time_s") or info.get("train_seconds") or 0.0
+    return seconds * info.get("world_size", 1) / 3600 * hourly_usd
+
+
+def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: ReportParams,
+              plots_dir: Path | None = None, progress=None) -> tuple[dict, dict]:
+    """Score every prediction under ``root``: (flat metrics, test risk ``1 - S(h*)`` of every
+    survival model in test-table order, for paired comparisons)."""
+    o = Outcomes.load(outcomes_dir)
+    surv_files, multi_files = find_predictions(root)
+    h = o.reference_horizon(horizons)
+    metrics: dict = {"test.patients": int(len(np.unique(o.index))),
+                     "test.landmarks": int(len(o.index)), "test.events": int(o.event.sum()),
+                     "test.risk_horizon": h}
+    if np.isfinite(o.true_risk).all():   # synthetic outcome: the ceiling any model can reach
+        oracle = survival.harrell_c_interval(o.duration, o.event, o.true_risk,
+                                             report.bootstrap, report.seed)
+        metrics.update({f"oracle.{k}": v for k, v in oracle.items()})
+    risks = {}
+    for name, f in surv_files.items():
+        if progress is not None:
+            progress(name)
+        with np.load(f, allow_pickle=False) as z:
+            pos = o.align(f, z["index"])
+            surv, times = z["surv"][pos].astype(float), z["times"].astype(float)
+        metrics.update(score_survival(name, surv, times, o, horizons, report, plots_dir))
+        info = run_info(f)
+        metrics.update({f"{name}.{k}": v for k, v in info.items() if k not in ("model",)})
+        metrics[f"{name}.gpu_cost_usd"] = gpu_cost(info, report.gpu_hourly_usd)
+        risks[name] = survival.risk_score(surv, times, h)
+    for f in multi_files:
+        with np.load(f, allow_pickle=False) as z:
+            targets, hz = [str(t) for t in z["targets"]], [int(x) for x in z["horizons"]]
+            y = z["labels"]
+            probs = {k[len("prob_"):]: z[k] for k in z.files if k.startswith("prob_")}
+        for name, p in probs.items():
+            if progress is not None:
+                progress(f"onset.{name}")
+            res = evaluate_multilabel(y, p, targets, hz, report.bootstrap, report.seed)
+            metrics.update({f"onset.{name}.{k}": v for k, v in res["metrics"].items()})
+            metrics.update({f"onset.skipped.{k}": v for k, v in res["skipped"].items()})
+    return metrics, risks
