@@ -21,7 +21,7 @@ import numpy as np
 from ehrseq.data.task import OUTCOMES, SEQUENCES, SurvivalTask
 from ehrseq.data.tensors import make_loader
 from ehrseq.evaluate.multilabel_plots import plot_curves, plot_patient, plot_reliability
-from ehrseq.io import atomic_outputs, run_stage, write_json
+from ehrseq.io import run_stage
 from ehrseq.models.classical import Featurizer, multilabel_baseline
 from ehrseq.models.inference import predict
 from ehrseq.models.store import load_pretrained
@@ -33,10 +33,9 @@ from ehrseq.models.trajectory import (
     pos_weights,
     trajectory_config,
 )
-from ehrseq.outcomes.trajectory_labels import DEATH, build_labels, frequent_onsets, label_summary
+from ehrseq.outcomes.trajectory_labels import DEATH, trajectory_task
 from ehrseq.params import load_params
-from ehrseq.plots import skipped_figure
-from ehrseq.train.recipe import train_stage
+from ehrseq.train.recipe import skip_stage, train_stage
 
 EVENTS = Path("data/interim/events.parquet")
 SURVIVAL_MODEL = Path("models/train_survival")
@@ -50,37 +49,22 @@ def main() -> None:
     tp = params.trajectory
     task = SurvivalTask.load()
     t = task.table
-    targets_all = tp.targets or [*params.outcome.onset_codes, DEATH]
     horizons = tp.horizons
-    frequent = frequent_onsets(EVENTS, task.seqs.patients, t.iloc[task.rows("train")],
-                               horizons[-1], tp.frequent_targets, targets_all,
-                               params.sequences.event_kinds)
-    targets_all = [*targets_all, *frequent]
-    lab = build_labels(EVENTS, task.seqs.patients, t, targets_all, horizons,
-                       params.sequences.event_kinds)
     tr, va, te = task.rows("train"), task.rows("val"), task.rows("test")
-    train_pos = (np.nan_to_num(lab.labels[tr]) > 0).sum(axis=(0, 2))
-    keep_t = np.flatnonzero(train_pos > 0)
-    metrics: dict = {"n_train": len(tr), "n_val": len(va), "n_test": len(te)}
-    for j in np.flatnonzero(train_pos == 0):
-        metrics[f"skipped.target.{targets_all[j]}"] = "no positive in the train split"
+    tt = trajectory_task(EVENTS, task.seqs.patients, t, tp.targets or [*params.outcome.onset_codes,
+                         DEATH], horizons, tp.frequent_targets, tr, params.sequences.event_kinds)
+    lab, targets, keep_t, labels, summary = tt.lab, tt.targets, tt.keep, tt.labels, tt.summary
+    metrics: dict = {"n_train": len(tr), "n_val": len(va), "n_test": len(te),
+                     **{f"skipped.target.{k}": v for k, v in tt.skipped.items()}}
+    for k in tt.skipped:
         log.warning("target %s (%s): no positive in the train split at any horizon; skipped",
-                    targets_all[j], lab.descriptions.get(targets_all[j], "never recorded"))
-    if not len(keep_t):  # a small cohort: nothing to learn; say so instead of failing the DAG
-        reason = (f"no trajectory target {targets_all} has an onset within {horizons[-1]} days "
-                  "of the landmark in the train split (use more patients or trajectory.targets)")
-        log.warning("nothing trained: %s", reason)
-        with atomic_outputs(*(Path(d) / STAGE for d in ("models", "data/predictions",
-                                                         "plots"))) as (model_dir, pred, plots):
-            for d in (model_dir, pred):
-                d.mkdir()
-                (d / "SKIPPED.txt").write_text(reason + "\n")
-            skipped_figure(f"{STAGE}: nothing trained\n" + reason, plots / "skipped.png")
-        write_json(f"metrics/{STAGE}.json", {**metrics, "trained": 0, "skipped.reason": reason})
+                    k, lab.descriptions.get(k, "never recorded"))
+    if not targets:  # a small cohort: nothing to learn; say so instead of failing the DAG
+        reason = (f"no trajectory target {list(tt.skipped)} has an onset within {horizons[-1]} "
+                  "days of the landmark in the train split (use more patients or "
+                  "trajectory.targets)")
+        skip_stage(STAGE, reason, metrics)
         return
-    targets = [targets_all[j] for j in keep_t]
-    labels = lab.labels[:, keep_t]
-    summary = label_summary(lab, t["split"].to_numpy())
     pre, pre_cfg = (load_pretrained(PRETRAINED_BEHRT, "pretrain_behrt", task.seqs.vocab)
                     if tp.encoder == "behrt" else (None, None))
     cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
@@ -129,11 +113,7 @@ def main() -> None:
         m["example_patient_index"] = plot_patient(
             model, task, lab, targets, keep_t, te, horizons, tp.example_landmarks, out.plots,
             params.outcome.history, trn.batch_size)
-        for s in ("train", "test"):
-            g = summary[summary["split"] == s]
-            for col in ("known", "positives"):
-                m.update({f"labels.{s}_{col}_{h}.{tg}": int(n) for tg, h, n in
-                          zip(g["target"], g["horizon"], g[col], strict=True)})
+        m.update(tt.label_metrics())
         return {**m, "n_targets": len(targets), "trajectory.encoder": tp.encoder,
                 "trajectory.initialised_from": initialised or "random"}
 

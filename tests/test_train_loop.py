@@ -9,7 +9,7 @@ import torch
 
 from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, survival_loss
-from ehrseq.params import TrainParams
+from ehrseq.params import RuntimeParams, TrainParams
 from ehrseq.train.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint
 from ehrseq.train.loop import fit
 from ehrseq.train.schedule import LRSchedule
@@ -42,11 +42,13 @@ def _run(data, tmp_path, key, model_seed=0, live=False, **kw):
     """Six batches of 8 per epoch, validation each epoch; returns (model, stats)."""
     train, val = data
     overrides = {k: kw.pop(k) for k in list(kw) if k in TrainParams.model_fields}
+    rt = {k: kw.pop(k) for k in list(kw) if k in RuntimeParams.model_fields}
     params = TrainParams(**{"epochs": EPOCHS, "batch_size": 8, "lr": 5e-3, "warmup_frac": 0.2,
-                            "checkpoint_every_minutes": 0, "checkpoint_dir": str(tmp_path / "ck"),
                             **overrides})
+    runtime = RuntimeParams(**{"checkpoint_every_minutes": 0,
+                               "checkpoint_dir": str(tmp_path / "ck"), **rt})
     model = _model(model_seed)
-    stats = fit(model, make_loader(train, 8, shuffle=True, seed=1), survival_loss, params,
+    stats = fit(model, make_loader(train, 8, shuffle=True, seed=1), survival_loss, params, runtime,
                 val_loader=make_loader(val, 16), run_key=key, progress=False,
                 live_dir=tmp_path / f"live-{key}" if live else None, **kw)
     return model, stats
@@ -155,9 +157,9 @@ def test_early_stopping_restores_the_best_weights(data, tmp_path):
     train, val = data
     model = _model()
     model_ref[0] = model
-    params = TrainParams(epochs=6, batch_size=8, patience=2, min_delta=0.01,
-                         checkpoint_dir=str(tmp_path / "ck"))
+    params = TrainParams(epochs=6, batch_size=8, patience=2, min_delta=0.01)
     stats = fit(model, make_loader(train, 8, shuffle=True), survival_loss, params,
+                RuntimeParams(checkpoint_dir=str(tmp_path / "ck")),
                 val_fn=val_fn, monitor="val_auc", mode="max", run_key="es",
                 on_epoch_end=snap, progress=False)
     # 0.69 is not an improvement over 0.70 by min_delta: stop after epoch 4

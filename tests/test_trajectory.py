@@ -20,6 +20,7 @@ from ehrseq.evaluate.multilabel import (
     weighted_brier,
     weighted_ece,
 )
+from ehrseq.models.classical import multilabel_baseline
 from ehrseq.models.inference import predict
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig
 from ehrseq.models.store import load_model, save_model
@@ -31,7 +32,7 @@ from ehrseq.models.trajectory import (
     masked_bce,
 )
 from ehrseq.outcomes.trajectory_labels import build_labels, frequent_onsets, label_matrix
-from ehrseq.params import ParamsError, TrainParams, load_params
+from ehrseq.params import ParamsError, RuntimeParams, TrainParams, load_params
 from ehrseq.train.loop import fit
 from ehrseq.train.runtime import seed_everything
 
@@ -218,9 +219,9 @@ def test_learns_a_planted_signal(tmp_path):
     model = DiseaseTrajectoryModel(tiny_config(vocab_size=seqs.vocab_size))
     ds_tr = TrajectoryDataset(seqs, tr, lm[tr], labels[tr])
     ds_te = TrajectoryDataset(seqs, te, lm[te], labels[te])
-    params = TrainParams(epochs=25, batch_size=32, lr=0.02, threads=1, device="cpu",
-                         patience=25, warmup_frac=0.0, checkpoint_every_minutes=0)
-    stats = fit(model, make_loader(ds_tr, 32, shuffle=True), make_loss(), params,
+    params = TrainParams(epochs=25, batch_size=32, lr=0.02, patience=25, warmup_frac=0.0)
+    runtime = RuntimeParams(threads=1, device="cpu", checkpoint_every_minutes=0)
+    stats = fit(model, make_loader(ds_tr, 32, shuffle=True), make_loss(), params, runtime,
                 checkpoint=False, progress=False)
     assert stats["completed"]
     prob = predict(model, make_loader(ds_te, 64), lambda m, b: m.predict_proba(b), len(te))
@@ -374,9 +375,9 @@ def _stage():
 
 
 def test_stage_params_section(tmp_path):
-    stage = _stage()
+    _stage()   # the stage script imports
     f = tmp_path / "params.yaml"
-    f.write_text("train: {threads: 1}\ntrajectory: {horizons: [365, 30], pos_weight: auto}\n")
+    f.write_text("runtime: {threads: 1}\ntrajectory: {horizons: [365, 30], pos_weight: auto}\n")
     params = load_params(f)
     tp = params.trajectory
     assert params.runtime.threads == 1 and tp.horizons == [30, 365] and tp.pos_weight == "auto"
@@ -392,5 +393,5 @@ def test_stage_params_section(tmp_path):
     X = np.random.default_rng(0).random((20, 3))
     y = np.zeros((20, 1, 2))
     y[:5, 0, 1] = 1
-    out = stage.fit_baseline("lr", X, y, X, 0, 1)
+    out = multilabel_baseline("lr", X, y, X, 0, 1)
     assert (out[..., 1] >= out[..., 0]).all() and np.allclose(out[:, 0, 0], 0.0)

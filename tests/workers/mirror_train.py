@@ -14,7 +14,7 @@ import torch
 
 from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, LSTMConfig, survival_loss
-from ehrseq.params import TrainParams
+from ehrseq.params import RuntimeParams, TrainParams
 from ehrseq.train.loop import fit
 from ehrseq.train.mirror import CheckpointMirror
 from ehrseq.train.runtime import seed_everything
@@ -32,9 +32,10 @@ ds = {k: SequenceDataset(seqs, r, lm[r], duration[r], event[r], cuts=cuts)
       for k, r in (("train", tr), ("val", va))}
 seed_everything(0)
 model = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=30, n_bins=4, embed_dim=8, hidden_dim=8))
-params = TrainParams(epochs=6, batch_size=16, lr=5e-3, warmup_frac=0.0, patience=10,
-                     checkpoint_every_steps=4, checkpoint_every_minutes=0)
+params = TrainParams(epochs=6, batch_size=16, lr=5e-3, warmup_frac=0.0, patience=10)
+runtime = RuntimeParams(checkpoint_every_steps=4, checkpoint_every_minutes=0)
 stats = fit(model, make_loader(ds["train"], 16, shuffle=True, seed=0), survival_loss, params,
+            runtime,
             val_loader=make_loader(ds["val"], 24), run_key="mirror-test",
             checkpoint_root=repo / "checkpoints", mirror=CheckpointMirror.from_dvc(repo),
             progress=False, on_step=lambda step: time.sleep(pause))

@@ -200,3 +200,44 @@ def label_summary(lab: TrajectoryLabels, splits: np.ndarray) -> pd.DataFrame:
             "present_at_landmark": np.repeat(lab.present[m].sum(0), len(lab.horizons)),
         }))
     return pd.concat(out, ignore_index=True)
+
+
+@dataclass
+class TrajectoryTask:
+    """The targets a trajectory model is trained on: ``labels`` ``[rows, targets, horizons]``
+    of the targets with a positive in the train split; ``skipped`` says why the others were
+    left out."""
+
+    lab: TrajectoryLabels
+    targets: list[str]
+    keep: np.ndarray          # columns of ``lab.labels`` kept
+    labels: np.ndarray
+    skipped: dict[str, str]
+    summary: pd.DataFrame
+
+    def label_metrics(self) -> dict[str, int]:
+        """Known and positive labels per split, horizon and target (train and test)."""
+        m = {}
+        for s in ("train", "test"):
+            g = self.summary[self.summary["split"] == s]
+            for col in ("known", "positives"):
+                m.update({f"labels.{s}_{col}_{h}.{tg}": int(n) for tg, h, n in
+                          zip(g["target"], g["horizon"], g[col], strict=True)})
+        return m
+
+
+def trajectory_task(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataFrame,
+                    targets: list[str], horizons, frequent: int, train_rows: np.ndarray,
+                    event_kinds: SequencesParams | None = None) -> TrajectoryTask:
+    """Targets (``targets`` plus the ``frequent`` conditions most often starting within the
+    last horizon in the train split), their labels at every landmark, and the targets kept: those
+    with a positive in the train split at some horizon."""
+    extra = frequent_onsets(events, seq_patients, table.iloc[train_rows], horizons[-1], frequent,
+                            targets, event_kinds)
+    every = [*targets, *extra]
+    lab = build_labels(events, seq_patients, table, every, horizons, event_kinds)
+    pos = (np.nan_to_num(lab.labels[train_rows]) > 0).sum(axis=(0, 2))
+    keep = np.flatnonzero(pos > 0)
+    skipped = {every[j]: "no positive in the train split" for j in np.flatnonzero(pos == 0)}
+    return TrajectoryTask(lab, [every[j] for j in keep], keep, lab.labels[:, keep], skipped,
+                          label_summary(lab, table["split"].to_numpy()))

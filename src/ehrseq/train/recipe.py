@@ -37,7 +37,7 @@ from ..io import atomic_outputs, write_json
 from ..models.inference import LossFn, predict
 from ..models.store import save_model
 from ..params import Params, TrainParams
-from ..plots import training_curves
+from ..plots import skipped_figure, training_curves
 from ..survival.bins import bin_edges
 from ..survival.curves import interpolate_discrete
 from . import distributed
@@ -158,6 +158,19 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
              tuned.stats["n_params"], tuned.stats["n_params_trainable"], tuned.lr, lrs,
              tuned.wall_time_s, tuned.stats["device_name"])
     return metrics
+
+
+def skip_stage(stage: str, reason: str, metrics: dict) -> None:
+    """A stage with nothing to learn (e.g. no positive label in a small cohort) still writes
+    its declared outputs, each saying why, so the DAG goes on."""
+    log.warning("%s: nothing trained: %s", stage, reason)
+    with atomic_outputs(*(Path(d) / stage for d in ("models", "data/predictions", "plots"))) \
+            as (model_dir, pred, plots):
+        for d in (model_dir, pred):
+            d.mkdir()
+            (d / "SKIPPED.txt").write_text(reason + "\n")
+        skipped_figure(f"{stage}: nothing trained\n" + reason, plots / "skipped.png")
+    write_json(f"metrics/{stage}.json", {**metrics, "trained": 0, "skipped.reason": reason})
 
 
 def survival_predictions(name: str, model: nn.Module, task: SurvivalTask, loader: Any,

@@ -1,0 +1,155 @@
+"""Pod safety of the real training stages (issue 11), through the one recipe, against a real
+S3-compatible server (moto on loopback):
+
+- machine A runs `stages/pretrain_behrt.py` (then `stages/train_survival.py`) with checkpoints
+  mirrored to the DVC remote; its whole process group is killed with SIGKILL once a mirrored
+  checkpoint exists, and A is deleted;
+- machine B, a fresh directory with the same inputs and remote and no local checkpoint, runs the
+  same stage: it pulls the mirrored checkpoint, resumes, and ends with the same weights and
+  metrics as machine C, which ran the stage once without interruption (and without a mirror);
+- a remote the mirror cannot use (wrong credentials, missing bucket, unreachable endpoint)
+  stops the stage before any training, with a message naming the remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from test_remote import (
+    BUCKET,
+    auth_endpoint,  # noqa: F401 - fixture: moto with IAM authentication
+    write_remote,
+)
+from test_tune import toy_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+TIMING = ("seconds", "_per_s", "peak_memory_mb", "wall_time_s")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="store")
+    yield endpoint, client
+    server.stop()
+
+
+def machine(root: Path, endpoint: str | None, mirror: bool = True) -> Path:
+    """A workspace with the stage's inputs (toy sequences and outcomes), tiny models, and,
+    with ``endpoint``, a DVC project whose default remote is the S3 server."""
+    root.mkdir(parents=True)
+    toy_workspace(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"]["behrt"] = {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32,
+                                "max_len": 64}
+    params["train"] = {"epochs": 30, "batch_size": 16, "patience": 30, "lr": 0.003}
+    params["runtime"] = {"threads": 1, "device": "cpu", "checkpoint_every_steps": 1,
+                         "checkpoint_every_minutes": 0, "mirror_checkpoints": mirror}
+    params["tune"] = {"lrs": None}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    if endpoint is not None:
+        write_remote(root, "s3://store/project", endpoint, creds=None)
+    return root
+
+
+def start(stage: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen([sys.executable, str(ROOT / f"stages/{stage}.py")], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)   # its own process group
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def manifests(client) -> list[str]:
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="store").get("Contents", [])]
+    return [k for k in keys if k.endswith("manifest.json")]
+
+
+def outputs(root: Path, stage: str) -> tuple[bytes, dict]:
+    weights = b"".join(p.read_bytes() for p in sorted((root / "models" / stage).glob(
+        "*.safetensors")))
+    m = json.loads((root / f"metrics/{stage}.json").read_text())
+    return weights, {k: v for k, v in m.items() if not any(t in k for t in TIMING)}
+
+
+@pytest.mark.parametrize("stage", ["pretrain_behrt", "train_survival"])
+def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, s3, tmp_path):
+    endpoint, client = s3
+    ref = machine(tmp_path / "C", None, mirror=False)
+    finish(start(stage, ref))
+
+    a = machine(tmp_path / "A", endpoint)
+    proc = start(stage, a)
+    deadline = time.time() + 600
+    while not manifests(client):
+        assert proc.poll() is None, "the run finished before a checkpoint reached the remote"
+        assert time.time() < deadline, "no checkpoint reached the remote"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)   # the pod is gone: every process of the stage
+    proc.wait()
+    assert not (a / "models" / stage).exists()   # nothing half-written
+    shutil.rmtree(a)                              # ... and so is its disk
+    pushed = manifests(client)
+
+    b = machine(tmp_path / "B", endpoint)
+    err = finish(start(stage, b))
+    assert "pulled checkpoint" in err and "resuming from" in err, err[-2000:]
+    assert outputs(b, stage) == outputs(ref, stage)
+    assert pushed and manifests(client)   # the lost run's checkpoints served B; B's remain
+
+
+@pytest.mark.parametrize("problem, expect", [
+    ("missing bucket", "no-such-bucket"),
+    ("unreachable endpoint", "cannot reach DVC remote 'storage'"),
+])
+def test_unusable_remote_stops_before_training(problem, expect, s3, tmp_path):
+    endpoint, _ = s3
+    root = machine(tmp_path / "A", endpoint)
+    if problem == "missing bucket":
+        write_remote(root, "s3://no-such-bucket/project", endpoint, creds=None)
+    else:
+        write_remote(root, "s3://store/project", "http://127.0.0.1:9", creds=None)
+    t0 = time.time()
+    proc = start("train_survival", root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    assert expect in err and "cannot reach DVC remote 'storage'" in err, err[-2000:]
+    assert "epoch 1" not in err and not (root / "checkpoints").exists()
+    assert time.time() - t0 < 120
+
+
+def test_wrong_credentials_stop_before_training(tmp_path, auth_endpoint):  # noqa: F811
+    url, keys = auth_endpoint
+    root = machine(tmp_path / "A", None)
+    write_remote(root, f"s3://{BUCKET}/project", url, creds=(keys["admin"][0], "x" * 40))
+    proc = start("train_survival", root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "cannot reach DVC remote 'storage'" in err, err[-2000:]
+    assert "x" * 40 not in err and not (root / "checkpoints").exists()
