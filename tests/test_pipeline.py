@@ -47,7 +47,7 @@ def tiny_params(repo: Path, patients: int = 40) -> None:
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"]["patients"] = patients
     p["train"].update(epochs=2, batch_size=16)
-    p["evaluate"]["bootstrap"] = 50
+    p["report"]["bootstrap"] = 50
     p["outcome"]["synthetic"]["signal"] = 3.0   # a strong truth: scores are checkable on 40
     p["cluster"]["min_test_patients"] = 4       # 40 patients: about 6 in the test split
     # one training per stage (tests/test_tune.py covers the tuned stages); and the sweep test
@@ -87,8 +87,10 @@ def test_repro_runs_every_stage(repo):
     om = json.loads((repo / "metrics/outcomes.json").read_text())
     assert om["audit_input_events"] > 0 and om["audit_input_events_known_after_landmark"] == 0
     assert (repo / "models/train_survival/model.safetensors").is_file()
-    assert (repo / "plots/baselines/cox_calibration.png").stat().st_size > 1000
+    assert (repo / "plots/evaluate/cox_calibration.png").stat().st_size > 1000
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert "lstm.c_harrell" not in tm          # training stages predict; evaluate scores
+    assert ev["test.patients"] == ev["test.landmarks"] > 0 and ev["lstm.n_params"] > 0
     for key in ("med2vec.c_harrell", "behrt_lora.c_harrell", "delta.behrt_full-behrt_scratch.lo",
                 "delta.behrt_lora-behrt_full.delta", "delta.med2vec-lstm.p_not_better"):
         assert key in ev, key
@@ -138,8 +140,7 @@ def test_queue_sweep_runs_each_point_once(repo):
             lr = d["params"]["params.yaml"]["data"]["finetune"]["lr"]
             points[lr] = {k: v["data"] for k, v in d["metrics"].items()}
     assert set(points) == {0.0005, 0.005}, points
-    full = [p["metrics/finetune_behrt/full.json"]["behrt_full.c_harrell"] for p in
-            points.values()]
+    full = [p["metrics/evaluate.json"]["behrt_full.c_harrell"] for p in points.values()]
     assert all(0.0 <= c <= 1.0 for c in full)
     losses = {p["metrics/finetune_behrt/full.json"]["behrt_full.best_val_loss"]
               for p in points.values()}

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import boto3
@@ -28,16 +29,13 @@ import yaml
 from test_remote import (
     BUCKET,
     auth_endpoint,  # noqa: F401 - fixture: moto with IAM authentication
-    write_remote,
-)
+    )
 from test_tune import toy_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
          "AWS_DEFAULT_REGION": "us-east-1"}
 TIMING = ("seconds", "_per_s", "peak_memory_mb", "wall_time_s")
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -51,12 +49,15 @@ def s3(monkeypatch):
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="store")
+    # moto keeps its state per process: a bucket of its own for every test
+    bucket = f"store-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    client.bucket = bucket
     yield endpoint, client
     server.stop()
 
 
-def machine(root: Path, endpoint: str | None, mirror: bool = True) -> Path:
+def machine(root: Path, endpoint: str | None, mirror: bool = True, bucket: str = "") -> Path:
     """A workspace with the stage's inputs (toy sequences and outcomes), tiny models, and,
     with ``endpoint``, a DVC project whose default remote is the S3 server."""
     root.mkdir(parents=True)
@@ -70,8 +71,25 @@ def machine(root: Path, endpoint: str | None, mirror: bool = True) -> Path:
     params["tune"] = {"lrs": None}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     if endpoint is not None:
-        write_remote(root, "s3://store/project", endpoint, creds=None)
+        remote(root, f"s3://{bucket}/project", endpoint)
     return root
+
+
+def remote(root: Path, url: str, endpoint: str, creds: tuple[str, str] | None = None) -> None:
+    """Make ``root`` a DVC project whose default remote is ``url`` at ``endpoint``, the way a
+    user does (`dvc remote add -d`, `dvc remote modify [--local]`)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmds = [] if (root / ".dvc").is_dir() else [
+        ["git", "init", "-q"], ["dvc", "init", "-q"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]]
+    cmds += [["dvc", "remote", "add", "-f", "-d", "storage", url],
+             ["dvc", "remote", "modify", "storage", "endpointurl", endpoint]]
+    if creds:
+        cmds += [["dvc", "remote", "modify", "--local", "storage", "access_key_id", creds[0]],
+                 ["dvc", "remote", "modify", "--local", "storage", "secret_access_key",
+                  creds[1]]]
+    for cmd in cmds:
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
 
 
 def start(stage: str, cwd: Path) -> subprocess.Popen:
@@ -88,7 +106,7 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 def manifests(client) -> list[str]:
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="store").get("Contents", [])]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=client.bucket).get("Contents", [])]
     return [k for k in keys if k.endswith("manifest.json")]
 
 
@@ -99,13 +117,14 @@ def outputs(root: Path, stage: str) -> tuple[bytes, dict]:
     return weights, {k: v for k, v in m.items() if not any(t in k for t in TIMING)}
 
 
-@pytest.mark.parametrize("stage", ["pretrain_behrt", "train_survival"])
+@pytest.mark.parametrize("stage", ["pretrain_behrt",
+                                   pytest.param("train_survival", marks=pytest.mark.slow)])
 def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, s3, tmp_path):
     endpoint, client = s3
     ref = machine(tmp_path / "C", None, mirror=False)
     finish(start(stage, ref))
 
-    a = machine(tmp_path / "A", endpoint)
+    a = machine(tmp_path / "A", endpoint, bucket=client.bucket)
     proc = start(stage, a)
     deadline = time.time() + 600
     while not manifests(client):
@@ -118,9 +137,10 @@ def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, s3, tm
     shutil.rmtree(a)                              # ... and so is its disk
     pushed = manifests(client)
 
-    b = machine(tmp_path / "B", endpoint)
+    b = machine(tmp_path / "B", endpoint, bucket=client.bucket)
     err = finish(start(stage, b))
-    assert "pulled checkpoint" in err and "resuming from" in err, err[-2000:]
+    assert "pulled checkpoint" in err and "resuming from" in err, (pushed, manifests(client),
+                                                                   err[:3000])
     assert outputs(b, stage) == outputs(ref, stage)
     assert pushed and manifests(client)   # the lost run's checkpoints served B; B's remain
 
@@ -130,12 +150,12 @@ def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, s3, tm
     ("unreachable endpoint", "cannot reach DVC remote 'storage'"),
 ])
 def test_unusable_remote_stops_before_training(problem, expect, s3, tmp_path):
-    endpoint, _ = s3
-    root = machine(tmp_path / "A", endpoint)
+    endpoint, client = s3
+    root = machine(tmp_path / "A", endpoint, bucket=client.bucket)
     if problem == "missing bucket":
-        write_remote(root, "s3://no-such-bucket/project", endpoint, creds=None)
+        remote(root, "s3://no-such-bucket/project", endpoint)
     else:
-        write_remote(root, "s3://store/project", "http://127.0.0.1:9", creds=None)
+        remote(root, f"s3://{client.bucket}/project", "http://127.0.0.1:9")
     t0 = time.time()
     proc = start("train_survival", root)
     out, err = proc.communicate(timeout=300)
@@ -148,7 +168,7 @@ def test_unusable_remote_stops_before_training(problem, expect, s3, tmp_path):
 def test_wrong_credentials_stop_before_training(tmp_path, auth_endpoint):  # noqa: F811
     url, keys = auth_endpoint
     root = machine(tmp_path / "A", None)
-    write_remote(root, f"s3://{BUCKET}/project", url, creds=(keys["admin"][0], "x" * 40))
+    remote(root, f"s3://{BUCKET}/project", url, creds=(keys["admin"][0], "x" * 40))
     proc = start("train_survival", root)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "cannot reach DVC remote 'storage'" in err, err[-2000:]

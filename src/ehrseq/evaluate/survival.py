@@ -101,7 +101,6 @@ from sksurv.util import Surv
 from ..survival.curves import (  # noqa: F401 - part of this module's API (__all__)
     TIED_TOL,
     harrell_c,
-    hazards_to_survival,
     interpolate_discrete,
     km_survival,
     risk_score,
@@ -115,7 +114,6 @@ __all__ = [
     "antolini_c",
     "evaluate_survival",
     "harrell_c",
-    "hazards_to_survival",
     "interpolate_discrete",
     "km_survival",
     "plot_calibration",

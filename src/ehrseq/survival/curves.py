@@ -1,7 +1,8 @@
-"""Survival curves every family shares: the Kaplan–Meier null curve, discrete-time hazards to
-survival, reading S(t) off a stored grid (step) or off bin edges (constant hazard), the one
-risk score ``1 - S(h*)``, and Harrell's C of a risk score. Used by models (tuning), training
-(predictions) and evaluation alike."""
+"""Survival curves every family shares: the Kaplan–Meier null curve, reading S(t) off a stored
+grid (step) or off bin edges (constant hazard), the one risk score ``1 - S(h*)``, and Harrell's
+C of a risk score. Used by models (tuning), training (predictions) and evaluation alike.
+(A discrete-time model's hazards become survival in torch: ``models.losses.hazard_to_survival``.)
+"""
 
 from __future__ import annotations
 
@@ -20,21 +21,6 @@ def km_survival(train_duration, train_event, times) -> np.ndarray:
     """
     kmf = KaplanMeierFitter().fit(np.asarray(train_duration, float), np.asarray(train_event, bool))
     return kmf.survival_function_at_times(np.asarray(times, float)).to_numpy(dtype=float)
-
-
-def hazards_to_survival(hazards) -> np.ndarray:
-    r"""Discrete-time (logistic-hazard) model output to survival: :math:`S_j = \prod_{k\le j}(1-h_k)`.
-
-    ``hazards[i, k]`` is the conditional probability of the event in interval ``k`` given
-    survival to its start; the result ``surv[i, j]`` is S at the *end* of interval ``j``, so pass
-    the interval end points as ``times``.
-    """
-    h = np.asarray(hazards, dtype=float)
-    if h.ndim != 2:
-        raise ValueError(f"hazards must be 2-D [patients, intervals], got shape {h.shape}")
-    if np.isnan(h).any() or (h < 0).any() or (h > 1).any():
-        raise ValueError("hazards must be probabilities in [0, 1] (apply the sigmoid first)")
-    return np.cumprod(1.0 - h, axis=1)
 
 
 def survival_at(surv, times, t) -> np.ndarray:

@@ -117,7 +117,10 @@ class CheckpointMirror:
         """Download the newest remote checkpoint that verifies into ``run_dir``."""
         from .checkpoint import read_checkpoint
 
-        for name in reversed(self._names(run_key)):
+        names = self._names(run_key)
+        if not names:
+            log.info("no mirrored checkpoint of run %s on the remote", run_key)
+        for name in reversed(names):
             tmp = run_dir / f".tmp-pull-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
