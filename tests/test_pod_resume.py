@@ -23,41 +23,28 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
+from test_mirror import s3  # noqa: F401 - fixture: moto S3 on loopback, bucket "ckpt"
 from test_remote import (
     BUCKET,
     auth_endpoint,  # noqa: F401 - fixture: moto with IAM authentication
-    )
+)
 from test_tune import toy_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-         "AWS_DEFAULT_REGION": "us-east-1"}
 TIMING = ("seconds", "_per_s", "peak_memory_mb", "wall_time_s")
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    for k, v in CREDS.items():
-        monkeypatch.setenv(k, v)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    # moto keeps its state per process: a bucket of its own for every test
-    bucket = f"store-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    client.bucket = bucket
-    yield endpoint, client
-    server.stop()
+def store(s3):  # noqa: F811 - the fixture of that name
+    """The moto S3 server of tests/test_mirror.py, and a prefix of its bucket of our own
+    (moto keeps its state per process, so every test needs its own place)."""
+    endpoint, client = s3
+    return endpoint, client, f"s3://ckpt/{uuid.uuid4().hex[:12]}"
 
 
-def machine(root: Path, endpoint: str | None, mirror: bool = True, bucket: str = "") -> Path:
+def machine(root: Path, endpoint: str | None, mirror: bool = True, url: str = "") -> Path:
     """A workspace with the stage's inputs (toy sequences and outcomes), tiny models, and,
     with ``endpoint``, a DVC project whose default remote is the S3 server."""
     root.mkdir(parents=True)
@@ -71,7 +58,7 @@ def machine(root: Path, endpoint: str | None, mirror: bool = True, bucket: str =
     params["tune"] = {"lrs": None}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     if endpoint is not None:
-        remote(root, f"s3://{bucket}/project", endpoint)
+        remote(root, url, endpoint)
     return root
 
 
@@ -105,8 +92,10 @@ def finish(proc: subprocess.Popen) -> str:
     return err
 
 
-def manifests(client) -> list[str]:
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=client.bucket).get("Contents", [])]
+def manifests(client, url: str) -> list[str]:
+    prefix = url.split("/", 3)[3]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="ckpt", Prefix=prefix)
+            .get("Contents", [])]
     return [k for k in keys if k.endswith("manifest.json")]
 
 
@@ -119,15 +108,15 @@ def outputs(root: Path, stage: str) -> tuple[bytes, dict]:
 
 @pytest.mark.parametrize("stage", ["pretrain_behrt",
                                    pytest.param("train_survival", marks=pytest.mark.slow)])
-def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, s3, tmp_path):
-    endpoint, client = s3
+def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, store, tmp_path):
+    endpoint, client, url = store
     ref = machine(tmp_path / "C", None, mirror=False)
     finish(start(stage, ref))
 
-    a = machine(tmp_path / "A", endpoint, bucket=client.bucket)
+    a = machine(tmp_path / "A", endpoint, url=url)
     proc = start(stage, a)
     deadline = time.time() + 600
-    while not manifests(client):
+    while not manifests(client, url):
         assert proc.poll() is None, "the run finished before a checkpoint reached the remote"
         assert time.time() < deadline, "no checkpoint reached the remote"
         time.sleep(0.05)
@@ -135,27 +124,27 @@ def test_lost_machine_resumes_from_the_mirror_with_the_same_result(stage, s3, tm
     proc.wait()
     assert not (a / "models" / stage).exists()   # nothing half-written
     shutil.rmtree(a)                              # ... and so is its disk
-    pushed = manifests(client)
+    pushed = manifests(client, url)
 
-    b = machine(tmp_path / "B", endpoint, bucket=client.bucket)
+    b = machine(tmp_path / "B", endpoint, url=url)
     err = finish(start(stage, b))
-    assert "pulled checkpoint" in err and "resuming from" in err, (pushed, manifests(client),
+    assert "pulled checkpoint" in err and "resuming from" in err, (pushed, manifests(client, url),
                                                                    err[:3000])
     assert outputs(b, stage) == outputs(ref, stage)
-    assert pushed and manifests(client)   # the lost run's checkpoints served B; B's remain
+    assert pushed and manifests(client, url)   # the lost run's checkpoints served B; B's remain
 
 
 @pytest.mark.parametrize("problem, expect", [
     ("missing bucket", "no-such-bucket"),
     ("unreachable endpoint", "cannot reach DVC remote 'storage'"),
 ])
-def test_unusable_remote_stops_before_training(problem, expect, s3, tmp_path):
-    endpoint, client = s3
-    root = machine(tmp_path / "A", endpoint, bucket=client.bucket)
+def test_unusable_remote_stops_before_training(problem, expect, store, tmp_path):
+    endpoint, _, url = store
+    root = machine(tmp_path / "A", endpoint, url=url)
     if problem == "missing bucket":
         remote(root, "s3://no-such-bucket/project", endpoint)
     else:
-        remote(root, f"s3://{client.bucket}/project", "http://127.0.0.1:9")
+        remote(root, url, "http://127.0.0.1:9")
     t0 = time.time()
     proc = start("train_survival", root)
     out, err = proc.communicate(timeout=300)
