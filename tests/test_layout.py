@@ -71,12 +71,12 @@ def dvc_files(tmp_path_factory):
     for f in ("dvc.yaml", "dvc.lock", "params.yaml"):
         shutil.copy(ROOT / f, repo / f)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
-    return repo
+    return repo, _status(repo)
 
 
-def _changed_by(repo: Path, key: str, value) -> set[str]:
+def _changed_by(dvc_files, key: str, value) -> set[str]:
     """Stages whose `dvc status` changes when ``key`` is set to ``value``."""
-    base = _status(repo)
+    repo, base = dvc_files
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     section, name = key.split(".", 1)
     params[section][name] = value

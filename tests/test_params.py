@@ -49,3 +49,9 @@ def test_bad_yaml_file(tmp_path):
         load_params(f)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_params_yaml_holds_the_schema_defaults():
+    """One source of defaults: the committed params.yaml sets every key to the schema's own
+    default, so a stage never behaves differently with a key left out."""
+    assert load_params(ROOT_PARAMS).model_dump() == parse_params({}).model_dump()
