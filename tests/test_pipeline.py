@@ -90,6 +90,12 @@ def test_repro_runs_every_stage(repo):
     assert (repo / "plots/evaluate/cox_calibration.png").stat().st_size > 1000
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
     assert "lstm.c_harrell" not in tm          # training stages predict; evaluate scores
+    from ehrseq.train.recipe import RUN_STATS  # every training stage: the same statistics
+    for f, name in (("train_survival", "lstm"), ("pretrain_behrt", "behrt"),
+                    ("finetune_behrt/lora", "behrt_lora"), ("train_med2vec", "med2vec"),
+                    ("finetune_med2vec", "med2vec"), ("train_trajectory", "trajectory")):
+        stats = json.loads((repo / f"metrics/{f}.json").read_text())
+        assert {f"{name}.{k}" for k in RUN_STATS} <= set(stats), f
     assert ev["test.patients"] == ev["test.landmarks"] > 0 and ev["lstm.n_params"] > 0
     for key in ("med2vec.c_harrell", "behrt_lora.c_harrell", "delta.behrt_full-behrt_scratch.lo",
                 "delta.behrt_lora-behrt_full.delta", "delta.med2vec-lstm.p_not_better"):
