@@ -61,7 +61,7 @@ def _status(repo: Path) -> dict[str, str]:
 
     with Repo(str(repo)) as r:
         st = r.status()
-    return {name.split("@")[0]: yaml.safe_dump(v) for name, v in st.items()}
+    return {name.split(":")[-1].split("@")[0]: yaml.safe_dump(v) for name, v in st.items()}
 
 
 @pytest.fixture(scope="module")
