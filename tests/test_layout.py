@@ -40,6 +40,7 @@ def test_no_import_cycle_and_no_upward_import():
 
 def test_every_imported_module_is_a_stage_dep():
     assert layout.missing_deps() == {}
+    assert layout.stale_deps() == {}
     # evaluate never needs model or training code: it reads predictions
     mods = {m for m in layout.closure(ROOT / "stages/evaluate.py")}
     assert not [m for m in mods if m.startswith(("ehrseq.models", "ehrseq.train"))], mods
