@@ -1,8 +1,10 @@
-"""Stage `baselines`: Kaplan–Meier, penalised Cox, LR and RF per horizon, random survival
-forest, each tuned on the validation split (equal tuning: as many values of its
-regularisation hyperparameter as the neural models have learning rates, best validation
-Harrell's C at h*). Writes each model's test predictions and run statistics
-(``data/predictions/baselines/<model>.npz`` and ``.json``); the ``evaluate`` stage scores them."""
+"""Stage `baselines`: Kaplan–Meier, penalised Cox, LR, RF and LightGBM per horizon, random
+survival forest, on TF-IDF counts and time-windowed code features (MEDS-Tab style). Each is
+tuned on the validation split (equal tuning: as many values of its regularisation
+hyperparameter as the neural models have learning rates, best validation Harrell's C at h*);
+the best count model on validation is named ``best_count``. Writes each model's test
+predictions and run statistics (``data/predictions/baselines/<model>.npz`` and ``.json``); the
+``evaluate`` stage scores them."""
 
 import json
 import logging
@@ -12,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ehrseq.data.task import SurvivalTask
+from ehrseq.data.windows import window_features
 from ehrseq.evaluate.survival import reference_horizon
 from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.models.classical import (
+    COUNT_MODELS,
     KINDS,
     MODELS,
     TUNED,
@@ -38,16 +42,22 @@ def main() -> None:
     tr, va, te = task.rows("train"), task.rows("val"), task.rows("test")
     d_tr, e_tr = task.outcome("train")
     d_va, e_va = task.outcome("val")
+    t = task.table
+    win = {split: window_features(task.seqs, t["index"].to_numpy()[r],
+                                  t["landmark_visits"].to_numpy()[r], task.window[r],
+                                  t["landmark_time"].to_numpy()[r])
+           for split, r in (("train", tr), ("val", va), ("test", te))}
     feat = Featurizer(seed=params.train.seed).fit(task.counts("train"), task.age[tr],
-                                                  task.male[tr])
-    X = {split: {"sparse": feat.sparse(task.counts(split), task.age[r], task.male[r]),
-                 "dense": feat.dense(task.counts(split), task.age[r], task.male[r])}
+                                                  task.male[tr], win["train"])
+    X = {split: {"sparse": feat.sparse(task.counts(split), task.age[r], task.male[r], win[split]),
+                 "dense": feat.dense(task.counts(split), task.age[r], task.male[r], win[split])}
          for split, r in (("train", tr), ("val", va), ("test", te))}
     # h* of the tuning's risk score: the same rule as the test scores' (reference_horizon),
     # computed from the validation and training outcomes alone
     h_val = reference_horizon(d_va, e_va, d_tr, e_tr, horizons)
     metrics: dict = {"n_train": len(tr), "n_val": len(va), "n_test": len(te),
-                     "tune.risk_horizon": h_val}
+                     "tune.risk_horizon": h_val, "n_features": X["train"]["sparse"].shape[1]}
+    runs, val_c = {}, {}
     with atomic_outputs(PRED) as (out,):
         out.mkdir()
         for name in MODELS:
@@ -66,12 +76,21 @@ def main() -> None:
                 run.update(classical_tune_metrics(name, tuned))
             np.savez_compressed(out / f"{name}.npz", index=task.table["index"].to_numpy()[te],
                                 times=times, surv=surv)
+            runs[name] = run
+            val_c[name] = tuned.val_c[tuned.value]
+            log.info("%s: fitted in %.1f s, validation C %.4f", name,
+                     run[f"{name}.train_seconds"], val_c[name])
+        # the strongest count model, chosen on VALIDATION (never on the test split)
+        best = max(COUNT_MODELS, key=lambda m: (np.nan_to_num(val_c[m], nan=-1.0),
+                                                 -COUNT_MODELS.index(m)))
+        metrics.update({"best_count.model": best, "best_count.val_c": val_c[best]})
+        for name, run in runs.items():
             (out / f"{name}.json").write_text(json.dumps(
-                {"model": name, "stage": "baselines",
+                {"model": name, "stage": "baselines", "val_c": val_c[name],
+                 "best_count": name == best,
                  **{k[len(name) + 1:]: v for k, v in run.items()}}, indent=1, sort_keys=True)
                 + "\n")
             metrics.update(run)
-            log.info("%s: fitted in %.1f s", name, run[f"{name}.train_seconds"])
     write_json("metrics/baselines.json", metrics)
 
 

@@ -97,7 +97,9 @@ def main() -> None:
             flat["best.c_harrell"] = best["_c"]
             if flat.get("oracle.c_harrell") is not None:
                 flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
-        pairs = paired_comparisons(risks, Outcomes.load(OUTCOMES), rep.bootstrap, rep.seed)
+        neural = [n for n in risks if f"{n}.n_params" in flat]
+        pairs = paired_comparisons(risks, Outcomes.load(OUTCOMES), rep.bootstrap, rep.seed,
+                                   flat.get("best_count.model"), neural)
         for r in pairs:
             for k in ("delta", "lo", "hi", "p_not_better"):
                 flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
@@ -107,6 +109,10 @@ def main() -> None:
             f"# Benchmark: outcome `{params.outcome.name}`, model size `{params.model.size}`\n\n"
             + (f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). "
                if best else "No model could be scored (no evaluable test pairs). ")
+            + (f"Best count-based model, chosen on the validation split: "
+               f"**{flat['best_count.model']}** (test C = {flat['best_count.c_harrell']:.3f}); "
+               "every neural model is compared with it below. "
+               if flat.get("best_count.model") else "")
             + f"Test split: {flat['test.patients']} patients, {flat['test.landmarks']} "
             f"landmarks, {flat['test.events']} events. GPU price for costs: "
             f"${rep.gpu_hourly_usd}/h. Machine: {machine()}.\n\n"

@@ -18,6 +18,7 @@ import yaml
 from lifelines.exceptions import ConvergenceError
 
 from ehrseq.models.classical import (
+    COUNT_MODELS,
     MODELS,
     TUNED,
     classical_grid,
@@ -128,13 +129,14 @@ def test_params_and_grids():
     t = TuneParams()
     assert (t.cox_penalizer, t.lr_c, t.forest_min_leaf) == ([0.01, 0.1], [0.1, 1.0], [5, 20])
     assert {n: classical_grid(n, t) for n in MODELS} == {
-        "km": [None], "cox": [0.01, 0.1], "lr": [0.1, 1.0], "rf": [5, 20], "rsf": [5, 20]}
+        "km": [None], "cox": [0.01, 0.1], "lr": [0.1, 1.0], "rf": [5, 20], "rsf": [5, 20],
+        "gbm": [5, 20]}
     # every family gets len(tune.lrs) candidates
     assert all(len(classical_grid(n, t)) == len(t.lrs) for n in TUNED)
     # tuning off: today's defaults, one candidate each (the grids are not used)
     off = parse_params({"tune": {"lrs": None}}).tune
     assert {n: classical_grid(n, off) for n in TUNED} == {
-        "cox": [0.1], "lr": [1.0], "rf": [5], "rsf": [10]}
+        "cox": [0.1], "lr": [1.0], "rf": [5], "rsf": [10], "gbm": [20]}
     p = parse_params({"tune": {"lrs": [0.01, 0.001, 0.003], "cox_penalizer": [1, 0.1, 0.01],
                                "lr_c": [0.1, 1, 10], "forest_min_leaf": [20, 5, 10]}}).tune
     assert p.cox_penalizer == [0.01, 0.1, 1] and p.forest_min_leaf == [5, 10, 20]
@@ -220,7 +222,7 @@ def test_stage_tunes_on_validation_only(tmp_path, monkeypatch):
         assert n_tr == len(train) and n_va == len(val) and h == m["tune.risk_horizon"]
         np.testing.assert_array_equal(d_tr, train["duration"])
         np.testing.assert_array_equal(d_va, val["duration"])
-    assert [c[0] for c in calls] == [1, 2, 2, 2, 2]   # KM has nothing to tune
+    assert [c[0] for c in calls] == [1, 2, 2, 2, 2, 2]   # KM has nothing to tune
     for name, t in TUNED.items():
         grid = classical_grid(name, TuneParams())
         cs = {v: m[f"{name}.tune.{t.hyperparam}_{v:g}.val_c"] for v in grid}
@@ -245,6 +247,15 @@ def test_stage_tunes_on_validation_only(tmp_path, monkeypatch):
     m2 = run_stage(tmp_path, monkeypatch)
     tuning = [k for k in m if "tune" in k.split(".")[:2] or ".tuned." in k]
     tuning = [k for k in tuning if not k.endswith("wall_time_s")]
-    assert len(tuning) == 4 * 4 + 1
+    assert len(tuning) == 5 * 4 + 1
     assert {k: m2[k] for k in tuning} == {k: m[k] for k in tuning}
     assert scores(tmp_path)["cox.c_harrell"] != s1["cox.c_harrell"]
+    # the best count model is chosen on validation: the same with other test outcomes
+    assert m2["best_count.model"] == m["best_count.model"]
+    val = {n: m[f"{n}.tune.{TUNED[n].hyperparam}_{m[f'{n}.tuned.{TUNED[n].hyperparam}']:g}.val_c"]
+           for n in COUNT_MODELS}
+    assert m["best_count.val_c"] == max(val.values())
+    sides = [json.loads(f.read_text()) for f in
+             (tmp_path / "data/predictions/baselines").glob("*.json")]
+    assert [x["model"] for x in sides if x["best_count"]] == [m["best_count.model"]]
+    assert scores(tmp_path)["best_count.model"] == m["best_count.model"]

@@ -19,7 +19,9 @@ from ehrseq.params import ReportParams
 def compare(pred_dir, outcomes, n_boot):
     """What the evaluate stage does: score every prediction under ``pred_dir``, then pair."""
     metrics, risks = score_all(pred_dir, outcomes, [30, 90, 365], ReportParams(bootstrap=n_boot))
-    return metrics, paired_comparisons(risks, Outcomes.load(outcomes), n_boot, 0)
+    neural = [n for n in risks if f"{n}.n_params" in metrics]
+    return metrics, paired_comparisons(risks, Outcomes.load(outcomes), n_boot, 0,
+                                       metrics.get("best_count.model"), neural)
 
 
 def test_table_rows_come_from_the_metrics_keys():
@@ -68,11 +70,17 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     write("behrt_scratch", rng.standard_normal(len(test)), np.arange(len(test)),
           "finetune_behrt/scratch")
     write("cox", truth, np.arange(len(test)), "baselines")
+    (preds / "baselines/cox.json").write_text(json.dumps({"best_count": True}))
+    (preds / "finetune_behrt/full/behrt_full.json").write_text(json.dumps({"n_params": 10}))
     metrics, rows = compare(preds, out, 100)
+    assert metrics["best_count.model"] == "cox"
+    assert metrics["best_count.c_harrell"] == metrics["cox.c_harrell"]
     assert metrics["behrt_full.c_harrell"] == metrics["cox.c_harrell"]   # found at any depth
     assert metrics["test.patients"] == metrics["test.landmarks"] == 40
     by = {(r["a"], r["b"]): r for r in rows}
-    assert set(by) == {("behrt_full", "behrt_scratch"), ("behrt_full", "cox")}  # pairs present
+    assert set(by) == {("behrt_full", "behrt_scratch"), ("behrt_full", "cox"),   # pairs present
+                       ("behrt_full", "best_count")}    # every neural model vs the best count
+    assert by[("behrt_full", "best_count")]["delta"] == pytest.approx(0.0)
     d, e = test["duration"].to_numpy(), test["event"].to_numpy()
     h = 365.0 if (e.astype(bool) & (d <= 365)).any() else None
     assert h is not None

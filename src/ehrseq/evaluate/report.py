@@ -43,6 +43,7 @@ def collect(metrics: dict, params: dict | None = None) -> list[dict]:
     rows = []
     names = sorted(k[: -len(".c_harrell")] for k in m if k.endswith(".c_harrell")
                    and not k.startswith(("best.", "best_count.", "delta.")))
+    best_count = m.get("best_count.model")
     for name in names:
         g = {k[len(name) + 1:]: v for k, v in m.items() if k.startswith(f"{name}.")}
         if name == "oracle":
@@ -53,7 +54,8 @@ def collect(metrics: dict, params: dict | None = None) -> list[dict]:
             continue
         neural = "n_params" in g
         rows.append({
-            "outcome": outcome, "model": name, "size": g.get("size", "") if neural else "",
+            "outcome": outcome, "model": f"{name} (best count)" if name == best_count else name,
+            "size": g.get("size", "") if neural else "",
             "C (Harrell) [95% CI]": _ci(g, "c_harrell"),
             "C (Antolini)": _ci(g, "c_antolini"), "C (Uno)": _ci(g, "c_uno"),
             "IBS": _ci(g, "ibs"), "AUC@365d": _ci(g, "auc_365"),
@@ -100,13 +102,15 @@ COMPARISONS = (  # (question, model a, model b): Harrell's C of a minus b on the
 )
 
 
-def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int) -> list[dict]:
+def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int,
+                       best_count: str | None = None, neural: list[str] = ()) -> list[dict]:
     """The :data:`COMPARISONS` whose two models were scored, then every model against the
     oracle (synthetic outcomes): difference in Harrell's C with a paired bootstrap interval
     (:func:`ehrseq.evaluate.survival.paired_c_difference`, the same resampled test patients
     for both). ``risks``: each model's test risk ``1 - S(h*)`` in ``outcomes``' test order
     (:func:`ehrseq.evaluate.scoring.score_all`); ``outcomes``: its
-    :class:`~ehrseq.evaluate.scoring.Outcomes`."""
+    :class:`~ehrseq.evaluate.scoring.Outcomes`. With ``best_count`` (the count model chosen on
+    validation), every model of ``neural`` is also compared with it (``b`` = ``best_count``)."""
     import numpy as np
 
     from .survival import paired_c_difference
@@ -117,6 +121,11 @@ def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int) -> list[di
         if a in risk and b in risk:
             r = paired_c_difference(d, e, risk[a], risk[b], n_boot, seed)
             rows.append({"question": question, "a": a, "b": b, **r})
+    if best_count in risk:
+        for a in sorted(m for m in neural if m in risk):
+            r = paired_c_difference(d, e, risk[a], risk[best_count], n_boot, seed)
+            rows.append({"question": f"{a} against the best count model, {best_count} "
+                                     f"({a} - best_count)", "a": a, "b": "best_count", **r})
     if np.isfinite(truth).all():   # synthetic outcome: every model against the true risk
         for a in sorted(risk):
             r = paired_c_difference(d, e, risk[a], truth, n_boot, seed)

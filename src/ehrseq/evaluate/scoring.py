@@ -160,6 +160,10 @@ def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: Repo
         metrics.update({f"{name}.{k}": v for k, v in info.items() if k not in ("model",)})
         metrics[f"{name}.gpu_cost_usd"] = gpu_cost(info, report.gpu_hourly_usd)
         risks[name] = survival.risk_score(surv, times, h)
+        if info.get("best_count"):   # chosen on validation by the baselines stage
+            metrics["best_count.model"] = name
+            for k in ("c_harrell", "c_harrell_lo", "c_harrell_hi"):
+                metrics[f"best_count.{k}"] = metrics[f"{name}.{k}"]
     for f in multi_files:
         with np.load(f, allow_pickle=False) as z:
             targets, hz = [str(t) for t in z["targets"]], [int(x) for x in z["horizons"]]

@@ -1,5 +1,5 @@
-"""Classical survival baselines: Kaplan–Meier, penalised Cox PH, logistic regression and random
-forest per horizon, random survival forest. Each is a plain fit/predict object that returns a
+"""Classical survival baselines: Kaplan–Meier, penalised Cox PH, logistic regression, random
+forest and gradient-boosted trees (LightGBM) per horizon, random survival forest. Each is a plain fit/predict object that returns a
 survival matrix ``S(t | x)`` on the common time grid, so every model is scored by the one
 evaluation module (``ehrseq.evaluate.survival``) with the one risk score.
 
@@ -9,15 +9,16 @@ every test duration, see :meth:`ehrseq.data.task.SurvivalTask.time_grid`):
 - Kaplan–Meier: lifelines' step function, 1 before the first training time;
 - Cox: lifelines' ``predict_survival_function(X, times=...)``, whose baseline cumulative
   hazard is linearly interpolated between training durations (lifelines' own convention);
-- LR / RF per horizon: a step function that changes only at the horizons (see
+- LR / RF / GBM per horizon: a step function that changes only at the horizons (see
   :class:`HorizonClassifier`);
 - RSF: scikit-survival's step function over the training times, flat after the last and 1
   before the first (scikit-survival's own ``StepFunction`` would give S at the first training
   time there).
 
 Features (built by :class:`Featurizer` on the training split only): TF-IDF of the code counts
-up to the landmark, reduced by truncated SVD for the models that need dense inputs, plus age at
-the landmark (standardised) and sex.
+of the input window and, in the ``baselines`` stage, time-windowed counts and recency of every
+code (:mod:`ehrseq.data.windows`, MEDS-Tab style), reduced by truncated SVD for the models that
+need dense inputs, plus age at the landmark (standardised) and sex.
 
 Equal tuning (docs/training.md): every family but Kaplan–Meier has one main regularisation
 hyperparameter (:data:`TUNED`), tried over the grid of params.yaml ``tune`` (as many values as
@@ -49,29 +50,38 @@ from ..survival.curves import harrell_c, km_survival, risk_score, survival_at
 
 
 class Featurizer:
-    """Code counts → (sparse TF-IDF + demographics, dense SVD + demographics)."""
+    """Code counts (+ optional time-windowed features, :mod:`ehrseq.data.windows`) →
+    (sparse TF-IDF + log1p(windows) + demographics, dense SVD of both + demographics)."""
 
     def __init__(self, n_components: int = 16, seed: int = 0):
         self.n_components, self.seed = n_components, seed
 
-    def fit(self, counts: sp.csr_matrix, age: np.ndarray, male: np.ndarray) -> Featurizer:
+    def _codes(self, counts, windows) -> sp.csr_matrix:
+        parts = [self.tfidf.transform(counts)]
+        if windows is not None:
+            parts.append(windows.log1p())   # counts and recency in [0, 1]: log1p keeps 0 = absent
+        return sp.hstack(parts, format="csr")
+
+    def fit(self, counts: sp.csr_matrix, age: np.ndarray, male: np.ndarray,
+            windows: sp.csr_matrix | None = None) -> Featurizer:
         self.tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
-        k = max(1, min(self.n_components, counts.shape[1] - 1, counts.shape[0] - 1))
-        self.svd = TruncatedSVD(k, random_state=self.seed).fit(self.tfidf.transform(counts))
+        codes = self._codes(counts, windows)
+        k = max(1, min(self.n_components, codes.shape[1] - 1, codes.shape[0] - 1))
+        self.svd = TruncatedSVD(k, random_state=self.seed).fit(codes)
         self.age_mean, self.age_std = float(age.mean()), float(age.std() or 1.0)
-        dense = self.svd.transform(self.tfidf.transform(counts))
+        dense = self.svd.transform(codes)
         self.mu, self.sd = dense.mean(0), dense.std(0) + 1e-8
         return self
 
     def _demo(self, age, male) -> np.ndarray:
         return np.column_stack([(age - self.age_mean) / self.age_std, male.astype(float)])
 
-    def sparse(self, counts, age, male) -> sp.csr_matrix:
-        return sp.hstack([self.tfidf.transform(counts), sp.csr_matrix(self._demo(age, male))],
+    def sparse(self, counts, age, male, windows=None) -> sp.csr_matrix:
+        return sp.hstack([self._codes(counts, windows), sp.csr_matrix(self._demo(age, male))],
                          format="csr")
 
-    def dense(self, counts, age, male) -> np.ndarray:
-        z = (self.svd.transform(self.tfidf.transform(counts)) - self.mu) / self.sd
+    def dense(self, counts, age, male, windows=None) -> np.ndarray:
+        z = (self.svd.transform(self._codes(counts, windows)) - self.mu) / self.sd
         return np.column_stack([z, self._demo(age, male)])
 
 
@@ -153,8 +163,9 @@ class RSF:
         return survival_at(surv, self.model.unique_times_, times)
 
 
-MODELS = ("km", "cox", "lr", "rf", "rsf")
-KINDS = {"km": "dense", "cox": "dense", "lr": "sparse", "rf": "sparse", "rsf": "dense"}
+MODELS = ("km", "cox", "lr", "rf", "rsf", "gbm")
+KINDS = {"km": "dense", "cox": "dense", "lr": "sparse", "rf": "sparse", "rsf": "dense",
+         "gbm": "sparse"}
 """Which features each model takes: ``sparse`` (TF-IDF + demographics) or ``dense`` (SVD +
 demographics; Kaplan–Meier ignores them)."""
 
@@ -175,6 +186,7 @@ TUNED = {
     "lr": Tuned("C", "lr_c", 1.0, False),
     "rf": Tuned("min_samples_leaf", "forest_min_leaf", 5, True),
     "rsf": Tuned("min_samples_leaf", "forest_min_leaf", 10, True),
+    "gbm": Tuned("min_child_samples", "forest_min_leaf", 20, True),
 }
 """The families with a hyperparameter to tune (Kaplan–Meier has none)."""
 
@@ -195,7 +207,25 @@ def make_model(name: str, horizons, seed: int = 0, value=None):
             n_estimators=300, min_samples_leaf=int(v), n_jobs=-1, random_state=seed), horizons)
     if name == "rsf":
         return RSF(seed, min_samples_leaf=int(v))
+    if name == "gbm":
+        return HorizonClassifier(lambda: gbm_classifier(int(v), seed), horizons)
     raise ValueError(f"unknown classical model {name!r}; known: {list(MODELS)}")
+
+
+def gbm_classifier(min_child_samples: int, seed: int = 0):
+    """LightGBM for one horizon's "event by h": small trees, shrinkage, row and column
+    subsampling; single-threaded and deterministic, so a fit gives the same bytes anywhere."""
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=15,
+                          min_child_samples=min_child_samples, subsample=0.8, subsample_freq=1,
+                          colsample_bytree=0.5, reg_lambda=1.0, random_state=seed, n_jobs=1,
+                          deterministic=True, force_col_wise=True, verbose=-1)
+
+
+COUNT_MODELS = ("cox", "lr", "rf", "rsf", "gbm")
+"""The count-based models the neural ones must beat; the best of them on the validation split
+is named ``best_count`` (Kaplan–Meier ranks nobody)."""
 
 
 def make_models(horizons, seed: int = 0) -> dict:
