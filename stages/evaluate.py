@@ -21,7 +21,13 @@ from ehrseq.evaluate.report import (  # noqa: E402
     to_markdown,
     window_note,
 )
-from ehrseq.evaluate.scoring import PREDICTIONS, Outcomes, score_all  # noqa: E402
+from ehrseq.evaluate.scoring import (  # noqa: E402
+    PREDICTIONS,
+    Outcomes,
+    check_present,
+    prediction_outputs,
+    score_all,
+)
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
 
@@ -73,23 +79,16 @@ def params_vs_c(rows, path: Path) -> None:
     plt.close(fig)
 
 
-def dag_outputs(under: Path) -> list[Path]:
-    """The outputs of the current DAG's stages (dvc.yaml, foreach expanded) under ``under``."""
-    from dvc.repo import Repo
-
-    with Repo(".") as repo:
-        outs = [Path(o.fs_path) for s in repo.index.stages for o in s.outs]
-    return [o for o in outs if o.resolve().is_relative_to(under.resolve())]
-
-
 def main() -> None:
     params = load_params()
     rep, horizons = params.report, params.outcome.horizons
     with atomic_outputs(PLOTS) as (out,):
         out.mkdir()
+        current = prediction_outputs(PREDICTIONS)
+        check_present(current)
         flat, risks = score_all(PREDICTIONS, OUTCOMES, horizons, rep, out,
                                 progress=lambda name: log.info("scoring %s", name),
-                                only=dag_outputs(PREDICTIONS))
+                                only=current)
         rows = collect(flat, yaml.safe_load(Path("params.yaml").read_text()))
         scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
         best = max(scored, key=lambda r: r["_c"]) if scored else None

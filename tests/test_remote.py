@@ -199,9 +199,21 @@ def test_fresh_clone_pulls_every_output(origin, clone_b):
 
 
 def test_fresh_clone_reruns_nothing(origin):
-    """`dvc exp run --pull --allow-missing` on a machine that pulled nothing: every stage is
-    unchanged, nothing is recomputed."""
+    """`dvc exp run --pull --allow-missing` on a machine that pulled nothing but the models'
+    test predictions (`python -m ehrseq.ops.pod pull-predictions`, small files): every stage is
+    unchanged, nothing is recomputed. Without them, `evaluate` (whose dependency is the
+    predictions directory, which DVC's --allow-missing does not restore: treeverse/dvc#11099)
+    stops with an error that names the missing paths, never a report with models missing."""
     c = clone(origin["origin"], origin["tmp"] / "C", origin["endpoint"])
+    res = subprocess.run(["dvc", "exp", "run", "--pull", "--allow-missing", "evaluate"], cwd=c,
+                         text=True, capture_output=True, timeout=600,
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                              f"{os.environ['PATH']}"})
+    assert res.returncode != 0 and "pull-predictions" in res.stderr + res.stdout, \
+        (res.stdout + res.stderr)[-3000:]
+    run(["git", "checkout", "--", "."], c)
+    res = pod(["pull-predictions"], c)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     out = run(["dvc", "exp", "run", "--pull", "--allow-missing"], c)
     assert "Running stage" not in out, out
     assert set(stage_lines(out).values()) <= {"unchanged", "restored", "pulled"}, out

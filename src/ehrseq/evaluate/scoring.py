@@ -66,6 +66,29 @@ def find_predictions(root: str | Path = PREDICTIONS, only: list[Path] | None = N
     return surv, multi
 
 
+def prediction_outputs(root: str | Path = PREDICTIONS, repo: str | Path = ".") -> list[Path]:
+    """The outputs of the current DAG's stages (dvc.yaml, ``foreach`` expanded) under
+    ``root``: where the models' predictions are, read from DVC itself (no list of models)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as r:
+        outs = [Path(o.fs_path) for s in r.index.stages for o in s.outs]
+    base = Path(root).resolve()
+    return sorted(o for o in outs if o.resolve().is_relative_to(base))
+
+
+def check_present(outputs: list[Path]) -> None:
+    """Every prediction output of the DAG must be on disk before scoring: `dvc exp run
+    --allow-missing` neither pulls nor restores the contents of a directory dependency that
+    spans several stages' outputs (treeverse/dvc#11099), and scoring without them would give a
+    report with models silently missing."""
+    missing = [str(o) for o in outputs if not o.exists()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: missing; run `python -m ehrseq.ops.pod "
+                         "pull-predictions` (or `dvc pull` those paths) first, or `dvc repro` "
+                         "the stages that write them")
+
+
 def run_info(prediction: Path) -> dict:
     """The run statistics written beside a prediction (``<stem>.json``), or {}."""
     side = prediction.with_suffix(".json")

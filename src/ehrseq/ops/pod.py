@@ -244,12 +244,25 @@ def run(args: argparse.Namespace) -> None:
         f"for its models")
 
 
+def pull_predictions() -> None:
+    """`dvc pull` every model's test predictions (the outputs under data/predictions), so that
+    `dvc exp run --pull --allow-missing` on a machine that pulled nothing finds `evaluate`'s
+    directory dependency unchanged (DVC does not pull it: treeverse/dvc#11099)."""
+    from ..evaluate.scoring import prediction_outputs
+
+    here = Path.cwd().resolve()
+    paths = [str(p.resolve().relative_to(here)) for p in prediction_outputs()]
+    say(f"pulling {len(paths)} prediction outputs")
+    sh(["dvc", "pull", "--allow-missing", *paths])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m ehrseq.ops.pod``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m ehrseq.ops.pod", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check-remote", help="check the default DVC remote (exit 1 when unusable)")
+    sub.add_parser("pull-predictions", help="dvc pull every model's test predictions")
     p = sub.add_parser("run", help="pull, run every stage (pushing each), push the experiment")
     p.add_argument("-S", "--set-param", action="append", default=[], metavar="[FILE:]KEY=VALUE",
                    help="parameter override, as for `dvc exp run -S` (repeatable)")
@@ -263,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             print(summary)
             for w in warnings:
                 print(f"WARNING: {w}", file=sys.stderr)
+        elif args.command == "pull-predictions":
+            pull_predictions()
         else:
             run(args)
     except RemoteCheckError as e:
