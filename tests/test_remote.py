@@ -153,6 +153,10 @@ def origin(tmp_path_factory, endpoint):
     tiny_params(a)
     p = yaml.safe_load((a / "params.yaml").read_text())
     p["sequences"]["max_visits"] = 32  # short sequences: a large LSTM trains in seconds on CPU
+    # training checkpoints are mirrored and resumed by tests/test_pod_resume.py; here they would
+    # push every epoch of every model.size=large stage (BEHRT-large with its optimizer state is
+    # hundreds of MB) into moto's memory on a 2-core machine: this file tests the run-cache
+    p["runtime"]["mirror_checkpoints"] = False
     (a / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     add_remote(a, f"s3://{BUCKET}/dvcstore", endpoint)
     for k, v in (("user.email", "t@t"), ("user.name", "t")):
