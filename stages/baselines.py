@@ -74,8 +74,8 @@ def main() -> None:
                    f"{name}.device": "cpu", f"{name}.device_type": "cpu"}
             if name in TUNED:
                 run.update(classical_tune_metrics(name, tuned))
-            np.savez_compressed(out / f"{name}.npz", index=task.table["index"].to_numpy()[te],
-                                times=times, surv=surv)
+            np.savez_compressed(out / f"{name}.npz", **task.keys("test"), times=times,
+                                surv=surv)
             runs[name] = run
             val_c[name] = tuned.val_c[tuned.value]
             log.info("%s: fitted in %.1f s, validation C %.4f", name,

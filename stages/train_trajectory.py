@@ -103,7 +103,7 @@ def main() -> None:
                 m[f"{name}.train_seconds"] = time.time() - t0
         y_te = labels[te]
         out.predictions.mkdir()
-        np.savez_compressed(out.predictions / "test.npz", index=idx[te],
+        np.savez_compressed(out.predictions / "test.npz", **task.keys("test"),
                             targets=np.array(targets), horizons=np.array(horizons),
                             labels=y_te, **{f"prob_{k}": v for k, v in probs.items()})
         summary.assign(description=summary["target"].map(lab.descriptions)).to_csv(

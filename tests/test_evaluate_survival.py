@@ -212,7 +212,7 @@ def test_bootstrap_weights_equal_resampling_patients(train):
     """A resample's statistic equals the weighted one, duplicated patients included."""
     _, rate, t, d = simulate(300, seed=9)
     surv = exp_surv(rate * np.exp(np.random.default_rng(10).normal(0, 0.7, t.size)))
-    w = ev._bootstrap_weights(t.size, 3, seed=11)
+    w = ev.bootstrap_weights(t.size, 3, seed=11)
     assert (w[0] == 1).all() and (w[1:].sum(axis=1) == t.size).all()
     risk = risk_score(surv, GRID, 365.0)
     harrell = ev._harrell_boot(t, d.astype(bool), risk, w)
@@ -410,3 +410,35 @@ def test_paired_c_difference_uses_the_same_resamples():
     a, b = (harrell_c_interval(t, e, s, n_boot=300, seed=3) for s in (good, noisy))
     assert r["hi"] - r["lo"] < (a["c_harrell_hi"] - a["c_harrell_lo"]) + \
         (b["c_harrell_hi"] - b["c_harrell_lo"])
+
+
+def test_intervals_resample_patients_not_landmarks(train):
+    """Several landmarks per patient: a resample draws patients, all of a patient's rows
+    together. Duplicating every row (two identical landmarks per patient) leaves every interval
+    as it was; resampling rows instead would shrink it by about 1/sqrt(2)."""
+    from ehrseq.evaluate.multilabel import evaluate_multilabel
+    from ehrseq.evaluate.survival import paired_c_difference
+
+    _, rate, t, d = simulate(300, seed=23)
+    noisy = rate * np.exp(np.random.default_rng(4).normal(size=rate.size))
+    pid = np.arange(t.size)
+    two = np.repeat(np.arange(t.size), 2)                  # each row twice, side by side
+    kw = dict(n_boot=200, seed=5)
+    one = evaluate_survival(t, d, exp_surv(rate), GRID, *train, **kw, groups=pid)
+    dup = evaluate_survival(t[two], d[two], exp_surv(rate)[two], GRID, *train, **kw,
+                            groups=pid[two])
+    rows = evaluate_survival(t[two], d[two], exp_surv(rate)[two], GRID, *train, **kw)
+    for m in ("c_harrell", "c_uno", "ibs", "brier_365", "auc_365"):
+        width = one[f"{m}_hi"] - one[f"{m}_lo"]
+        assert dup[m] == pytest.approx(one[m], rel=1e-9, abs=1e-12)
+        assert dup[f"{m}_hi"] - dup[f"{m}_lo"] == pytest.approx(width, rel=1e-6)
+        assert rows[f"{m}_hi"] - rows[f"{m}_lo"] < 0.85 * width     # what rows would claim
+    a = paired_c_difference(t, d, rate, noisy, **kw, groups=pid)
+    b = paired_c_difference(t[two], d[two], rate[two], noisy[two], **kw, groups=pid[two])
+    assert (b["delta"], b["hi"] - b["lo"]) == pytest.approx((a["delta"], a["hi"] - a["lo"]))
+    y = (t <= 365).astype(float)[:, None, None]
+    p = (1 - np.exp(-rate * 365))[:, None, None]
+    m1 = evaluate_multilabel(y, p, ["x"], [365], **kw, groups=pid)["metrics"]
+    m2 = evaluate_multilabel(y[two], p[two], ["x"], [365], **kw, groups=pid[two])["metrics"]
+    assert m2["auroc_365.x_hi"] - m2["auroc_365.x_lo"] == pytest.approx(
+        m1["auroc_365.x_hi"] - m1["auroc_365.x_lo"], rel=1e-6)

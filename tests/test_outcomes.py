@@ -58,8 +58,25 @@ def test_contract_and_landmark_visits(cohort, synth):
     assert (t["landmark_time"] + t["duration"] <= eor + 1e-6).all()
     m = synth.metrics
     assert m["eligible"] == len(t) == sum(m[f"eligible_{s}"] for s in ("train", "val", "test"))
-    assert m["patients"] - m["eligible"] == sum(v for k, v in m.items()
-                                                if k.startswith("excluded_"))
+    assert m["patients"] - m["eligible_patients"] == sum(v for k, v in m.items()
+                                                         if k.startswith("excluded_"))
+    # several landmarks per patient (outcome.landmark.count): distinct visit times, in order
+    per = t.groupby("index")["landmark_time"]
+    assert per.size().max() == LandmarkParams().count > 1 and (per.size() > 1).mean() > 0.5
+    assert per.apply(lambda s: s.is_monotonic_increasing and s.is_unique).all()
+    assert t.groupby("patient")["split"].nunique().max() == 1       # splits stay by patient
+
+
+def test_more_landmarks_keep_the_fewer_ones(cohort):
+    seqs = Sequences.load(cohort / "seq")
+    args = (seqs.visit_time, seqs.patient_offsets, seqs.patients)
+    keys = {}
+    for k in (1, 2, 4):
+        lm = choose_landmarks(*args, LandmarkParams(count=k))
+        keys[k] = set(zip(lm.index.tolist(), lm.landmark_visits.tolist()))
+        assert np.bincount(lm.index).max() == k
+    assert keys[1] < keys[2] < keys[4]
+    assert len({i for i, _ in keys[1]}) == len(keys[1])             # one per patient
 
 
 def test_landmark_includes_every_visit_at_the_same_time():
@@ -70,10 +87,12 @@ def test_landmark_includes_every_visit_at_the_same_time():
                          "birth_date": pd.to_datetime(["1969-12-01", "1969-12-01"])})
     seen = set()
     for seed in range(30):
-        lm = choose_landmarks(vt, po, pats, LandmarkParams(min_visits=2, seed=seed))
+        lm = choose_landmarks(vt, po, pats, LandmarkParams(min_visits=2, seed=seed, count=1))
         assert list(lm.index) == [0] and lm.excluded["too_few_visits"] == 1
         seen.add((lm.landmark_time[0], lm.landmark_visits[0]))
     assert seen == {(10.0, 4), (20.0, 5)}
+    lm = choose_landmarks(vt, po, pats, LandmarkParams(min_visits=2, count=3))
+    assert list(lm.index) == [0, 0] and list(lm.landmark_visits) == [4, 5]  # both, in order
     lm = choose_landmarks(vt, po, pats, LandmarkParams(min_visits=2, min_followup_days=85))
     assert list(lm.landmark_visits) == [4] and lm.landmark_time[0] == 10.0
     lm = choose_landmarks(vt, po, pats, LandmarkParams(mode="date", date="1970-01-11"))
@@ -87,30 +106,43 @@ def test_landmark_includes_every_visit_at_the_same_time():
 
 
 def test_nothing_after_the_landmark_reaches_inputs_or_truth(cohort, synth, tmp_path):
-    """The leak of the project this replaces: rewrite every token after each landmark (with
-    the risk codes themselves) and nothing a model sees, nor the truth, may change."""
+    """The leak of the project this replaces: rewrite every token after a landmark (with the
+    risk codes themselves) and nothing a model sees at it, nor its truth, may change. Every
+    landmark of a patient is tested: after the last one, the whole table stays the same bytes;
+    after the first one, the first landmarks' inputs and named-effect features (the truth
+    before it is standardised over all landmarks) stay the same."""
     seqs = Sequences.load(cohort / "seq", mmap=False)
     t = synth.table
     ids = {tok: i for i, tok in enumerate(seqs.vocab["tokens"])}
     risk = np.array([ids[f"SNOMED-CT/{c}"] for g in CODES.values() for c in g
                      if f"SNOMED-CT/{c}" in ids])
     po, vo = seqs.patient_offsets, seqs.visit_offsets
-    after = np.zeros(len(seqs.codes), bool)
-    for i, k in zip(t["index"], t["landmark_visits"], strict=True):  # test code: a loop is fine
-        after[vo[po[i] + k]:vo[po[i + 1]]] = True
-    rng = np.random.default_rng(0)
-    codes = seqs.codes.copy()
-    codes[after] = rng.choice(risk, int(after.sum()))
-    assert (codes != seqs.codes).any()
-    seqs.codes = codes
-    seqs.save(tmp_path / "seq")
-    shutil.copy(cohort / "seq" / "visits.parquet", tmp_path / "seq")
-    res = build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
-    pd.testing.assert_frame_equal(res.table, t)
-    before = build_batch(Sequences.load(cohort / "seq"), t["index"], t["landmark_visits"])
-    changed = build_batch(Sequences.load(tmp_path / "seq"), t["index"], t["landmark_visits"])
-    assert all((getattr(before, f) == getattr(changed, f)).all()
-               for f in ("tokens", "bag_offsets", "visit_counts", "age", "gap_days"))
+    g = t.groupby("index")["landmark_visits"]
+    for which, keep in (("last", g.transform("max")), ("first", g.transform("min"))):
+        rows = t[t["landmark_visits"] == keep]
+        after = np.zeros(len(seqs.codes), bool)
+        for i, k in zip(rows["index"], rows["landmark_visits"], strict=True):  # test: loop ok
+            after[vo[po[i] + k]:vo[po[i + 1]]] = True
+        codes = seqs.codes.copy()
+        codes[after] = np.random.default_rng(0).choice(risk, int(after.sum()))
+        assert (codes != seqs.codes).any()
+        changed_seqs = Sequences.load(cohort / "seq", mmap=False)
+        changed_seqs.codes = codes
+        out = tmp_path / which
+        changed_seqs.save(out / "seq")
+        shutil.copy(cohort / "seq" / "visits.parquet", out / "seq")
+        res = build_outcomes(cohort / "interim", out / "seq", out / "out", OutcomeParams())
+        if which == "last":
+            pd.testing.assert_frame_equal(res.table, t)
+        lm = Landmarks(rows["index"].to_numpy(), rows["landmark_time"].to_numpy(),
+                       rows["landmark_visits"].to_numpy(),
+                       input_visits=rows["input_visits"].to_numpy())
+        assert (named_effects(seqs, lm)[0] == named_effects(changed_seqs, lm)[0]).all()
+        before = build_batch(seqs, rows["index"], rows["landmark_visits"])
+        changed = build_batch(Sequences.load(out / "seq"), rows["index"],
+                              rows["landmark_visits"])
+        assert all((getattr(before, f) == getattr(changed, f)).all()
+                   for f in ("tokens", "bag_offsets", "visit_counts", "age", "gap_days"))
 
 
 def test_oracle_cindex_and_subtypes(cohort, synth, tmp_path):
@@ -232,11 +264,17 @@ def test_onset_excludes_the_already_diagnosed(cohort, synth, tmp_path):
         assert tok not in seqs.codes[vo[po[i]]:vo[po[i] + k]]       # not known at landmark
         if e:
             assert tok in seqs.codes[vo[po[i] + k]:vo[po[i + 1]]]   # diagnosed after it
-    dropped = set(synth.table["index"]) - set(t["index"])
-    lm = synth.table.set_index("index")["landmark_visits"]
+    key = ["index", "landmark_visits"]
+    dropped = synth.table.merge(t[key], on=key, how="left", indicator=True)
+    dropped = dropped[dropped["_merge"] == "left_only"]
+    assert len(dropped) == excluded
     # known at the landmark: in the inputs, or in older visits cut by sequences.max_visits
     truncated = seqs.n_visits == SequencesParams().max_visits
-    assert all(tok in seqs.codes[vo[po[i]]:vo[po[i] + lm[i]]] or truncated[i] for i in dropped)
+    assert all(tok in seqs.codes[vo[po[i]]:vo[po[i] + k]] or truncated[i]
+               for i, k in zip(dropped["index"], dropped["landmark_visits"], strict=True))
+    # a patient diagnosed between two landmarks keeps the earlier one, as an event
+    both = synth.table["index"].isin(dropped["index"]) & synth.table["index"].isin(t["index"])
+    assert both.any() and t[t["index"].isin(synth.table.loc[both, "index"])]["event"].all()
 
 
 def test_onset_of_absent_code_lists_frequent_codes(cohort, tmp_path):
@@ -246,7 +284,7 @@ def test_onset_of_absent_code_lists_frequent_codes(cohort, tmp_path):
 
 
 def test_no_training_events_is_an_error(cohort, tmp_path):
-    with pytest.raises(InputError, match="no events in the training split"):
+    with pytest.raises(InputError, match="'synthetic': no events in the train split"):
         outcomes(cohort, tmp_path, synthetic={"median_days": 1e12})
 
 

@@ -47,8 +47,9 @@ def test_table_rows_come_from_the_metrics_keys():
 def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     rng = np.random.default_rng(0)
     n = 120
-    table = pd.DataFrame({"index": np.arange(n) * 3, "split": np.where(np.arange(n) < 80,
-                                                                       "train", "test"),
+    table = pd.DataFrame({"index": np.repeat(np.arange(n // 2) * 3, 2),   # 2 landmarks each
+                          "landmark_visits": np.tile([2, 5], n // 2),
+                          "split": np.where(np.arange(n) < 80, "train", "test"),
                           "duration": rng.exponential(300, n) + 1,
                           "event": rng.integers(0, 2, n)})
     out = tmp_path / "outcomes"
@@ -64,7 +65,8 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
         surv = np.exp(-np.outer(np.exp(score), times) / 1000.0)
         (preds / stage).mkdir(parents=True, exist_ok=True)
         np.savez(preds / stage / f"{name}.npz", index=test["index"].to_numpy()[order],
-                 times=times, surv=surv[order])
+                 landmark_visits=test["landmark_visits"].to_numpy()[order], times=times,
+                 surv=surv[order])
 
     write("behrt_full", truth, np.arange(len(test))[::-1], "finetune_behrt/full")  # reordered
     write("behrt_scratch", rng.standard_normal(len(test)), np.arange(len(test)),
@@ -76,7 +78,7 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     assert metrics["best_count.model"] == "cox"
     assert metrics["best_count.c_harrell"] == metrics["cox.c_harrell"]
     assert metrics["behrt_full.c_harrell"] == metrics["cox.c_harrell"]   # found at any depth
-    assert metrics["test.patients"] == metrics["test.landmarks"] == 40
+    assert metrics["test.patients"] == 20 and metrics["test.landmarks"] == 40
     by = {(r["a"], r["b"]): r for r in rows}
     assert set(by) == {("behrt_full", "behrt_scratch"), ("behrt_full", "cox"),   # pairs present
                        ("behrt_full", "best_count")}    # every neural model vs the best count
@@ -91,6 +93,10 @@ def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     assert "**a better**" in comparisons_markdown(rows)
     np.savez(preds / "lstm.npz", index=test["index"].to_numpy()[:5], times=times,
              surv=np.ones((5, 4)))
+    with pytest.raises(InputError, match="lstm.npz: written before landmarks had keys"):
+        compare(preds, out, 10)
+    np.savez(preds / "lstm.npz", index=test["index"].to_numpy()[:5], times=times,
+             landmark_visits=test["landmark_visits"].to_numpy()[:5], surv=np.ones((5, 4)))
     with pytest.raises(InputError, match="lstm.npz: predictions miss 35 test landmarks"):
         compare(preds, out, 10)
 
@@ -100,7 +106,7 @@ def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path
     n = 200
     true_risk = rng.standard_normal(n)
     duration = rng.exponential(300 * np.exp(-true_risk)) + 1
-    table = pd.DataFrame({"index": np.arange(n), "split": np.where(np.arange(n) < 100,
+    table = pd.DataFrame({"index": np.arange(n), "landmark_visits": np.full(n, 2), "split": np.where(np.arange(n) < 100,
                                                                    "train", "test"),
                           "duration": duration, "event": np.ones(n, int),
                           "true_risk": true_risk})
@@ -114,7 +120,8 @@ def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path
     for name, score in (("cox", test["true_risk"].to_numpy()),
                         ("km", np.zeros(len(test)))):
         surv = np.exp(-np.outer(np.exp(score), times) / 1000.0)
-        np.savez(preds / f"{name}.npz", index=test["index"].to_numpy(), times=times, surv=surv)
+        np.savez(preds / f"{name}.npz", index=test["index"].to_numpy(),
+                 landmark_visits=test["landmark_visits"].to_numpy(), times=times, surv=surv)
     metrics, rows = compare(preds, out, 100)
     assert metrics["oracle.c_harrell"] == pytest.approx(metrics["cox.c_harrell"])
     by = {(r["a"], r["b"]): r for r in rows}
@@ -131,7 +138,7 @@ def test_predictions_are_found_by_directory_with_their_run_statistics(tmp_path):
     predictions directory: scored, costed and tabled with no list to edit."""
     rng = np.random.default_rng(2)
     n = 120
-    table = pd.DataFrame({"index": np.arange(n), "split": np.where(np.arange(n) < 60, "train",
+    table = pd.DataFrame({"index": np.arange(n), "landmark_visits": np.full(n, 2), "split": np.where(np.arange(n) < 60, "train",
                                                                    "test"),
                           "duration": rng.exponential(300, n) + 1, "event": np.ones(n, int)})
     out = tmp_path / "outcomes"
@@ -142,7 +149,8 @@ def test_predictions_are_found_by_directory_with_their_run_statistics(tmp_path):
     preds = tmp_path / "predictions" / "some_new_stage" / "point_25"
     preds.mkdir(parents=True)
     surv = np.exp(-np.outer(np.exp(rng.standard_normal(len(test))), times) / 1000.0)
-    np.savez(preds / "new_model.npz", index=test["index"].to_numpy(), times=times, surv=surv)
+    np.savez(preds / "new_model.npz", index=test["index"].to_numpy(),
+             landmark_visits=test["landmark_visits"].to_numpy(), times=times, surv=surv)
     info = {"model": "new_model", "train_seconds": 1800.0, "tune.wall_time_s": 3600.0,
             "device_type": "cuda", "world_size": 2, "n_params": 1000, "size": "large"}
     (preds / "new_model.json").write_text(json.dumps(info))

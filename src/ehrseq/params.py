@@ -98,6 +98,9 @@ class LandmarkParams(_Section):
     """random_visit: the landmark is a seeded random visit with at least this many visits
     before or at it, and at least ``min_followup_days`` of record after it."""
     min_followup_days: int = Field(1, ge=0)
+    count: int = Field(3, ge=1, le=64)
+    """random_visit: up to this many distinct landmark visits per patient, each a row of the
+    task (splits stay by patient; every interval resamples patients). age/date: one."""
     age: float | None = Field(None, gt=0, lt=120)
     date: dt.date | None = None
     seed: int = 0

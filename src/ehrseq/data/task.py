@@ -51,6 +51,13 @@ class SurvivalTask:
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
 
+    def keys(self, split: str) -> dict:
+        """The key of each landmark row of ``split`` (patient row, visits up to the landmark),
+        saved beside every prediction: ``evaluate`` aligns predictions on it."""
+        r, t = self.rows(split), self.table
+        return {"index": t["index"].to_numpy()[r],
+                "landmark_visits": t["landmark_visits"].to_numpy()[r]}
+
     def dataset(self, split: str) -> SequenceDataset:
         """The rows of ``split`` as a :class:`SequenceDataset`: the input window up to the
         landmark (``input_visits``, shared by every model), discrete-time targets on the

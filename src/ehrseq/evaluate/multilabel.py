@@ -34,18 +34,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from .survival import _interval as percentile_interval  # one bootstrap interval rule
+from .survival import bootstrap_weights
 
 METRICS = ("auroc", "auprc", "brier", "ece")
 N_BINS = 10
-
-
-def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[1 + n_boot, n]`` multiplicities: row 0 all ones (the point estimate), then one
-    multinomial resample of the ``n`` patients per row."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
-    counts = np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n)
-    return np.concatenate([np.ones((1, n)), counts.astype(float)], axis=0)
 
 
 def _groups(p: np.ndarray, y: np.ndarray, w: np.ndarray):
@@ -117,8 +109,9 @@ def reliability_table(y, p, n_bins: int = N_BINS) -> list[dict]:
 
 
 def evaluate_multilabel(labels, prob, targets: Sequence[str], horizons: Sequence[int],
-                        n_boot: int = 200, seed: int = 0) -> dict:
+                        n_boot: int = 200, seed: int = 0, groups=None) -> dict:
     """Score ``prob`` against ``labels`` (both ``[n, T, H]``; NaN labels masked).
+    ``groups``: the patient of each row (landmark); resamples draw patients.
 
     Returns ``{"metrics": {f"{m}_{h}.{target}": value, ..._lo, ..._hi, and .macro},
     "skipped": {f"{h}.{target}": reason}, "n": {...}, "boot": {(m, h): [T, R] array}}``;
@@ -135,7 +128,7 @@ def evaluate_multilabel(labels, prob, targets: Sequence[str], horizons: Sequence
     known = ~np.isnan(labels)
     if (known & ~np.isfinite(prob)).any():
         raise ValueError("prob must be finite wherever the label is known")
-    w_all = bootstrap_weights(n, n_boot, seed)
+    w_all = bootstrap_weights(n, n_boot, seed, groups)
     out: dict = {}
     skipped: dict[str, str] = {}
     counts: dict[str, int] = {}

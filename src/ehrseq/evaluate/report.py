@@ -116,19 +116,20 @@ def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int,
     from .survival import paired_c_difference
 
     d, e, truth, risk = outcomes.duration, outcomes.event, outcomes.true_risk, risks
+    g = outcomes.groups   # resample patients, all of a patient's landmarks together
     rows = []
     for question, a, b in COMPARISONS:
         if a in risk and b in risk:
-            r = paired_c_difference(d, e, risk[a], risk[b], n_boot, seed)
+            r = paired_c_difference(d, e, risk[a], risk[b], n_boot, seed, g)
             rows.append({"question": question, "a": a, "b": b, **r})
     if best_count in risk:
         for a in sorted(m for m in neural if m in risk):
-            r = paired_c_difference(d, e, risk[a], risk[best_count], n_boot, seed)
+            r = paired_c_difference(d, e, risk[a], risk[best_count], n_boot, seed, g)
             rows.append({"question": f"{a} against the best count model, {best_count} "
                                      f"({a} - best_count)", "a": a, "b": "best_count", **r})
     if np.isfinite(truth).all():   # synthetic outcome: every model against the true risk
         for a in sorted(risk):
-            r = paired_c_difference(d, e, risk[a], truth, n_boot, seed)
+            r = paired_c_difference(d, e, risk[a], truth, n_boot, seed, g)
             rows.append({"question": f"{a} against the oracle ({a} - oracle)", "a": a,
                          "b": "oracle", **r})
     return rows

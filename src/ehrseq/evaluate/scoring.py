@@ -100,6 +100,7 @@ class Outcomes:
     """The outcomes the test predictions are scored against (from outcomes.parquet)."""
 
     index: np.ndarray          # sequences row of each test landmark, in table order
+    landmark_visits: np.ndarray  # with index: the key of each test landmark
     duration: np.ndarray
     event: np.ndarray
     train_duration: np.ndarray
@@ -114,17 +115,28 @@ class Outcomes:
         t = pd.read_parquet(path)
         te, tr = t[t["split"] == "test"], t[t["split"] == "train"]
         truth = te["true_risk"].to_numpy(float) if "true_risk" in te else np.full(len(te), np.nan)
-        return cls(te["index"].to_numpy(), te["duration"].to_numpy(float),
+        return cls(te["index"].to_numpy(), te["landmark_visits"].to_numpy(),
+                   te["duration"].to_numpy(float),
                    te["event"].to_numpy(int), tr["duration"].to_numpy(float),
                    tr["event"].to_numpy(int), truth)
 
-    def align(self, path: Path, index: np.ndarray) -> np.ndarray:
-        """Row of ``path``'s predictions for each test landmark; every one must be there."""
-        pos = pd.Index(index).get_indexer(self.index)
+    def align(self, path: Path, z) -> np.ndarray:
+        """Row of ``path``'s predictions (the npz ``z``) for each test landmark, matched on
+        (patient row, landmark visits); every one must be there."""
+        if "landmark_visits" not in z:
+            raise InputError(f"{path}: written before landmarks had keys (no landmark_visits); "
+                             "re-run the stage that wrote it")
+        mine = pd.MultiIndex.from_arrays([self.index, self.landmark_visits])
+        pos = pd.MultiIndex.from_arrays([z["index"], z["landmark_visits"]]).get_indexer(mine)
         if (pos < 0).any():
             raise InputError(f"{path}: predictions miss {int((pos < 0).sum())} test landmarks "
                              "of outcomes.parquet; re-run the stage that wrote it")
         return pos
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The patient of each test landmark: bootstrap resamples draw patients."""
+        return self.index
 
     def reference_horizon(self, horizons) -> float:
         return survival.reference_horizon(self.duration, self.event, self.train_duration,
@@ -135,7 +147,8 @@ def score_survival(name: str, surv: np.ndarray, times: np.ndarray, o: Outcomes,
                    horizons, report: ReportParams, plots_dir: Path | None = None) -> dict:
     """Every survival metric of one model with its interval: ``<name>.<metric>`` (+ plots)."""
     res = survival.evaluate_survival(o.duration, o.event, surv, times, o.train_duration,
-                                     o.train_event, horizons, report.bootstrap, report.seed)
+                                     o.train_event, horizons, report.bootstrap, report.seed,
+                                     groups=o.groups)
     if plots_dir is not None:
         stem = Path(plots_dir) / name
         risk = survival.risk_score(surv, times, res["risk_horizon"])
@@ -169,14 +182,14 @@ def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: Repo
                      "test.risk_horizon": h}
     if np.isfinite(o.true_risk).all():   # synthetic outcome: the ceiling any model can reach
         oracle = survival.harrell_c_interval(o.duration, o.event, o.true_risk,
-                                             report.bootstrap, report.seed)
+                                             report.bootstrap, report.seed, o.groups)
         metrics.update({f"oracle.{k}": v for k, v in oracle.items()})
     risks = {}
     for name, f in surv_files.items():
         if progress is not None:
             progress(name)
         with np.load(f, allow_pickle=False) as z:
-            pos = o.align(f, z["index"])
+            pos = o.align(f, z)
             surv, times = z["surv"][pos].astype(float), z["times"].astype(float)
         metrics.update(score_survival(name, surv, times, o, horizons, report, plots_dir))
         info = run_info(f)
@@ -190,12 +203,12 @@ def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: Repo
     for f in multi_files:
         with np.load(f, allow_pickle=False) as z:
             targets, hz = [str(t) for t in z["targets"]], [int(x) for x in z["horizons"]]
-            y = z["labels"]
+            y, groups = z["labels"], z["index"]
             probs = {k[len("prob_"):]: z[k] for k in z.files if k.startswith("prob_")}
         for name, p in probs.items():
             if progress is not None:
                 progress(f"onset.{name}")
-            res = evaluate_multilabel(y, p, targets, hz, report.bootstrap, report.seed)
+            res = evaluate_multilabel(y, p, targets, hz, report.bootstrap, report.seed, groups)
             metrics.update({f"onset.{name}.{k}": v for k, v in res["metrics"].items()})
             metrics.update({f"onset.skipped.{k}": v for k, v in res["skipped"].items()})
     return metrics, risks

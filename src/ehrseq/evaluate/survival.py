@@ -61,7 +61,7 @@ by then.
 
 Bootstrap
 ---------
-95% percentile intervals from ``n_boot`` resamples of test patients (seeded). A resample is a
+95% percentile intervals from ``n_boot`` resamples of test patients (seeded), never of rows. A resample is a
 vector of multiplicities :math:`w` (multinomial counts), and every statistic is evaluated as
 its weighted version, which equals the statistic on the resampled patients (tested):
 
@@ -69,7 +69,12 @@ its weighted version, which equals the statistic on the resampled patients (test
   w_j \rho_i c_{ij}` (self-pairs never count). The numerators for all resamples at once are
   :math:`\mathrm{diag}(W A W^\top)`, a matrix product over row chunks of the pair matrix
   (events only); the denominators and the AUC need only a sort and cumulative sums.
-* Brier scores are weighted means of per-patient losses, :math:`W \ell / n`.
+* Brier scores are weighted means of per-patient losses, :math:`W \ell / W 1`.
+
+With several landmarks per patient (``outcome.landmark.count``) a resample draws patients, and
+all of a patient's landmarks come with it (:func:`bootstrap_weights` with ``groups``): a row
+weight is its patient's multiplicity, so duplicating every landmark leaves every interval as
+it was (tested).
 * Calibration is a weighted Kaplan–Meier per bin; the bins keep the deciles of the full split.
 
 The IPCW censoring distribution comes from the training split and is held fixed. ECE is a
@@ -88,6 +93,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from lifelines import KaplanMeierFitter
 from sksurv.metrics import (
     brier_score,
@@ -166,26 +172,27 @@ def reference_horizon(duration, event, train_duration, train_event, horizons) ->
 # --------------------------------------------------------------------------- concordance
 
 
-def harrell_c_interval(duration, event, risk, n_boot: int = 200, seed: int = 0) -> dict:
+def harrell_c_interval(duration, event, risk, n_boot: int = 200, seed: int = 0,
+                       groups=None) -> dict:
     """Harrell's C of a bare risk score with its 95% bootstrap interval (same resamples as
     :func:`evaluate_survival` for the same ``n_boot`` and ``seed``): used for the oracle."""
     t = np.asarray(duration, float)
     d = np.asarray(event).astype(bool)
-    w = _bootstrap_weights(t.size, n_boot, seed)
+    w = bootstrap_weights(t.size, n_boot, seed, groups)
     boot = _harrell_boot(t, d, np.asarray(risk, float), w)
     lo, hi = _interval(boot[1:]) if n_boot else (math.nan, math.nan)
     return {"c_harrell": float(boot[0]), "c_harrell_lo": lo, "c_harrell_hi": hi}
 
 
 def paired_c_difference(duration, event, risk_a, risk_b, n_boot: int = 200,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, groups=None) -> dict:
     """Harrell's C of ``risk_a`` minus that of ``risk_b`` on the same patients, with a 95%
     paired bootstrap interval (both scored on the same resamples, the ones
     :func:`evaluate_survival` draws for ``n_boot`` and ``seed``), and the share of resamples
     where ``a`` is not better (a one-sided bootstrap p for "a beats b")."""
     t = np.asarray(duration, float)
     d = np.asarray(event).astype(bool)
-    w = _bootstrap_weights(t.size, n_boot, seed)
+    w = bootstrap_weights(t.size, n_boot, seed, groups)
     diff = _harrell_boot(t, d, np.asarray(risk_a, float), w) - \
         _harrell_boot(t, d, np.asarray(risk_b, float), w)
     lo, hi = _interval(diff[1:]) if n_boot else (math.nan, math.nan)
@@ -418,8 +425,22 @@ def _interval(boot: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[1 + n_boot, n]`` multiplicities: row 0 all ones, then one resample per row."""
+def bootstrap_weights(n: int, n_boot: int, seed: int, groups=None) -> np.ndarray:
+    """``[1 + n_boot, n]`` multiplicities: row 0 all ones, then one resample per row.
+
+    ``groups`` (one label per row, e.g. the patient of each landmark): resample the groups,
+    every row of a drawn group together (a cluster bootstrap), so a patient's several
+    landmarks count as one draw and intervals do not shrink with landmarks per patient."""
+    if groups is None:
+        return _draw(n, n_boot, seed)
+    codes, _ = pd.factorize(np.asarray(groups), sort=False)
+    if codes.size != n:
+        raise ValueError(f"groups has {codes.size} labels for {n} rows")
+    per_group = _draw(int(codes.max(initial=-1)) + 1, n_boot, seed)
+    return per_group[:, codes]
+
+
+def _draw(n: int, n_boot: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
     counts = np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n)
@@ -444,6 +465,7 @@ def evaluate_survival(
     risk_horizon: float | None = None,
     n_bins: int = 10,
     ibs_points: int = 100,
+    groups=None,
 ) -> dict:
     """All survival metrics of one model on the test split, each with a 95% bootstrap interval.
 
@@ -493,7 +515,7 @@ def evaluate_survival(
             )
     result["risk_horizon"] = float(risk_horizon)
     risk = risk_score(surv, times, risk_horizon)
-    w = _bootstrap_weights(n, n_boot, seed)
+    w = bootstrap_weights(n, n_boot, seed, groups)
 
     def put(key, point, boot):
         result[key] = float(point)
@@ -537,7 +559,7 @@ def evaluate_survival(
         if grid[-1] > grid[0]:
             losses = _brier_losses(t_adm, d_adm, s_grid, grid, cens)
             per_patient = _trapezoid(losses, grid, axis=1) / (grid[-1] - grid[0])
-            boot = w @ per_patient / n
+            boot = w @ per_patient / w.sum(1)
             put("ibs", integrated_brier_score(y_train, y_adm, s_grid, grid), boot)
         else:
             skip("ibs", "the first test follow-up time is not before tau")
@@ -558,7 +580,7 @@ def evaluate_survival(
         point = cumulative_dynamic_auc(y_train, y_adm, p, [h], tied_tol=TIED_TOL)[0][0]
         put(f"auc_{k}", point, boot)
         loss = _brier_losses(t_adm, d_adm, s_h[:, None], np.array([h]), cens)[:, 0]
-        boot = w @ loss / n
+        boot = w @ loss / w.sum(1)
         put(f"brier_{k}", brier_score(y_train, y_adm, s_h[:, None], [h])[1][0], boot)
         boot, table = _calibration(h, duration, event, p, w, n_bins)
         put(f"ece_{k}", boot[0], boot)

@@ -88,13 +88,17 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
                          f"(excluded: {reasons or 'none'}); check outcome.landmark "
                          f"(mode={p.landmark.mode}, min_visits={p.landmark.min_visits}, "
                          f"min_followup_days={p.landmark.min_followup_days})")
+    for s in ("train", "val", "test"):
+        part = table[table["split"] == s]
+        if len(part) == 0 or int(part["event"].sum()) == 0:
+            raise InputError(
+                f"outcome {p.name!r}: no events in the {s} split ({len(part)} landmarks of "
+                f"{part['patient'].nunique()} patients; {len(table)} landmarks in all): a model "
+                f"cannot be {'trained' if s == 'train' else 'tuned' if s == 'val' else 'scored'}"
+                " on it; use more patients (data.patients), more landmarks per patient "
+                "(outcome.landmark.count), another outcome, or (synthetic) a longer "
+                "censoring_days")
     train = table["split"] == "train"
-    n_train_events = int(table.loc[train, "event"].sum())
-    if n_train_events == 0:
-        raise InputError(f"outcome {p.name!r}: no events in the training split "
-                         f"({int(train.sum())} eligible training patients of "
-                         f"{len(table)} eligible); a model cannot learn it: use more patients, "
-                         "another outcome, or (synthetic) a longer censoring_days")
     cuts = time_bins(table.loc[train, "duration"], table.loc[train, "event"],
                      p.time_bins.n, p.time_bins.scheme, horizons=horizons)
 
@@ -124,7 +128,9 @@ def _median_followup(duration, event) -> float:
 
 def _summary(table: pd.DataFrame, n_all: int, n_landmarked: int, excluded: dict,
              cuts) -> dict:
-    m: dict = {"patients": n_all, "with_landmark": n_landmarked, "eligible": len(table),
+    m: dict = {"patients": n_all, "landmarks": n_landmarked, "eligible": len(table),
+               "eligible_patients": int(table["patient"].nunique()),
+               "landmarks_per_patient": len(table) / max(table["patient"].nunique(), 1),
                "event_rate": float(table["event"].mean()),
                "median_followup_days": _median_followup(table["duration"], table["event"]),
                "median_duration_days": float(table["duration"].median()),
@@ -138,6 +144,7 @@ def _summary(table: pd.DataFrame, n_all: int, n_landmarked: int, excluded: dict,
     for s in ("train", "val", "test"):
         part = table[table["split"] == s]
         m[f"eligible_{s}"] = len(part)
+        m[f"patients_{s}"] = int(part["patient"].nunique())
         m[f"events_{s}"] = int(part["event"].sum())
         m[f"event_rate_{s}"] = float(part["event"].mean()) if len(part) else None
     for k, part in table.groupby("subtype"):

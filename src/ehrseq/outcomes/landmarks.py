@@ -1,14 +1,17 @@
 """Landmarks: the prediction time of every patient, and the outcome table built at it.
 
-A landmark is chosen once per patient from the visit times alone (never from an outcome), so
-every outcome (synthetic, mortality, onset) shares the same landmarks; an outcome may only
-exclude patients (e.g. onset: already has the condition). Modes (``outcome.landmark.mode``):
+Landmarks are chosen from the visit times alone (never from an outcome), so every outcome
+(synthetic, mortality, onset) shares the same landmarks; an outcome may only exclude
+landmarks (e.g. onset: the condition is already known at it). Modes (``outcome.landmark.mode``):
 
-- ``random_visit``: a visit drawn uniformly, with a per-patient hash of
-  (``landmark.seed``, patient id) as the random number (a patient keeps its landmark when the
-  cohort grows), among the visits that have at least ``min_visits`` visits at or before them
-  and at least ``min_followup_days`` (and always > 0 days) of record after them.
-  ``landmark_time`` is that visit's start.
+- ``random_visit``: up to ``landmark.count`` distinct visit times drawn without replacement
+  among the visits that have at least ``min_visits`` visits at or before them and at least
+  ``min_followup_days`` (and always > 0 days) of record after them: the ones with the smallest
+  hash of (``landmark.seed``, patient id, visit time), so a patient keeps its landmarks when
+  the cohort grows, and a larger count keeps those of a smaller one. Each landmark is one row
+  of the task (the rows of a patient are in time order); ``landmark_time`` is that visit's
+  time. Splits stay by patient, and every interval resamples patients, not rows
+  (:func:`ehrseq.evaluate.survival.bootstrap_weights`).
 - ``age`` / ``date``: ``landmark_time`` is the calendar time the patient reaches
   ``landmark.age`` years (365.25-day years from the birth date), or ``landmark.date``
   (00:00 UTC); the patient needs ``min_visits`` visits at or before it and
@@ -56,6 +59,12 @@ def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
     return (raw + 0.5) / 2.0**64
 
 
+def landmark_ids(patient_ids, landmark_time) -> list[str]:
+    """``<patient id>@<landmark time>``: the key of a landmark in per-landmark hashes."""
+    return [f"{a}@{b!r}" for a, b in zip(np.asarray(patient_ids).tolist(),
+                                         np.asarray(landmark_time, np.float64).tolist())]
+
+
 def days_since_epoch(values) -> np.ndarray:
     """Dates/timestamps (naive = UTC) → float days since 1970-01-01; missing → NaN."""
     ts = pd.to_datetime(pd.Series(values), utc=True)
@@ -64,9 +73,9 @@ def days_since_epoch(values) -> np.ndarray:
 
 @dataclass
 class Landmarks:
-    """Eligible patients (rows of the sequences arrays) and their landmarks."""
+    """Landmarks (one row each; several per patient with ``landmark.count`` > 1)."""
 
-    index: np.ndarray            # int64 [m] row in sequences/patients.parquet
+    index: np.ndarray            # int64 [m] the patient's row in sequences/patients.parquet
     landmark_time: np.ndarray    # float64 [m] days since epoch
     landmark_visits: np.ndarray  # int64 [m] visits at or before landmark_time
     excluded: dict = field(default_factory=dict)  # reason -> patients
@@ -110,16 +119,20 @@ def choose_landmarks(visit_time, patient_offsets, patients: pd.DataFrame,
     if p.mode == "random_visit":
         enough = is_last & (count_le >= p.min_visits)
         followup = eor[owner] - t
-        cand = enough & (followup >= min_fu) & (followup > 0)
+        cand = np.flatnonzero(enough & (followup >= min_fu) & (followup > 0))
         n_cand = np.bincount(owner[cand], minlength=n)
         has_enough = np.bincount(owner[enough], minlength=n) > 0
         ok = n_cand > 0
-        u = hash_uniform(patients["patient"].to_numpy()[ok], p.seed, "landmark")
-        k = np.minimum((u * n_cand[ok]).astype(np.int64), n_cand[ok] - 1)
-        cand_idx = np.flatnonzero(cand)
-        first_cand = np.cumsum(n_cand) - n_cand
-        chosen = cand_idx[first_cand[ok] + k]
-        index = np.flatnonzero(ok)
+        # Each candidate visit gets a hash of (seed, patient id, its visit time): a patient's
+        # landmarks depend on its own record only (stable as the cohort grows), and a larger
+        # count keeps the landmarks of a smaller one (the smallest hashes come first).
+        pid = patients["patient"].to_numpy()[owner[cand]]
+        u = hash_uniform(landmark_ids(pid, t[cand]), p.seed, "landmark")
+        order = np.lexsort((u, owner[cand]))              # by patient, then by hash
+        first = (np.cumsum(n_cand) - n_cand)[owner[cand][order]]
+        rank = np.arange(len(order)) - first
+        chosen = np.sort(cand[order[rank < p.count]])     # by patient, then by time
+        index = owner[chosen]
         lm_time, lm_visits = t[chosen], count_le[chosen]
         excluded = {
             "no_visits": int((n_vis == 0).sum()),
@@ -169,6 +182,18 @@ def input_window(visit_offsets, patient_offsets, index, landmark_visits, max_vis
     start = np.searchsorted(cum, cum[end] - max_tokens, side="left")
     start = np.maximum(start, end - np.minimum(lm, max_visits))
     return np.maximum(end - start, 1).astype(np.int64)
+
+
+def records_by_landmark(record_patient, landmark_patient) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (record, landmark) of the same patient, for patients with several landmarks:
+    ``record_patient`` / ``landmark_patient`` are patient rows (-1: not a landmarked one).
+    Vectorised: one sort of the landmarks, one expansion of ranges."""
+    rp = np.asarray(record_patient, np.int64)
+    order = np.argsort(np.asarray(landmark_patient, np.int64), kind="stable")
+    lp = np.asarray(landmark_patient, np.int64)[order]
+    lo, hi = np.searchsorted(lp, rp, "left"), np.searchsorted(lp, rp, "right")
+    pos, rec, _ = ranges(lo, hi - lo)
+    return rec, order[pos]
 
 
 def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visits,

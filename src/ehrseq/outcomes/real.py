@@ -1,6 +1,6 @@
 """Real outcomes that Synthea itself simulated: death and the onset of a condition.
 
-Both return, for the landmarked patients, ``(duration, event, keep, reason)``: days from the
+Both return, for every landmark (several per patient with ``outcome.landmark.count`` > 1), ``(duration, event, keep, reason)``: days from the
 landmark to the event or to the end of record (administrative censoring), the event flag, which
 patients stay eligible and the name under which the others are counted in the metrics.
 
@@ -8,8 +8,8 @@ patients stay eligible and the name under which the others are counted in the me
   landmark. Landmarks need follow-up after them, so the dead have died after their landmark.
 - ``onset:<code>``: the event is the first time a condition record with that SNOMED code
   became known (its ``known_time``: never before its encounter's start, see
-  :mod:`ehrseq.data.visits`) after the landmark. Patients in whom such a record was known at or
-  before the landmark (the condition already known) are excluded.
+  :mod:`ehrseq.data.visits`) after the landmark. Landmarks at which such a record was already
+  known (the condition already known) are excluded.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 from ..data.visits import condition_records
 from ..io import InputError
 from ..params import SequencesParams
-from .landmarks import Landmarks
+from .landmarks import Landmarks, records_by_landmark
 
 
 def mortality(lm: Landmarks, death_days, end_of_record):
@@ -67,13 +67,9 @@ def onset(events: str | Path, patient_ids, lm: Landmarks, code: str, end_of_reco
                          f"{listing or 'none (no condition events)'}")
 
     m = len(lm.index)
-    row_of = np.full(len(patient_ids), -1, np.int64)
-    row_of[lm.index] = np.arange(m)
     pidx = pd.Index(np.asarray(patient_ids)).get_indexer(rows["patient"])
-    r = np.where(pidx >= 0, row_of[np.maximum(pidx, 0)], -1)
-    ok = r >= 0
-    r = r[ok]
-    t = rows["t_us"].to_numpy(np.float64)[ok] / 86_400e6   # when the record became known
+    rec, r = records_by_landmark(pidx, lm.index)     # every record against every landmark
+    t = rows["t_us"].to_numpy(np.float64)[rec] / 86_400e6   # when the record became known
     pre = t <= lm.landmark_time[r]
     known = np.bincount(r[pre], minlength=m) > 0
     first = np.full(m, np.inf)

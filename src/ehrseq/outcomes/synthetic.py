@@ -10,7 +10,8 @@ visits at or before the landmark that every model reads, ``outcome.history``):
 
 Event times are drawn by inverse-CDF sampling, ``T = -ln(U) / (lambda0 exp(true_risk))``,
 censoring ``C = -censoring_days ln(V)``, and the end of record censors administratively;
-``U`` and ``V`` are per-patient hashes of (``synthetic.seed``, patient id). Codes are read
+``U`` and ``V`` are hashes of (``synthetic.seed``, patient id, landmark time): each landmark
+of a patient draws its own times (:func:`~.landmarks.landmark_ids`). Codes are read
 through vocab.json tokens ``SNOMED-CT/<code>``: an effect sees exactly what a model sees.
 
 The same bytes on every machine (:mod:`ehrseq.repro`): the sums run in a fixed order
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..params import SyntheticParams
 from ..repro import libm_exp, libm_log, mean, round_days, round_decimals, standardise, weighted_sum
-from .landmarks import Landmarks, days_since_epoch, hash_uniform, landmark_tokens
+from .landmarks import Landmarks, days_since_epoch, hash_uniform, landmark_ids, landmark_tokens
 
 N_SPECIALS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]: never features
 RECENCY_DAYS = 365.0
@@ -230,7 +231,7 @@ def oracle_cindex(duration, event, true_risk) -> float | None:
 def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
     """Draw the synthetic outcome for the landmarked patients ``lm``."""
     subtype, risk, X, absent = subtypes_and_risk(seqs, lm, p)
-    ids = seqs.patients["patient"].to_numpy()[lm.index]
+    ids = landmark_ids(seqs.patients["patient"].to_numpy()[lm.index], lm.landmark_time)
     u = hash_uniform(ids, p.seed, "event")
     v = hash_uniform(ids, p.seed, "censor")
     lam0 = math.log(2.0) / p.median_days

@@ -38,7 +38,7 @@ import pandas as pd
 from ..data.visits import condition_records
 from ..io import InputError
 from ..params import SequencesParams
-from .landmarks import days_since_epoch
+from .landmarks import days_since_epoch, records_by_landmark
 
 DEATH = "death"
 US_PER_DAY = 86_400e6
@@ -100,7 +100,7 @@ def _condition_records(events: Path, patients, codes: Sequence[str] | None,
 def frequent_onsets(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataFrame,
                     horizon: float, k: int, exclude: Sequence[str] = (),
                     event_kinds: Sequence[str] | None = None) -> list[str]:
-    """The ``k`` condition codes with the most patients of ``table`` whose first onset after
+    """The ``k`` condition codes with the most landmarks (rows) of ``table`` whose first onset after
     the landmark (by the rule above: not present at or before it) falls within ``horizon``
     days; ties by code. Call it with the training rows only. ``exclude``: codes to leave out."""
     events = Path(events)
@@ -109,19 +109,18 @@ def frequent_onsets(events: str | Path, seq_patients: pd.DataFrame, table: pd.Da
     if not events.is_file():
         raise InputError(f"{events}: missing; run the ingest stage first")
     kinds = sorted(set(event_kinds or SequencesParams().event_kinds) | {"condition"})
-    pats = seq_patients.iloc[table["index"].to_numpy(np.int64)]["patient"].to_numpy()
-    rows, _ = _condition_records(events, pats, None, kinds)
+    idx = table["index"].to_numpy(np.int64)
+    ids = seq_patients["patient"].to_numpy()
+    rows, _ = _condition_records(events, np.unique(ids[idx]), None, kinds)
     if rows.empty:
         return []
-    lm = pd.Series(table["landmark_time"].to_numpy(np.float64), index=pats)
-    rows["lm"] = lm.reindex(rows["patient"]).to_numpy()
-    rows["pre"] = rows["t_us"] / US_PER_DAY <= rows["lm"]
-    g = rows.groupby(["patient", "code"])
-    per = pd.DataFrame({"pre": g["pre"].any(),
-                        "first_after": rows[~rows["pre"]].groupby(["patient", "code"])["t_us"]
-                        .min().reindex(g.size().index) / US_PER_DAY,
-                        "lm": g["lm"].first()})
-    hit = ~per["pre"] & (per["first_after"] - per["lm"] <= horizon)
+    rec, r = records_by_landmark(pd.Index(ids).get_indexer(rows["patient"]), idx)
+    dt = rows["t_us"].to_numpy(np.float64)[rec] / US_PER_DAY - \
+        table["landmark_time"].to_numpy(np.float64)[r]
+    per = pd.DataFrame({"r": r, "code": rows["code"].to_numpy()[rec], "pre": dt <= 0, "dt": dt})
+    g = per.groupby(["r", "code"])
+    first_after = per[~per["pre"]].groupby(["r", "code"])["dt"].min()
+    hit = ~g["pre"].any() & (first_after.reindex(g.size().index) <= horizon)
     counts = hit[hit].groupby(level="code").size()
     counts = counts[~counts.index.isin([str(c) for c in exclude])]
     order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -160,11 +159,12 @@ def build_labels(events: str | Path, seq_patients: pd.DataFrame, table: pd.DataF
     codes = [t for t in targets if t != DEATH]
     desc = {DEATH: "Death"}
     if codes:
-        rows, found = _condition_records(events, pats["patient"].to_numpy(), codes, kinds)
+        ids = seq_patients["patient"].to_numpy()
+        rows, found = _condition_records(events, np.unique(ids[idx]), codes, kinds)
         desc.update(found)
-        r = pd.Index(pats["patient"].to_numpy()).get_indexer(rows["patient"])
-        c = pd.Index(targets).get_indexer(rows["code"])
-        t = rows["t_us"].to_numpy(np.float64) / US_PER_DAY   # when the record became known
+        rec, r = records_by_landmark(pd.Index(ids).get_indexer(rows["patient"]), idx)
+        c = pd.Index(targets).get_indexer(rows["code"].to_numpy()[rec])
+        t = rows["t_us"].to_numpy(np.float64)[rec] / US_PER_DAY   # when it became known
         pre = t <= lm[r]
         present[r[pre], c[pre]] = True
         np.minimum.at(onset_abs, (r[~pre], c[~pre]), t[~pre])

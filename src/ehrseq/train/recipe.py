@@ -185,5 +185,4 @@ def survival_predictions(name: str, model: nn.Module, task: SurvivalTask, loader
     times = task.time_grid(horizons)
     surv = interpolate_discrete(surv_edges, bin_edges(task.cuts), times)
     pred_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(pred_dir / f"{name}.npz", index=task.table["index"].to_numpy()[te],
-                        times=times, surv=surv)
+    np.savez_compressed(pred_dir / f"{name}.npz", **task.keys("test"), times=times, surv=surv)
