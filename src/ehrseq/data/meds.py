@@ -390,6 +390,11 @@ def ingest_meds(root: str | Path, out_dir: str | Path, on_bad_rows: str = "drop"
         raise ValueError(f"unknown_codes: {unknown_codes!r}; accepted: error, keep")
     if visits not in ("time", "day"):
         raise ValueError(f"visits: {visits!r}; accepted: time, day")
+    kmap = {**SYSTEM_KINDS, **KIND_PREFIXES, **{k.upper(): v for k, v in (kind_map or {}).items()}}
+    bad = sorted({v for v in [*kmap.values(), default_kind] if v not in OWN_KINDS})
+    if bad:
+        raise ValueError(f"kind_map/default_kind: unknown event kind(s) {bad}; accepted: "
+                         f"{list(OWN_KINDS)}")
     if not root.is_dir():
         raise InputError(f"{root}: not a directory; expected a MEDS dataset root")
     shards = _shards(root)
@@ -397,11 +402,6 @@ def ingest_meds(root: str | Path, out_dir: str | Path, on_bad_rows: str = "drop"
     for s in shards:
         names = _check_schema(s)
         cols = names if cols is None else cols & names
-    kmap = {**SYSTEM_KINDS, **KIND_PREFIXES, **{k.upper(): v for k, v in (kind_map or {}).items()}}
-    bad = sorted({v for v in [*kmap.values(), default_kind] if v not in OWN_KINDS})
-    if bad:
-        raise ValueError(f"kind_map/default_kind: unknown event kind(s) {bad}; accepted: "
-                         f"{list(OWN_KINDS)}")
     with tempfile.TemporaryDirectory(prefix="ehrseq-duckdb-") as spill:
         con = _connect()
         con.execute(f"SET memory_limit={_lit(memory_limit)}")
@@ -532,6 +532,7 @@ def _ingest_meds(con, root: Path, shards: list[Path], cols: set[str], out: Path,
         SELECT i.patient, s.subject_id,
                CAST(min(time) FILTER (WHERE head = {birth}) AS DATE) AS birth_date,
                CAST(min(time) FILTER (WHERE head = {death}) AS DATE) AS death_date,
+               max(time) FILTER (WHERE head NOT IN ({birth}, {death})) AS last_time,
                min(substr(code, 9)) FILTER (WHERE head = 'GENDER' AND time IS NULL) AS gender,
                min(substr(code, 7)) FILTER (WHERE head = 'RACE' AND time IS NULL) AS race,
                min(substr(code, 12)) FILTER (WHERE head = 'ETHNICITY' AND time IS NULL)
@@ -583,15 +584,20 @@ def _ingest_meds(con, root: Path, shards: list[Path], cols: set[str], out: Path,
     if n_events == 0:
         raise InputError(f"{root / 'data'}: empty cohort (no events besides birth and death)")
     first, last = con.execute(f"SELECT min(time), max(time) FROM {evp}").fetchone()
-    end = last
+    # End of record of the living. Our export: its end (created_at, the cohort's export end,
+    # as the CSV path reads export.json). Any other MEDS dataset states none: a subject's
+    # record ends at their last event (censored at the last observation).
     if own and meta.get("created_at"):
         made = dt.datetime.fromisoformat(str(meta["created_at"]))
         made = made if made.tzinfo else made.replace(tzinfo=dt.timezone.utc)
         end = max(made, last)
+        living = f"CAST({_lit(end.isoformat())} AS TIMESTAMPTZ)"
+    else:
+        end = last
+        living = "CAST(COALESCE(last_time, CAST(birth_date AS TIMESTAMP)) AS TIMESTAMPTZ)"
     con.execute(f"""
         COPY (SELECT patient, birth_date, death_date, gender, race, ethnicity,
-                     COALESCE(CAST(death_date AS TIMESTAMPTZ),
-                              CAST({_lit(end.isoformat())} AS TIMESTAMPTZ)) AS end_of_record
+                     COALESCE(CAST(death_date AS TIMESTAMPTZ), {living}) AS end_of_record
               FROM p ORDER BY patient)
         TO {_lit(out / 'patients.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
     con.execute(f"""COPY (SELECT file, CAST(row AS BIGINT) AS row, reason, raw FROM bad
@@ -649,7 +655,9 @@ def copy_meds_root(source: str | Path, out_dir: str | Path):
 
 def task_name(outcome: str, horizon) -> str:
     """``mortality`` at 30 days → ``mortality_30d``; ``onset:44054006`` → ``onset_44054006_30d``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(outcome)) + f"_{int(horizon)}d"
+    h = float(horizon)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(outcome)) + (f"_{int(h)}d" if h.is_integer()
+                                                            else f"_{h:g}d")
 
 
 def _label_rows(t: pd.DataFrame, h: float) -> tuple[pd.Series, pd.Series]:
@@ -711,15 +719,20 @@ def write_predictions(predictions: Mapping[str, str | Path], outcomes_parquet: s
                       horizons, out_dir: str | Path, id_map, outcome: str = "outcome") -> dict:
     """Each model's test predictions for the tasks of :func:`write_labels`, in meds-evaluation's
     format: ``<out_dir>/<task>/<model>.parquet`` with subject_id, prediction_time,
-    boolean_value and ``predicted_boolean_probability`` = 1 - S(h) (the model's survival
+    boolean_value, ``predicted_boolean_value`` (null: no threshold chosen) and
+    ``predicted_boolean_probability`` = 1 - S(h) (the model's survival
     curve read at the horizon, a step function as in evaluation). ``predictions``: model name
-    → npz with ``index``, ``surv`` [n, T], ``times``. Rows are the test landmarks of
-    outcomes.parquet, aligned by ``index`` as the evaluate stage does; censored ones dropped.
+    → npz with ``index``, ``landmark_visits``, ``surv`` [n, T], ``times``. Rows are the test
+    landmarks of outcomes.parquet, matched as the evaluate stage matches them
+    (``Outcomes.align``: patient row and landmark); censored ones dropped.
     """
+    from ..evaluate.scoring import Outcomes
     from ..survival.curves import survival_at
 
+    outcomes_parquet = Path(outcomes_parquet)
     t = pd.read_parquet(outcomes_parquet)
     test = t[t["split"] == "test"].reset_index(drop=True)
+    o = Outcomes.load(outcomes_parquet.parent)  # the evaluate stage's rows and alignment
     ids = _load_id_map(id_map)
     counts: dict = {}
     with atomic_outputs(out_dir) as (tmp,):
@@ -729,17 +742,17 @@ def write_predictions(predictions: Mapping[str, str | Path], outcomes_parquet: s
                 miss = {"index", "surv", "times"} - set(z.files)
                 if miss:
                     raise InputError(f"{path}: arrays {sorted(miss)} missing; expected "
-                                     "index, surv, times (survival predictions)")
-                index, surv, times = z["index"], z["surv"], z["times"]
-            pos = pd.Index(index).get_indexer(test["index"])
-            if (pos < 0).any():
-                raise InputError(f"{path}: predictions miss {int((pos < 0).sum())} test "
-                                 "landmarks of outcomes.parquet; re-run the stage that wrote it")
+                                     "index, landmark_visits, surv, times (survival predictions)")
+                pos = o.align(Path(path), z)
+                surv, times = z["surv"], z["times"]
             for h in horizons:
                 name = task_name(outcome, h)
                 tbl, _ = _label_table(test, ids, float(h), outcomes_parquet)
                 keep, _ = _label_rows(test, float(h))
                 risk = 1.0 - survival_at(surv[pos[keep.to_numpy()]], times, float(h))
+                # no decision threshold is ours to choose: the value column is present (the
+                # meds-evaluation CLI reads it) and null, so it scores the probabilities only
+                tbl = tbl.append_column("predicted_boolean_value", pa.nulls(len(risk), pa.bool_()))
                 tbl = tbl.append_column("predicted_boolean_probability",
                                         pa.array(risk.astype(np.float32)))
                 (tmp / name).mkdir(exist_ok=True)
