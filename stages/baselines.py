@@ -36,9 +36,8 @@ log = logging.getLogger("baselines")
 
 def main() -> None:
     params = load_params()
-    horizons = params.outcome.horizons
     task = SurvivalTask.load()
-    times = task.time_grid(horizons)
+    horizons, times = task.horizons, task.time_grid()
     tr, va, te = task.rows("train"), task.rows("val"), task.rows("test")
     d_tr, e_tr = task.outcome("train")
     d_va, e_va = task.outcome("val")

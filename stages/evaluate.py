@@ -30,6 +30,7 @@ from ehrseq.evaluate.scoring import (  # noqa: E402
 )
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
+from ehrseq.survival.bins import read_bins  # noqa: E402
 
 PLOTS = Path("plots/evaluate")
 OUTCOMES = Path("data/processed/outcomes")
@@ -81,7 +82,7 @@ def params_vs_c(rows, path: Path) -> None:
 
 def main() -> None:
     params = load_params()
-    rep, horizons = params.report, params.outcome.horizons
+    rep, horizons = params.report, read_bins(OUTCOMES)[1]
     with atomic_outputs(PLOTS) as (out,):
         out.mkdir()
         current = prediction_outputs(PREDICTIONS)

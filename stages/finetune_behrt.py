@@ -72,8 +72,7 @@ def main(mode: str) -> None:
         train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, PRETRAINED),
         key=(mode, cfg, fp), save=save, predictions=True, extra_stats={"mode": mode},
         finish=lambda _, out: survival_predictions(
-            name, holder["model"], task, make_loader(test, tp.batch_size),
-            params.outcome.horizons, out.predictions))
+            name, holder["model"], task, make_loader(test, tp.batch_size), out.predictions))
 
 
 if __name__ == "__main__":

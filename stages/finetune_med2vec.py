@@ -49,8 +49,7 @@ def main() -> None:
         inputs=(SEQUENCES, OUTCOMES, PRETRAINED), key=(cfg,), config=cfg, vocab=task.seqs.vocab,
         predictions=True,
         finish=lambda model, out: survival_predictions(
-            "med2vec", model, task, make_loader(test, tp.batch_size),
-            params.outcome.horizons, out.predictions))
+            "med2vec", model, task, make_loader(test, tp.batch_size), out.predictions))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def main() -> None:
     t0 = time.time()
     with atomic_outputs(OUT) as (tmp,):
         res = build_outcomes("data/interim", "data/processed/sequences", tmp, p,
-                             params.sequences.event_kinds, horizons=params.outcome.horizons)
+                             params.sequences.event_kinds)
     write_json("metrics/outcomes.json", res.metrics)
     km_by_subtype(res.table, PLOTS / "km_by_subtype",
                   f"outcome {p.name}: Kaplan–Meier by planted subtype")

@@ -24,8 +24,7 @@ def main() -> None:
         inputs=(SEQUENCES, OUTCOMES), key=(params.model,), config=cfg, vocab=task.seqs.vocab,
         predictions=True,
         finish=lambda model, out: survival_predictions(
-            "lstm", model, task, make_loader(test, params.train.batch_size),
-            params.outcome.horizons, out.predictions))
+            "lstm", model, task, make_loader(test, params.train.batch_size), out.predictions))
 
 
 if __name__ == "__main__":

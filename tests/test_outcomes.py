@@ -73,7 +73,7 @@ def test_more_landmarks_keep_the_fewer_ones(cohort):
     keys = {}
     for k in (1, 2, 4):
         lm = choose_landmarks(*args, LandmarkParams(count=k))
-        keys[k] = set(zip(lm.index.tolist(), lm.landmark_visits.tolist()))
+        keys[k] = set(zip(lm.index.tolist(), lm.landmark_visits.tolist(), strict=True))
         assert np.bincount(lm.index).max() == k
     assert keys[1] < keys[2] < keys[4]
     assert len({i for i, _ in keys[1]}) == len(keys[1])             # one per patient
@@ -322,3 +322,22 @@ def test_stage_writes_outputs_and_fails_cleanly(cohort, synth, tmp_path, monkeyp
     assert m["oracle_cindex_test"] == round(synth.metrics["oracle_cindex_test"], 6)
     for f in ("km_by_subtype.png", "km_by_subtype.csv"):
         assert (tmp_path / "plots" / "outcomes" / f).stat().st_size > 0
+
+
+def test_horizons_fitted_to_the_outcome(cohort, synth, tmp_path):
+    """outcome.horizons: null → quartiles of the training event times (whole days), written to
+    time_bins.json where every later stage reads them; a given list is kept as is."""
+    from ehrseq.survival.bins import read_bins
+
+    t = synth.table
+    tr = t[(t["split"] == "train") & (t["event"] == 1)]["duration"]
+    want = np.unique(np.ceil(np.quantile(tr, [0.25, 0.5, 0.75])))
+    cuts, horizons = read_bins(cohort / "out")
+    assert horizons == list(want) == synth.metrics["horizons"] and len(horizons) == 3
+    assert set(horizons) <= set(cuts) and synth.metrics["horizons_fitted"]
+    mort = outcomes(cohort, tmp_path, name="mortality")      # death: a far longer time scale
+    assert min(mort.metrics["horizons"]) > max(horizons)
+    fixed = outcomes(cohort, tmp_path, name="mortality", horizons=[365, 30])
+    assert fixed.metrics["horizons"] == [30.0, 365.0] and not fixed.metrics["horizons_fitted"]
+    with pytest.raises(ValueError, match="horizons must be null"):
+        OutcomeParams(horizons=[])

@@ -115,17 +115,20 @@ def test_time_grid_holds_every_time_asked():
     g = time_grid(cuts, [30, 90, 365], test_d, train_ev)
     np.testing.assert_array_equal(g, [1, 3, 25, 30, 40.5, 80, 90, 99, 365, 700])
     task = _task(pd.DataFrame({"index": range(4), "split": ["train", "train", "test", "test"],
-                               "duration": [5.0, 7.0, 2.0, 9.0], "event": [1, 0, 0, 1]}), cuts)
-    np.testing.assert_array_equal(task.time_grid([30]), [2, 5, 9, 25, 30, 80])
+                               "duration": [5.0, 7.0, 2.0, 9.0], "event": [1, 0, 0, 1]}), cuts, [30])
+    np.testing.assert_array_equal(task.time_grid(), [2, 5, 9, 25, 30, 80])
 
 
 # ------------------------------------------------------------------ predictions to scores end to end
 
 
-def _task(table, cuts):
+def _task(table, cuts, horizons):
     n = len(table)
+    if "landmark_visits" not in table:
+        table = table.assign(landmark_visits=1)
     return SurvivalTask(seqs=None, table=table, cuts=np.asarray(cuts, float),
-                        age=np.zeros(n), male=np.zeros(n, bool))
+                        horizons=[float(h) for h in horizons], age=np.zeros(n),
+                        male=np.zeros(n, bool))
 
 
 class _FixedCurves(torch.nn.Module):
@@ -150,18 +153,18 @@ def test_discrete_models_are_saved_and_scored_at_the_horizon(tmp_path):
     horizons = [30, 90, 365]
     tr = split == "train"
     edges = time_bins(dur[tr], event[tr], 5, horizons=horizons)
-    task = _task(table, edges)
+    task = _task(table, edges, horizons)
+    table = task.table
     rates = rng.uniform(0.0005, 0.01, size=(100, len(edges) - 1))
     s_edges = piecewise_s(edges, rates, edges).astype(np.float32)
     loader = [SimpleNamespace(rows=torch.arange(i, min(i + 32, 100))) for i in range(0, 100, 32)]
-    survival_predictions("fixed", _FixedCurves(s_edges), task, loader, horizons,
-                         tmp_path / "pred")
+    survival_predictions("fixed", _FixedCurves(s_edges), task, loader, tmp_path / "pred")
     (tmp_path / "out").mkdir()
     table.to_parquet(tmp_path / "out" / "outcomes.parquet")
     metrics, _ = score_all(tmp_path / "pred", tmp_path / "out", horizons,
                            ReportParams(bootstrap=0))
     z = np.load(tmp_path / "pred" / "fixed.npz")
-    np.testing.assert_array_equal(z["times"], task.time_grid(horizons))
+    np.testing.assert_array_equal(z["times"], task.time_grid())
     for h in horizons:
         k = int(np.flatnonzero(edges == h)[0])
         np.testing.assert_array_equal(survival_at(z["surv"], z["times"], h), s_edges[:, k])

@@ -149,9 +149,13 @@ class OutcomeParams(_Section):
     history: HistoryParams = Field(default_factory=HistoryParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
     time_bins: TimeBinParams = Field(default_factory=TimeBinParams)
-    horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
+    horizons: list[int] | None = None
     """Days after the landmark where every model is scored (AUC, Brier, calibration, the risk
-    score's h*); they are also time-bin edges, so discrete-time models read them exactly."""
+    score's h*); they are also time-bin edges, so discrete-time models read them exactly.
+    ``null``: fitted to the outcome, the quartiles of the training split's event times in whole
+    days (:func:`ehrseq.survival.bins.fit_horizons`), so a 20-year mortality outcome is not
+    scored at 30 days. The outcomes stage writes the horizons used to ``time_bins.json``;
+    every later stage reads them there."""
     onset_codes: list[str] = Field(
         default_factory=lambda: ["44054006", "59621000", "55822004", "230690007"]
     )
@@ -160,9 +164,12 @@ class OutcomeParams(_Section):
 
     @field_validator("horizons")
     @classmethod
-    def _h(cls, v: list[int]) -> list[int]:
+    def _h(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
         if not v or any(h <= 0 for h in v):
-            raise ValueError("horizons must be a non-empty list of positive day counts")
+            raise ValueError("horizons must be null (fitted to the outcome) or a non-empty list "
+                             "of positive day counts, e.g. [30, 90, 365]")
         return sorted(v)
 
     @field_validator("name")

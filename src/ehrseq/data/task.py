@@ -5,7 +5,6 @@ model stores its test predictions (scored by the ``evaluate`` stage alone).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import InputError
+from ..survival.bins import read_bins
 from .features import code_counts
 from .sequences import EPOCH
 from .tensors import SequenceDataset, Sequences
@@ -26,6 +26,7 @@ class SurvivalTask:
     seqs: Sequences
     table: pd.DataFrame  # outcomes.parquet
     cuts: np.ndarray  # time-bin edges (days) for discrete-time models
+    horizons: list  # evaluation horizons (days), as the outcomes stage fixed them
     age: np.ndarray  # years at the landmark, per row of ``table``
     male: np.ndarray
 
@@ -36,8 +37,7 @@ class SurvivalTask:
         if not path.exists():
             raise InputError(f"{path}: missing; run the outcomes stage first")
         table = pd.read_parquet(path)
-        cuts = np.asarray(json.loads((Path(outcomes) / "time_bins.json").read_text())["cuts"],
-                          dtype=float)
+        cuts, horizons = read_bins(outcomes)
         for s in ("train", "val", "test"):
             if not (table["split"] == s).any():
                 raise InputError(f"{path}: no eligible patient in the {s} split; "
@@ -46,7 +46,7 @@ class SurvivalTask:
         birth = (pd.to_datetime(pats["birth_date"]).dt.tz_localize("UTC") - EPOCH).dt.days
         age = (table["landmark_time"].to_numpy() - birth.to_numpy()) / 365.25
         male = (pats["gender"].astype(str).str.upper() == "M").to_numpy()
-        return cls(seqs, table, cuts, age.astype(float), male)
+        return cls(seqs, table, cuts, horizons, age.astype(float), male)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
@@ -90,11 +90,11 @@ class SurvivalTask:
                            self.table["landmark_visits"].to_numpy()[r], s.vocab_size,
                            self.window[r])
 
-    def time_grid(self, horizons) -> np.ndarray:
+    def time_grid(self) -> np.ndarray:
         """Where every model reports S(t|x): see :func:`time_grid`."""
         d_te, _ = self.outcome("test")
         d_tr, e_tr = self.outcome("train")
-        return time_grid(self.cuts, horizons, d_te, d_tr[e_tr == 1])
+        return time_grid(self.cuts, self.horizons, d_te, d_tr[e_tr == 1])
 
 
 def time_grid(cuts, horizons, test_duration, train_event_times=()) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..data.visits import audit_inputs
 from ..io import InputError
 from ..params import OutcomeParams, SequencesParams
 from ..repro import km_median, round_days
-from ..survival.bins import time_bins
+from ..survival.bins import fit_horizons, time_bins
 from .landmarks import COLUMNS, MIN_DURATION, choose_landmarks, days_since_epoch, input_window
 from .real import mortality, onset
 from .synthetic import SyntheticResult, subtypes_and_risk, synthetic
@@ -29,12 +29,14 @@ class OutcomesResult:
 
 
 def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
-                   p: OutcomeParams, event_kinds=None, horizons=()) -> OutcomesResult:
+                   p: OutcomeParams, event_kinds=None) -> OutcomesResult:
     """Landmarks + the outcome ``p.name`` → ``out/outcomes.parquet`` and ``out/time_bins.json``.
 
     ``event_kinds``: ``sequences.event_kinds`` (how visits were formed; onset outcomes use it
-    to decide which condition records lie in the model inputs). ``horizons``: the evaluation
-    horizons (days), made time-bin edges so that discrete-time models are read exactly there.
+    to decide which condition records lie in the model inputs). ``p.horizons``: the
+    evaluation horizons (days; ``None``: fitted to the training event times, :func:`fit_horizons`), made
+    time-bin edges so that discrete-time models are read exactly there; written to
+    ``time_bins.json``, where every later stage reads them (:attr:`SurvivalTask.horizons`).
     """
     import json
 
@@ -99,6 +101,7 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
                 "(outcome.landmark.count), another outcome, or (synthetic) a longer "
                 "censoring_days")
     train = table["split"] == "train"
+    horizons = fit_horizons(table.loc[train, "duration"], table.loc[train, "event"], p.horizons)
     cuts = time_bins(table.loc[train, "duration"], table.loc[train, "event"],
                      p.time_bins.n, p.time_bins.scheme, horizons=horizons)
 
@@ -110,6 +113,8 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
          "n_bins": len(cuts) - 1}, indent=1) + "\n")
 
     metrics.update(_summary(table, n_all, n_landmarked, lm.excluded, cuts))
+    metrics["horizons"] = [float(h) for h in horizons]
+    metrics["horizons_fitted"] = p.horizons is None
 
     audit = audit_inputs(interim / "events.parquet", sequences, table,
                          event_kinds or SequencesParams().event_kinds)

@@ -62,7 +62,8 @@ def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
 def landmark_ids(patient_ids, landmark_time) -> list[str]:
     """``<patient id>@<landmark time>``: the key of a landmark in per-landmark hashes."""
     return [f"{a}@{b!r}" for a, b in zip(np.asarray(patient_ids).tolist(),
-                                         np.asarray(landmark_time, np.float64).tolist())]
+                                         np.asarray(landmark_time, np.float64).tolist(),
+                                         strict=True)]
 
 
 def days_since_epoch(values) -> np.ndarray:

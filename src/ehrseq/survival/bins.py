@@ -22,7 +22,9 @@ Durations beyond the last edge are censored there (:func:`bin_targets`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +32,32 @@ from ..io import InputError
 from ..repro import round_days
 
 SNAP_DAYS = 1.0  # a fitted edge closer than this to a horizon is replaced by the horizon
+
+
+def read_bins(outcomes: str | Path) -> tuple[np.ndarray, list[float]]:
+    """(time-bin edges, evaluation horizons) from the outcomes stage's ``time_bins.json``."""
+    path = Path(outcomes) / "time_bins.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing; run the outcomes stage first")
+    bins = json.loads(path.read_text())
+    return np.asarray(bins["cuts"], dtype=float), [float(h) for h in bins["horizons"]]
+
+
+HORIZON_QUANTILES = (0.25, 0.5, 0.75)
+
+
+def fit_horizons(duration, event, horizons=None) -> list[float]:
+    """The evaluation horizons (days): ``horizons`` when given, else the quartiles
+    (:data:`HORIZON_QUANTILES`) of the training event times, rounded up to whole days,
+    distinct. Fitted on the training split only: never on the test outcomes."""
+    if horizons is not None:
+        return [float(h) for h in sorted(horizons)]
+    t = np.asarray(duration, np.float64)[np.asarray(event).astype(bool)]
+    if t.size == 0:
+        raise InputError("outcome.horizons: null fits them to the training event times, but "
+                         "the training split has no event")
+    return [float(h) for h in np.unique(np.maximum(np.ceil(np.quantile(t, HORIZON_QUANTILES)),
+                                                   1.0))]
 
 
 def time_bins(duration, event, n: int, scheme: str = "quantile", horizons=()) -> np.ndarray:

@@ -174,15 +174,15 @@ def skip_stage(stage: str, reason: str, metrics: dict) -> None:
 
 
 def survival_predictions(name: str, model: nn.Module, task: SurvivalTask, loader: Any,
-                         horizons: Sequence[float], pred_dir: Path) -> None:
+                         pred_dir: Path) -> None:
     """A discrete-time survival model's test predictions in the format every model shares:
-    ``pred_dir/<name>.npz`` with ``index`` (sequences row of each test landmark), ``times``
+    ``pred_dir/<name>.npz`` with the test landmarks' keys (:meth:`SurvivalTask.keys`), ``times``
     (:meth:`SurvivalTask.time_grid`) and ``surv`` (S(t|x) on it: the model's S at its bin edges,
     constant hazard within each bin, flat beyond the last edge). ``loader`` yields the test
     rows (``batch.rows``: their order in the test split)."""
     te = task.rows("test")
     surv_edges = predict(model, loader, lambda m, b: m.predict_survival(b), len(te))
-    times = task.time_grid(horizons)
+    times = task.time_grid()
     surv = interpolate_discrete(surv_edges, bin_edges(task.cuts), times)
     pred_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(pred_dir / f"{name}.npz", **task.keys("test"), times=times, surv=surv)
