@@ -10,13 +10,13 @@ meds-evaluation reads. Writes metrics/export_meds[_predictions].json.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 from ehrseq.data.meds import TASK_LABELS, write_labels, write_meds, write_predictions
-from ehrseq.data.task import read_bins
-from ehrseq.io import atomic_outputs, flat_metrics, run_stage, write_json
+from ehrseq.io import InputError, atomic_outputs, flat_metrics, run_stage, write_json
 from ehrseq.params import load_params
 
 INTERIM = Path("data/interim")
@@ -24,15 +24,20 @@ SPLITS = Path("data/processed/sequences/patients.parquet")
 OUTCOMES = Path("data/processed/outcomes")
 OUT = Path("data/meds")
 PRED_OUT = Path("data/meds_predictions")
+PREDICTIONS = Path("data/predictions")
+
+
+def horizons() -> list[float]:
+    """The evaluation horizons the outcomes stage used (its time_bins.json)."""
+    return [float(h) for h in json.loads((OUTCOMES / "time_bins.json").read_text())["horizons"]]
 
 
 def dataset() -> None:
     outcome = load_params().outcome.name
-    horizons = read_bins(OUTCOMES)[1]
     t0 = time.perf_counter()
     with atomic_outputs(OUT) as (tmp,):
         info = write_meds(INTERIM, tmp, splits=SPLITS)
-        tasks = write_labels(OUTCOMES / "outcomes.parquet", horizons, tmp / TASK_LABELS, tmp,
+        tasks = write_labels(OUTCOMES / "outcomes.parquet", horizons(), tmp / TASK_LABELS, tmp,
                              outcome=outcome)
     write_json("metrics/export_meds.json", flat_metrics({
         "subjects": info["subjects"], "rows": info["rows"], "codes": info["codes"],
@@ -41,13 +46,26 @@ def dataset() -> None:
           f"in {time.perf_counter() - t0:.1f} s")
 
 
-def predictions() -> None:
-    from ehrseq.evaluate.scoring import PREDICTIONS, find_predictions, prediction_outputs
+def survival_predictions() -> dict[str, Path]:
+    """Model name → its test survival predictions (npz with index, landmark_visits, surv,
+    times) under data/predictions; multi-label files (trajectory) are not survival tasks."""
+    import numpy as np
 
+    found: dict[str, Path] = {}
+    for f in sorted(PREDICTIONS.rglob("*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            if not {"index", "surv", "times"} <= set(z.files):  # landmark_visits: checked later
+                continue
+        if f.stem in found:
+            raise InputError(f"{f}: model name {f.stem!r} is also {found[f.stem]}")
+        found[f.stem] = f
+    return found
+
+
+def predictions() -> None:
     outcome = load_params().outcome.name
-    horizons = read_bins(OUTCOMES)[1]
-    surv, _ = find_predictions(PREDICTIONS, only=prediction_outputs(PREDICTIONS))
-    counts = write_predictions(surv, OUTCOMES / "outcomes.parquet", horizons, PRED_OUT, OUT,
+    surv = survival_predictions()
+    counts = write_predictions(surv, OUTCOMES / "outcomes.parquet", horizons(), PRED_OUT, OUT,
                                outcome=outcome)
     write_json("metrics/export_meds_predictions.json", flat_metrics({"rows": counts}))
     print(f"export_meds predictions: {len(surv)} models x {len(counts)} tasks")

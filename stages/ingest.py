@@ -1,10 +1,11 @@
-"""Stage `ingest`: data/raw/synthea (Synthea CSV) → data/interim/{events,patients,dropped_rows}.parquet."""
+"""Stage `ingest`: data/raw/synthea (Synthea CSV, or a MEDS dataset: docs/meds.md) →
+data/interim/{events,patients,dropped_rows}.parquet."""
 
 import logging
 import time
 from pathlib import Path
 
-from ehrseq.data.ingest import ingest
+from ehrseq.data.meds import ingest_source
 from ehrseq.io import atomic_outputs, run_stage, write_json
 from ehrseq.params import load_params
 from ehrseq.plots import histogram
@@ -18,7 +19,7 @@ def main() -> None:
     t0 = time.time()
     with atomic_outputs(OUT) as (tmp,):
         tmp.mkdir()
-        res = ingest(RAW, tmp, on_bad_rows=params.data.on_bad_rows)
+        res = ingest_source(RAW, tmp, on_bad_rows=params.data.on_bad_rows)  # CSV or MEDS
     metrics = {
         "patients": res.patients,
         "events": res.events,

@@ -202,15 +202,23 @@ def test_round_trip_gives_csv_events_sequences_and_outcomes(cohorts, name, tmp_p
                                                       outcome))
 
 
-def test_ingest_reads_a_meds_root_as_its_source(dbt, tmp_path):
-    """data.source: a MEDS root reaches ingest() (the stage's entry) and gives read_meds'
-    output; a Synthea CSV folder still goes the CSV way."""
-    out = tmp_path / "out"
-    out.mkdir()
-    ingest(dbt.meds, out)
-    pd.testing.assert_frame_equal(pd.read_parquet(dbt.interim / "patients.parquet"),
-                                  pd.read_parquet(out / "patients.parquet"))
-    assert M.is_meds_root(dbt.meds) and not M.is_meds_root(export_dir("dbt-synthea-v3.0"))
+def test_ingest_stage_reader_takes_meds_or_csv(dbt, tmp_path):
+    """The ingest stage reads through ingest_source: a MEDS root goes the MEDS way, a Synthea
+    CSV export (or Synthea's output root, whose metadata/ holds JSON run records) the CSV way."""
+    for src in (dbt.meds, export_dir("dbt-synthea-v3.0")):
+        out = tmp_path / src.name
+        out.mkdir()
+        M.ingest_source(src, out)
+        pd.testing.assert_frame_equal(pd.read_parquet(dbt.interim / "patients.parquet"),
+                                      pd.read_parquet(out / "patients.parquet"))
+    synthea_root = tmp_path / "output"
+    (synthea_root / "metadata").mkdir(parents=True)
+    (synthea_root / "metadata" / "2024_run.json").write_text("{}")
+    shutil.copytree(export_dir("dbt-synthea-v3.0"), synthea_root / "csv")
+    assert M.is_meds_root(dbt.meds) and not M.is_meds_root(synthea_root)
+    assert not M.is_meds_root(export_dir("dbt-synthea-v3.0"))
+    assert tuple(EVENT_COLUMNS) == tuple(pd.read_parquet(tmp_path / "meds" / "events.parquet")
+                                         .columns)
 
 
 # --------------------------------------------------------------------------- foreign MEDS
@@ -227,11 +235,11 @@ def test_reads_meds_testing_helpers_static_sample(tmp_path):
         M.read_meds(root, tmp_path / "strict")
     assert not (tmp_path / "strict").exists()
     with pytest.raises(InputError, match="codes.parquet"):  # the DAG with on_bad_rows: error
-        ingest(root, tmp_path, on_bad_rows="error")
+        M.ingest_source(root, tmp_path, on_bad_rows="error")
 
     out = tmp_path / "out"
     out.mkdir()
-    res = ingest(root, out)  # the DAG's default (on_bad_rows: drop) keeps unknown codes
+    res = M.ingest_source(root, out)  # the DAG's default (on_bad_rows: drop) keeps them
     ev = pd.read_parquet(out / "events.parquet")
     pats = pd.read_parquet(out / "patients.parquet").set_index("patient")
     assert res.patients == 6 and res.dropped == {}
@@ -293,7 +301,7 @@ def test_generated_meds_dataset_runs_to_sequences_and_mortality(tmp_path):
     _generated_meds(root)
     interim = tmp_path / "interim"
     interim.mkdir()
-    res = ingest(root, interim)
+    res = M.ingest_source(root, interim)
     raw = pd.concat([pd.read_parquet(s) for s in shards(root)])
     assert res.patients == raw["subject_id"].nunique() == 80
     dead = set(raw.loc[raw["code"] == meds.death_code, "subject_id"].astype(str))
@@ -474,7 +482,7 @@ def test_predictions_in_meds_evaluation_format(unmc, tmp_path):
         p = pq.read_table(tmp_path / "pred" / name / "expo.parquet")
         PredictionSchema.validate(p)
         assert counts[name] == {"km": int(lab.sum()), "expo": int(lab.sum())}
-        want = 1 - survival_at(expo[lab], times, h)
+        want = 1 - survival_at(expo[lab], times, h)  # the evaluate stage's reading
         np.testing.assert_allclose(p["predicted_boolean_probability"].to_numpy(), want,
                                    rtol=1e-6)
         res = evaluate_binary_classification(pl.read_parquet(tmp_path / "pred" / name /

@@ -139,13 +139,6 @@ def ingest(src: str | Path, out_dir: str | Path, on_bad_rows: str = "drop",
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
         raise InputError(f"{src}: not a directory; expected a Synthea CSV export directory")
-    if not (src / "patients.csv").is_file():
-        from .meds import ingest_meds, is_meds_root
-
-        if is_meds_root(src):  # a MEDS dataset (data/ shards + metadata/): docs/meds.md
-            return ingest_meds(src, out_dir, on_bad_rows=on_bad_rows,
-                               unknown_codes="error" if on_bad_rows == "error" else "keep",
-                               memory_limit=memory_limit, threads=threads)
     for f in REQUIRED_FILES:
         if not (src / f).is_file():
             raise InputError(f"{src}: required file {f} is missing "

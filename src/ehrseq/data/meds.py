@@ -6,7 +6,8 @@
   ``metadata/subject_ids.parquet`` (Synthea patient id → ``subject_id``).
 - :func:`read_meds` / :func:`ingest_meds`: a MEDS dataset root (ours or anyone's) → the ingest
   contract (:data:`ehrseq.data.ingest.EVENT_COLUMNS`, patients, dropped_rows), so every later
-  stage runs unchanged. ``ehrseq.data.ingest.ingest`` calls it when its source is a MEDS root.
+  stage runs unchanged. The ingest stage reads through :func:`ingest_source`: a MEDS root
+  goes this way, a Synthea CSV export the CSV way.
 - :func:`write_labels`, :func:`write_predictions`: task labels in the MEDS label schema and test
   predictions in meds-evaluation's format (``predicted_boolean_probability``).
 
@@ -36,6 +37,8 @@ import pyarrow.parquet as pq
 
 from ..io import InputError, atomic_outputs
 from ..params import EVENT_KINDS
+from .ingest import EVENT_COLUMNS, IngestResult, ingest
+from .visits import known_time_sql
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +360,19 @@ def _parse_code(code: str, own: bool, kind_map: Mapping[str, str], default_kind:
     return kind, "MEDS", code
 
 
+def ingest_source(src: str | Path, out_dir: str | Path, on_bad_rows: str = "drop",
+                  **kw) -> IngestResult:
+    """The ingest stage's reader: a MEDS root (:func:`is_meds_root`) → :func:`ingest_meds`,
+    anything else → the Synthea CSV ingest (:func:`ehrseq.data.ingest.ingest`). A MEDS
+    codes.parquet that misses codes is an error with ``on_bad_rows: error``; with ``drop``
+    the codes are kept (a warning; many MEDS ETLs list only the codes they can describe)."""
+    src = Path(src)
+    if src.is_dir() and not (src / "patients.csv").is_file() and is_meds_root(src):
+        kw.setdefault("unknown_codes", "error" if on_bad_rows == "error" else "keep")
+        return ingest_meds(src, out_dir, on_bad_rows=on_bad_rows, **kw)
+    return ingest(src, out_dir, on_bad_rows=on_bad_rows, **kw)
+
+
 def read_meds(root: str | Path, out_dir: str | Path, **kw):
     """A MEDS dataset at ``root`` → ``out_dir`` (events/patients/dropped_rows.parquet, the
     ingest contract), atomically: on any error nothing is left at ``out_dir``. Keywords as
@@ -451,9 +467,6 @@ def _check_layout(con, root: Path) -> None:
 def _ingest_meds(con, root: Path, shards: list[Path], cols: set[str], out: Path,
                  on_bad_rows: str, unknown_codes: str, kmap: dict, default_kind: str,
                  visits: str):
-    from .ingest import EVENT_COLUMNS, IngestResult
-    from .visits import known_time_sql
-
     meds = _meds()
     files = "[" + ", ".join(_lit(s) for s in shards) + "]"
     enc_col = next((c for c in ENCOUNTER_COLUMNS if c in cols), None)
@@ -715,6 +728,14 @@ def write_labels(outcomes_parquet: str | Path, horizons, out_dir: str | Path, id
     return counts
 
 
+def _survival_at(surv, times, t: float) -> np.ndarray:
+    """S(t) read off a stored curve as a step, as ``ehrseq.survival.curves.survival_at`` does
+    (1 before the first time; tested equal): kept here so the ingest stage, which imports this
+    module, does not depend on the survival code."""
+    k = int(np.searchsorted(np.asarray(times, float), t, side="right"))
+    return np.ones(len(surv)) if k == 0 else np.asarray(surv, float)[:, k - 1]
+
+
 def write_predictions(predictions: Mapping[str, str | Path], outcomes_parquet: str | Path,
                       horizons, out_dir: str | Path, id_map, outcome: str = "outcome") -> dict:
     """Each model's test predictions for the tasks of :func:`write_labels`, in meds-evaluation's
@@ -726,30 +747,31 @@ def write_predictions(predictions: Mapping[str, str | Path], outcomes_parquet: s
     landmarks of outcomes.parquet, matched as the evaluate stage matches them
     (``Outcomes.align``: patient row and landmark); censored ones dropped.
     """
-    from ..evaluate.scoring import Outcomes
-    from ..survival.curves import survival_at
-
-    outcomes_parquet = Path(outcomes_parquet)
     t = pd.read_parquet(outcomes_parquet)
     test = t[t["split"] == "test"].reset_index(drop=True)
-    o = Outcomes.load(outcomes_parquet.parent)  # the evaluate stage's rows and alignment
+    key = pd.MultiIndex.from_arrays([test["index"], test["landmark_visits"]])
     ids = _load_id_map(id_map)
     counts: dict = {}
     with atomic_outputs(out_dir) as (tmp,):
         tmp.mkdir()
         for model, path in sorted(predictions.items()):
             with np.load(path, allow_pickle=False) as z:
-                miss = {"index", "surv", "times"} - set(z.files)
+                miss = {"index", "landmark_visits", "surv", "times"} - set(z.files)
                 if miss:
                     raise InputError(f"{path}: arrays {sorted(miss)} missing; expected "
                                      "index, landmark_visits, surv, times (survival predictions)")
-                pos = o.align(Path(path), z)
+                # as the evaluate stage (Outcomes.align): (patient row, landmark visits)
+                pos = pd.MultiIndex.from_arrays([z["index"], z["landmark_visits"]]) \
+                    .get_indexer(key)
                 surv, times = z["surv"], z["times"]
+            if (pos < 0).any():
+                raise InputError(f"{path}: predictions miss {int((pos < 0).sum())} test "
+                                 "landmarks of outcomes.parquet; re-run the stage that wrote it")
             for h in horizons:
                 name = task_name(outcome, h)
                 tbl, _ = _label_table(test, ids, float(h), outcomes_parquet)
                 keep, _ = _label_rows(test, float(h))
-                risk = 1.0 - survival_at(surv[pos[keep.to_numpy()]], times, float(h))
+                risk = 1.0 - _survival_at(surv[pos[keep.to_numpy()]], times, float(h))
                 # no decision threshold is ours to choose: the value column is present (the
                 # meds-evaluation CLI reads it) and null, so it scores the probabilities only
                 tbl = tbl.append_column("predicted_boolean_value", pa.nulls(len(risk), pa.bool_()))
