@@ -221,6 +221,23 @@ def test_ingest_stage_reader_takes_meds_or_csv(dbt, tmp_path):
                                          .columns)
 
 
+def test_copy_meds_root_for_the_synthesize_stage(dbt, tmp_path):
+    """data.source: a MEDS root is copied into data/raw/synthea as it is (data/, metadata/)."""
+    src = tmp_path / "src"
+    shutil.copytree(dbt.meds, src)
+    (src / M.TASK_LABELS).mkdir()
+    stats = M.copy_meds_root(src, tmp_path / "raw")
+    assert stats.rows["patients.csv"] == dbt.info["subjects"]
+    assert stats.rows["meds_rows"] == dbt.info["rows"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["data", "metadata"]
+    out = tmp_path / "out"
+    out.mkdir()
+    M.ingest_source(tmp_path / "raw", out)
+    cols = ["patient", "time", "code"]
+    pd.testing.assert_frame_equal(pd.read_parquet(dbt.interim / "events.parquet")[cols],
+                                  pd.read_parquet(out / "events.parquet")[cols])
+
+
 # --------------------------------------------------------------------------- foreign MEDS
 
 
