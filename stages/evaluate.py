@@ -16,6 +16,7 @@ from ehrseq.evaluate.report import (  # noqa: E402
     ORACLE_NOTE,
     collect,
     comparisons_markdown,
+    headroom,
     machine,
     paired_comparisons,
     to_markdown,
@@ -103,6 +104,7 @@ def main() -> None:
         for r in pairs:
             for k in ("delta", "lo", "hi", "p_not_better"):
                 flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
+        flat.update(headroom(pairs, flat.get("best_count.model")))
         forest(rows, out / "cindex.png")
         params_vs_c(rows, out / "params_vs_cindex.png")
         (out / "report.md").write_text(
@@ -113,6 +115,9 @@ def main() -> None:
                f"**{flat['best_count.model']}** (test C = {flat['best_count.c_harrell']:.3f}); "
                "every neural model is compared with it below. "
                if flat.get("best_count.model") else "")
+            + (f"Headroom (oracle C minus the best count model's, paired): "
+               f"**{flat['headroom']:+.3f}** [{flat['headroom_lo']:+.3f}, "
+               f"{flat['headroom_hi']:+.3f}]. " if "headroom" in flat else "")
             + f"Test split: {flat['test.patients']} patients, {flat['test.landmarks']} "
             f"landmarks, {flat['test.events']} events. GPU price for costs: "
             f"${rep.gpu_hourly_usd}/h. Machine: {machine()}.\n\n"

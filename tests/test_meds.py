@@ -24,6 +24,7 @@ from conftest import export_dir
 from ehrseq.data import meds as M
 from ehrseq.data.ingest import EVENT_COLUMNS, ingest
 from ehrseq.data.sequences import build_sequences
+from ehrseq.data.synthesize import copy_meds_root, is_meds_root
 from ehrseq.io import InputError
 from ehrseq.params import OutcomeParams, SequencesParams
 
@@ -215,8 +216,8 @@ def test_ingest_stage_reader_takes_meds_or_csv(dbt, tmp_path):
     (synthea_root / "metadata").mkdir(parents=True)
     (synthea_root / "metadata" / "2024_run.json").write_text("{}")
     shutil.copytree(export_dir("dbt-synthea-v3.0"), synthea_root / "csv")
-    assert M.is_meds_root(dbt.meds) and not M.is_meds_root(synthea_root)
-    assert not M.is_meds_root(export_dir("dbt-synthea-v3.0"))
+    assert is_meds_root(dbt.meds) and not is_meds_root(synthea_root)
+    assert not is_meds_root(export_dir("dbt-synthea-v3.0"))
     assert tuple(EVENT_COLUMNS) == tuple(pd.read_parquet(tmp_path / "meds" / "events.parquet")
                                          .columns)
 
@@ -226,7 +227,7 @@ def test_copy_meds_root_for_the_synthesize_stage(dbt, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(dbt.meds, src)
     (src / M.TASK_LABELS).mkdir()
-    stats = M.copy_meds_root(src, tmp_path / "raw")
+    stats = copy_meds_root(src, tmp_path / "raw")
     assert stats.rows["patients.csv"] == dbt.info["subjects"]
     assert stats.rows["meds_rows"] == dbt.info["rows"]
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["data", "metadata"]

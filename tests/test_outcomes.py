@@ -341,3 +341,74 @@ def test_horizons_fitted_to_the_outcome(cohort, synth, tmp_path):
     assert fixed.metrics["horizons"] == [30.0, 365.0] and not fixed.metrics["horizons_fitted"]
     with pytest.raises(ValueError, match="horizons must be null"):
         OutcomeParams(horizons=[])
+
+
+def test_lab_outcome_egfr_below_60(tmp_path):
+    """lab_below:<LOINC>:<value>: the first value under the threshold known after the landmark;
+    landmarks with one known at or before it are excluded; unmeasured: censored at the end of
+    record."""
+    from ehrseq.outcomes.real import lab
+
+    day = pd.Timedelta(days=1)
+    t0 = pd.Timestamp("1970-01-01", tz="UTC")
+    # patient a: eGFR 80 (day 10), 55 (day 50), 40 (day 70); b: 90 (day 20); c: none
+    ev = pd.DataFrame({"patient": ["a", "a", "a", "b", "a"],
+                       "kind": ["observation"] * 4 + ["condition"],
+                       "code": ["33914-3"] * 4 + ["33914-3"],
+                       "value": [80.0, 55.0, 40.0, 90.0, 10.0],
+                       "known_time": [t0 + d * day for d in (10, 50, 70, 20, 5)],
+                       "description": "eGFR"})
+    ev.to_parquet(tmp_path / "events.parquet")
+    lm = Landmarks(index=np.array([0, 0, 0, 1, 2]),
+                   landmark_time=np.array([5.0, 30.0, 60.0, 30.0, 30.0]),
+                   landmark_visits=np.array([2, 3, 4, 2, 2]))
+    eor = np.array([100.0, 200.0, 300.0])
+    dur, event, keep, why = lab(tmp_path / "events.parquet", ["a", "b", "c"], lm, "33914-3",
+                               "below", 60.0, eor)
+    assert list(keep) == [True, True, False, True, True] and why == "33914-3_below_60_at_landmark"
+    assert list(event) == [1, 1, 0, 0, 0]
+    np.testing.assert_allclose(dur[[0, 1, 3, 4]], [45.0, 20.0, 170.0, 270.0])
+    _, event_above, keep_above, _ = lab(tmp_path / "events.parquet", ["a", "b", "c"], lm,
+                                        "33914-3", "above", 85.0, eor)
+    assert list(keep_above) == [True, True, True, False, True]
+    assert list(event_above) == [0, 0, 0, 0, 0]
+    with pytest.raises(InputError, match=r"no numeric observation 33914-3 below -5.*33914-3"):
+        lab(tmp_path / "events.parquet", ["a", "b", "c"], lm, "33914-3", "below", -5.0, eor)
+    with pytest.raises(ValueError, match="lab_below:<LOINC code>:<value>"):
+        OutcomeParams(name="lab_below:33914-3")
+    assert OutcomeParams(name="lab_below:33914-3:60").name == "lab_below:33914-3:60"
+
+
+def test_sequential_scenario_features_by_hand():
+    """The positive control's features (order, SBP trend, visit gap, within-visit interaction)
+    on one hand-made patient; and a clear error without lab-value tokens."""
+    from ehrseq.outcomes.synthetic import sequential_effects
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = specials + [f"LOINC/8480-6:q{i}" for i in range(5)] + \
+        [f"LOINC/39156-5:q{i}" for i in range(5)] + ["SNOMED-CT/1"]
+    sbp = {i: 5 + i for i in range(5)}
+    bmi = {i: 10 + i for i in range(5)}
+    # visits at days 0, 100, 300, 310: (SBP, BMI) bins (1, 4), (4, 1), (2, 4), (3, 4)
+    visits = [[sbp[1], bmi[4]], [sbp[4], bmi[1]], [sbp[2], bmi[4], 15], [sbp[3], bmi[4]]]
+    codes = np.array([c for v in visits for c in v], np.int32)
+    vo = np.cumsum([0] + [len(v) for v in visits]).astype(np.int64)
+    seqs = Sequences(codes=codes, visit_offsets=vo, patient_offsets=np.array([0, 4], np.int64),
+                     visit_time=np.array([0.0, 100.0, 300.0, 310.0]),
+                     visit_age=np.zeros(4, np.float32),
+                     patients=pd.DataFrame({"patient": ["a"]}),
+                     vocab={"tokens": tokens, "counts": [0] * len(tokens), "specials": specials})
+    lm = Landmarks(index=np.array([0, 0, 0]), landmark_time=np.array([100.0, 300.0, 310.0]),
+                   landmark_visits=np.array([2, 3, 4]), input_visits=np.array([2, 3, 2]))
+    X, absent = sequential_effects(seqs, lm)
+    # high = bins >= 3. Landmark 1 (visits 0-1): BMI high at day 0, SBP high at day 100 -> +1;
+    # trend 4 - 1; gap 100; no visit with both high
+    # landmark 2 (visits 0-2): same order, trend 2 - 4, gap 200, none both high
+    # landmark 3 (window: visits 2-3 only): SBP high first at 310, BMI at 300 -> +1;
+    # trend 3 - 2; gap 10; visit 3 has both high
+    np.testing.assert_allclose(X, [[1, 3, -np.log(101), 0], [1, -2, -np.log(201), 0],
+                                   [1, 1, -np.log(11), 1]])
+    assert not any(absent.values())
+    seqs.vocab["tokens"] = specials + [f"LOINC/8480-6/{i}" for i in range(10)] + ["S/1"]
+    with pytest.raises(InputError, match="sequences.numeric_bins > 0"):
+        sequential_effects(seqs, lm)

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ehrseq.evaluate.report import collect, comparisons_markdown, paired_comparisons, to_markdown
+from ehrseq.evaluate.report import (
+    collect,
+    comparisons_markdown,
+    headroom,
+    paired_comparisons,
+    to_markdown,
+)
 from ehrseq.evaluate.scoring import Outcomes, find_predictions, gpu_cost, score_all
 from ehrseq.evaluate.survival import harrell_c, risk_score
 from ehrseq.io import InputError
@@ -106,8 +112,8 @@ def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path
     n = 200
     true_risk = rng.standard_normal(n)
     duration = rng.exponential(300 * np.exp(-true_risk)) + 1
-    table = pd.DataFrame({"index": np.arange(n), "landmark_visits": np.full(n, 2), "split": np.where(np.arange(n) < 100,
-                                                                   "train", "test"),
+    table = pd.DataFrame({"index": np.arange(n), "landmark_visits": np.full(n, 2),
+                          "split": np.where(np.arange(n) < 100, "train", "test"),
                           "duration": duration, "event": np.ones(n, int),
                           "true_risk": true_risk})
     out = tmp_path / "outcomes"
@@ -128,6 +134,11 @@ def test_every_model_is_compared_with_the_oracle_on_a_synthetic_outcome(tmp_path
     assert by[("cox", "oracle")]["delta"] == pytest.approx(0.0)      # the true ranking itself
     km = by[("km", "oracle")]
     assert km["hi"] < 0 and "**b better**" in comparisons_markdown(rows)   # KM is below it
+    # headroom: oracle minus the best count model, with the negated paired interval
+    assert headroom(rows, "cox") == {"headroom": 0.0, "headroom_lo": 0.0, "headroom_hi": 0.0}
+    h = headroom(rows, "km")
+    assert h["headroom"] == pytest.approx(-km["delta"]) and h["headroom_lo"] == -km["hi"] > 0
+    assert headroom(rows, None) == {}
     table.drop(columns="true_risk").to_parquet(out / "outcomes.parquet")  # a real outcome
     metrics, rows = compare(preds, out, 10)
     assert "oracle.c_harrell" not in metrics and not [r for r in rows if r["b"] == "oracle"]

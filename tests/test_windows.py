@@ -27,8 +27,37 @@ def brute(seqs, index, lm, keep, t0, windows):
 
 
 @pytest.mark.parametrize("windows", [(30.0, 365.0), (7.0,)])
+def value_brute(seqs, index, lm, keep, t0):
+    """Last value and 365-day mean (as bin + 1) of each numeric code, by a loop."""
+    from ehrseq.data.windows import value_tokens
+
+    code_of, bin_of, names = value_tokens(seqs.vocab["tokens"])
+    K = len(names)
+    last = np.zeros((len(index), K))
+    best = np.full((len(index), K), np.inf)
+    tot, cnt = np.zeros((len(index), K)), np.zeros((len(index), K))
+    for i, (p, k, w, t) in enumerate(zip(index, lm, keep, t0, strict=True)):
+        first_visit = seqs.patient_offsets[p]
+        for v in range(first_visit + k - w, first_visit + k):
+            age = max(t - seqs.visit_time[v], 0.0)
+            for c in seqs.codes[seqs.visit_offsets[v]:seqs.visit_offsets[v + 1]]:
+                j = code_of[c]
+                if j < 0:
+                    continue
+                if age < best[i, j]:       # ties: the first in (visit, token) order
+                    best[i, j], last[i, j] = age, bin_of[c]
+                if age <= 365:
+                    tot[i, j] += bin_of[c]
+                    cnt[i, j] += 1
+    return np.hstack([last, np.divide(tot, cnt, out=np.zeros_like(tot), where=cnt > 0)])
+
+
+@pytest.mark.parametrize("windows", [(30.0, 365.0), (7.0,)])
 def test_matches_a_loop_over_events(windows):
     seqs = toy_sequences(60, vocab_size=25, max_visits=9, max_codes=4, seed=4)
+    for i, name in zip(range(10, 16), ["L/a:q0", "L/a:q1", "L/a:q2", "L/b:q0", "L/b:q3",
+                                        "L/c"], strict=True):
+        seqs.vocab["tokens"][i] = name            # two numeric codes a, b; c is a plain code
     rng = np.random.default_rng(0)
     index = rng.choice(seqs.n_patients, 40)
     index = index[seqs.n_visits[index] >= 1]
@@ -37,10 +66,13 @@ def test_matches_a_loop_over_events(windows):
     last = seqs.patient_offsets[index] + lm - 1
     t0 = seqs.visit_time[last] + rng.uniform(0, 60, len(index))    # landmark after the visit
     got = window_features(seqs, index, lm, keep, t0, windows).toarray()
-    want = brute(seqs, index, lm, keep, t0, windows)
+    want = np.hstack([brute(seqs, index, lm, keep, t0, windows),
+                      value_brute(seqs, index, lm, keep, t0)])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    names = window_feature_names([f"t{i}" for i in range(25)], windows)
-    assert len(names) == got.shape[1] and names[-1] == "recency:t24"
+    assert (want[:, -4:] > 0).any() and (want[:, -4:] % 1 != 0).any()   # values, means
+    names = window_feature_names(seqs.vocab["tokens"], windows)
+    assert len(names) == got.shape[1] and names[-4:] == ["last_value:L/a", "last_value:L/b",
+                                                           "mean_365d:L/a", "mean_365d:L/b"]
 
 
 def test_only_the_input_window_counts():

@@ -71,9 +71,11 @@ class SequencesParams(_Section):
         default_factory=lambda: ["condition", "medication", "procedure", "observation",
                                  "immunization", "allergy", "careplan", "device"]
     )
-    numeric_bins: int = Field(0, ge=0, le=100)
+    numeric_bins: int = Field(5, ge=0, le=100)
     """0: observations become their LOINC code only; N>0: numeric observations become
-    ``LOINC/<code>:q<i>`` tokens with N quantile bins fitted on the training split."""
+    ``LOINC/<code>:q<i>`` tokens with N quantile bins fitted on the training split: lab values
+    reach every model (at most N tokens per code: the vocabulary stays bounded), and the count
+    models get each code's last value and 365-day mean (docs/outcomes.md)."""
     min_count: int = Field(2, ge=1)
     max_vocab: int = Field(20_000, ge=10)
     max_visits: int = Field(512, ge=1)
@@ -107,6 +109,12 @@ class LandmarkParams(_Section):
 
 
 class SyntheticParams(_Section):
+    scenario: Literal["additive", "sequential"] = "additive"
+    """``additive`` (negative control): risk additive in the presence of codes, which counts
+    reach (the best count model should sit at the oracle). ``sequential`` (positive control):
+    risk in the order of events, a lab value's trend, the gap between visits and a
+    within-visit interaction, which counts do not reach (needs sequences.numeric_bins > 0).
+    The math: docs/outcomes.md."""
     signal: float = Field(1.0, ge=0.0, le=10.0)
     """Multiplies every effect on the log-hazard; 0 gives pure noise (oracle C = 0.5)."""
     n_subtypes: int = 4
@@ -175,11 +183,13 @@ class OutcomeParams(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if v in ("synthetic", "mortality") or re.fullmatch(r"onset:[0-9A-Za-z.\-]+", v):
+        if v in ("synthetic", "mortality") or re.fullmatch(r"onset:[0-9A-Za-z.\-]+", v) or \
+                re.fullmatch(r"lab_(below|above):[0-9A-Za-z.\-]+:-?[0-9]+(\.[0-9]+)?", v):
             return v
         raise ValueError(
-            f"unknown outcome {v!r}; accepted: 'synthetic', 'mortality', 'onset:<SNOMED code>'"
-        )
+            f"unknown outcome {v!r}; accepted: 'synthetic', 'mortality', 'onset:<SNOMED code>', "
+            "'lab_below:<LOINC code>:<value>', 'lab_above:<LOINC code>:<value>' (e.g. "
+            "'lab_below:33914-3:60', eGFR falling below 60: chronic kidney disease stage 3)")
 
 
 SIZES = ("small", "medium", "large")

@@ -22,9 +22,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import pyarrow.parquet as pq
 from ..io import InputError, atomic_outputs
 from ..params import EVENT_KINDS
 from .ingest import EVENT_COLUMNS, IngestResult, ingest
+from .synthesize import is_meds_root, meds_shards
 from .visits import known_time_sql
 
 log = logging.getLogger(__name__)
@@ -287,26 +286,6 @@ def _write_meds(interim: Path, out: Path, split_of, dataset_name: str, per_shard
 # --------------------------------------------------------------------------- import
 
 
-def is_meds_root(path: str | Path) -> bool:
-    """A MEDS dataset root: ``metadata/`` holding MEDS metadata (dataset.json or
-    codes.parquet), or ``data/`` holding parquet shards beside a ``metadata/``. (A Synthea
-    output root also has a ``metadata/`` folder, of JSON run records only.)"""
-    p = Path(path)
-    if not (p / "metadata").is_dir():
-        return False
-    meta = any((p / f).is_file() for f in ("metadata/dataset.json", "metadata/codes.parquet"))
-    return meta or ((p / "data").is_dir() and any((p / "data").rglob("*.parquet")))
-
-
-def _shards(root: Path) -> list[Path]:
-    data = root / "data"
-    if not data.is_dir():
-        raise InputError(f"{data}: missing; a MEDS dataset root holds data/ (parquet shards, "
-                         "meds.DataSchema) and metadata/")
-    shards = sorted(data.rglob("*.parquet"))
-    if not shards:
-        raise InputError(f"{data}: no parquet shards (data/*.parquet or data/<split>/*.parquet)")
-    return shards
 
 
 _TYPES = {
@@ -413,7 +392,7 @@ def ingest_meds(root: str | Path, out_dir: str | Path, on_bad_rows: str = "drop"
                          f"{list(OWN_KINDS)}")
     if not root.is_dir():
         raise InputError(f"{root}: not a directory; expected a MEDS dataset root")
-    shards = _shards(root)
+    shards = meds_shards(root)
     cols: set[str] | None = None
     for s in shards:
         names = _check_schema(s)
@@ -640,27 +619,6 @@ def _ingest_meds(con, root: Path, shards: list[Path], cols: set[str], out: Path,
                      "max_days_known_after_own_time": round(float(later[2]), 3)},
     )
 
-
-def copy_meds_root(source: str | Path, out_dir: str | Path):
-    """Copy a MEDS root's ``data/`` shards and ``metadata/`` into ``out_dir`` (the synthesize
-    stage's raw copy; task labels are not data). Returns ``fhir.FlattenStats`` whose
-    ``patients.csv`` entry counts subjects, as the stage reports patients under that key."""
-    from .fhir import FlattenStats
-
-    source, out_dir = Path(source), Path(out_dir)
-    shards = _shards(source)
-    for s in shards:
-        dst = out_dir / s.relative_to(source)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(s, dst)
-    if (source / "metadata").is_dir():
-        shutil.copytree(source / "metadata", out_dir / "metadata", dirs_exist_ok=True)
-    con = duckdb.connect()
-    files = "[" + ", ".join(_lit(s) for s in shards) + "]"
-    subjects, rows = con.execute(f"SELECT count(DISTINCT subject_id), count(*) "
-                                 f"FROM read_parquet({files}, union_by_name=true)").fetchone()
-    con.close()
-    return FlattenStats(Counter({"patients.csv": int(subjects), "meds_rows": int(rows)}))
 
 
 # --------------------------------------------------------------------------- labels

@@ -44,7 +44,8 @@ FILES_PER_BATCH = 20
 
 ACCEPTED_SOURCES = (
     "accepted: 'generate', a Synthea CSV export directory (with patients.csv, or csv/"
-    "patients.csv) or a directory of Synthea FHIR R4 bundles (*.json, e.g. Synthea's fhir/)"
+    "patients.csv), a directory of Synthea FHIR R4 bundles (*.json, e.g. Synthea's fhir/) or "
+    "a MEDS dataset root (data/ parquet shards and metadata/)"
 )
 
 # Set once in each worker process by _init_generator.
@@ -219,8 +220,9 @@ def import_source(source_path: str | Path, out_csv_dir: str | Path, workers: int
     """Bring a user's Synthea data into ``out_csv_dir`` as Synthea CSV files.
 
     A directory with ``patients.csv`` (or ``csv/patients.csv``, Synthea's output root) is a
-    CSV export: every ``*.csv`` in it is copied unchanged (any Synthea 2.x/3.x file set). A
-    directory with ``*.json`` files (searched recursively) holds FHIR R4 bundles, which are
+    CSV export: every ``*.csv`` in it is copied unchanged (any Synthea 2.x/3.x file set). A MEDS
+    dataset root (:func:`ehrseq.data.meds.is_meds_root`) is copied for the ingest stage to read.
+    A directory with ``*.json`` files (searched recursively) holds FHIR R4 bundles, which are
     flattened. Anything else raises :class:`InputError`.
     """
     source, out_csv_dir = Path(source_path), Path(out_csv_dir)
@@ -232,8 +234,57 @@ def import_source(source_path: str | Path, out_csv_dir: str | Path, workers: int
     for csv_dir in (source, source / "csv"):
         if (csv_dir / "patients.csv").is_file():
             return _copy_csv_export(csv_dir, out_csv_dir)
+    if is_meds_root(source):       # before the *.json search: metadata/dataset.json
+        return copy_meds_root(source, out_csv_dir)
     bundles = _bundle_files(source)
     if bundles:
         return _flatten_folder(bundles, out_csv_dir, workers, progress)
     raise InputError(f"data.source: {source} holds neither patients.csv nor *.json FHIR "
                      f"bundles; {ACCEPTED_SOURCES}")
+
+
+# --------------------------------------------------------------------------- MEDS roots
+
+
+def is_meds_root(path: str | Path) -> bool:
+    """A MEDS dataset root: ``metadata/`` holding MEDS metadata (dataset.json or
+    codes.parquet), or ``data/`` holding parquet shards beside a ``metadata/``. (A Synthea
+    output root also has a ``metadata/`` folder, of JSON run records only.)"""
+    p = Path(path)
+    if not (p / "metadata").is_dir():
+        return False
+    meta = any((p / f).is_file() for f in ("metadata/dataset.json", "metadata/codes.parquet"))
+    return meta or ((p / "data").is_dir() and any((p / "data").rglob("*.parquet")))
+
+
+def meds_shards(root: Path) -> list[Path]:
+    data = root / "data"
+    if not data.is_dir():
+        raise InputError(f"{data}: missing; a MEDS dataset root holds data/ (parquet shards, "
+                         "meds.DataSchema) and metadata/")
+    shards = sorted(data.rglob("*.parquet"))
+    if not shards:
+        raise InputError(f"{data}: no parquet shards (data/*.parquet or data/<split>/*.parquet)")
+    return shards
+
+
+def copy_meds_root(source: str | Path, out_dir: str | Path):
+    """Copy a MEDS root's ``data/`` shards and ``metadata/`` into ``out_dir`` (the synthesize
+    stage's raw copy; task labels are not data). Returns ``fhir.FlattenStats`` whose
+    ``patients.csv`` entry counts subjects, as the stage reports patients under that key."""
+    import duckdb
+
+    source, out_dir = Path(source), Path(out_dir)
+    shards = meds_shards(source)
+    for s in shards:
+        dst = out_dir / s.relative_to(source)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(s, dst)
+    if (source / "metadata").is_dir():
+        shutil.copytree(source / "metadata", out_dir / "metadata", dirs_exist_ok=True)
+    con = duckdb.connect()
+    files = "[" + ", ".join("'" + str(s).replace("'", "''") + "'" for s in shards) + "]"
+    subjects, rows = con.execute(f"SELECT count(DISTINCT subject_id), count(*) "
+                                 f"FROM read_parquet({files}, union_by_name=true)").fetchone()
+    con.close()
+    return fhir.FlattenStats(Counter({"patients.csv": int(subjects), "meds_rows": int(rows)}))

@@ -135,6 +135,16 @@ def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int,
     return rows
 
 
+def headroom(pairs: list[dict], best_count: str | None) -> dict:
+    """``headroom``: the oracle's Harrell's C minus the best count model's, on the same test
+    patients, with its paired interval (the negated ``best_count - oracle`` comparison): how
+    much a synthetic outcome leaves for sequence models to win. Empty without an oracle."""
+    for r in pairs:
+        if r["a"] == best_count and r["b"] == "oracle":
+            return {"headroom": -r["delta"], "headroom_lo": -r["hi"], "headroom_hi": -r["lo"]}
+    return {}
+
+
 def comparisons_markdown(rows: list[dict]) -> str:
     lines = ["| question | ΔC (Harrell) [95% paired CI] | resamples where a is not better |",
              "|---|---|---|"]

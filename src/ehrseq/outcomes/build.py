@@ -17,7 +17,7 @@ from ..params import OutcomeParams, SequencesParams
 from ..repro import km_median, round_days
 from ..survival.bins import fit_horizons, time_bins
 from .landmarks import COLUMNS, MIN_DURATION, choose_landmarks, days_since_epoch, input_window
-from .real import mortality, onset
+from .real import lab, mortality, onset
 from .synthetic import SyntheticResult, subtypes_and_risk, synthetic
 
 
@@ -59,6 +59,10 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
         if p.name == "mortality":
             death = days_since_epoch(pats["death_date"])
             dur, ev, keep, why = mortality(lm, death, eor)
+        elif p.name.startswith("lab_"):
+            kind, code, value = p.name.split(":")
+            dur, ev, keep, why = lab(interim / "events.parquet", pats["patient"], lm, code,
+                                     kind[len("lab_"):], float(value), eor)
         else:
             code = p.name.split(":", 1)[1]
             dur, ev, keep, why = onset(interim / "events.parquet", pats["patient"], lm, code,

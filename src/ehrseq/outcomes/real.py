@@ -6,6 +6,8 @@ patients stay eligible and the name under which the others are counted in the me
 
 - ``mortality``: the event is the death date (Synthea's DEATHDATE, 00:00 UTC) after the
   landmark. Landmarks need follow-up after them, so the dead have died after their landmark.
+- ``lab_below:<code>:<value>`` / ``lab_above:...``: a numeric observation crossing a threshold
+  (:func:`lab`), e.g. ``lab_below:33914-3:60``, eGFR below 60 (CKD stage 3).
 - ``onset:<code>``: the event is the first time a condition record with that SNOMED code
   became known (its ``known_time``: never before its encounter's start, see
   :mod:`ehrseq.data.visits`) after the landmark. Landmarks at which such a record was already
@@ -33,6 +35,53 @@ def mortality(lm: Landmarks, death_days, end_of_record):
     event = (death > lm.landmark_time).astype(np.int64)
     duration = np.where(event == 1, death, eor) - lm.landmark_time
     return duration, event, ~died_before, "died_before_landmark"
+
+
+def lab(events: str | Path, patient_ids, lm: Landmarks, code: str, op: str, threshold: float,
+        end_of_record):
+    """A numeric observation ``code`` crossing ``threshold`` (``op``: ``below`` / ``above``)
+    after the landmark, e.g. eGFR (LOINC 33914-3) below 60 mL/min/1.73 m², the threshold of
+    chronic kidney disease stage 3 that Synthea's kidney module announces by eGFR values. The
+    event is the first such value that became known after the landmark; landmarks at which one
+    was already known are excluded. A patient never measured after the landmark is censored at
+    the end of record, like every other outcome."""
+    import duckdb
+
+    events = Path(events)
+    if not events.is_file():
+        raise InputError(f"{events}: missing; run the ingest stage first")
+    cmp = "<" if op == "below" else ">"
+    con = duckdb.connect()
+    rows = con.execute(f"""
+        SELECT patient, epoch_us(CAST(known_time AS TIMESTAMPTZ)) AS t_us
+        FROM read_parquet({_lit(events)})
+        WHERE kind = 'observation' AND code = {_lit(code)} AND value IS NOT NULL
+              AND value {cmp} {float(threshold)!r}""").df()
+    if rows.empty:
+        top = con.execute(f"""
+            SELECT code, any_value(description) AS description, count(DISTINCT patient) AS n,
+                   min(value), max(value)
+            FROM read_parquet({_lit(events)}) WHERE kind = 'observation' AND value IS NOT NULL
+            GROUP BY code ORDER BY (code = {_lit(code)}) DESC, n DESC, code LIMIT 8""").fetchall()
+        con.close()
+        listing = "; ".join(f"{c} ({d}, {k} patients, {lo:.4g} to {hi:.4g})"
+                            for c, d, k, lo, hi in top)
+        raise InputError(f"outcome.name 'lab_{op}:{code}:{threshold:g}': no numeric "
+                         f"observation {code} {op} {threshold:g} in {events}; numeric "
+                         f"observations (patients, range): {listing or 'none'}")
+    con.close()
+    m = len(lm.index)
+    pidx = pd.Index(np.asarray(patient_ids)).get_indexer(rows["patient"])
+    rec, r = records_by_landmark(pidx, lm.index)
+    t = rows["t_us"].to_numpy(np.float64)[rec] / 86_400e6
+    pre = t <= lm.landmark_time[r]
+    known = np.bincount(r[pre], minlength=m) > 0
+    first = np.full(m, np.inf)
+    np.minimum.at(first, r[~pre], t[~pre])
+    eor = np.asarray(end_of_record, np.float64)[lm.index]
+    event = (np.isfinite(first) & ~known).astype(np.int64)
+    duration = np.where(event == 1, first, eor) - lm.landmark_time
+    return duration, event, ~known, f"{code}_{op}_{threshold:g}_at_landmark"
 
 
 def _lit(s) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..io import InputError
 from ..params import SyntheticParams
 from ..repro import libm_exp, libm_log, mean, round_days, round_decimals, standardise, weighted_sum
 from .landmarks import Landmarks, days_since_epoch, hash_uniform, landmark_ids, landmark_tokens
@@ -108,9 +109,9 @@ def _group_token_ids(vocab: dict) -> dict[str, list[int]]:
             for g, codes in CODES.items()}
 
 
-def named_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
-    """Feature matrix ``X`` [m, len(EFFECTS)] from the model inputs only, and per effect
-    whether its tokens are absent from the vocabulary (then its column is all 0)."""
+def _group_times(seqs, lm: Landmarks):
+    """Per landmark and code group of CODES, from the input window: (present, first time,
+    last time, group ids, the window's tokens as (token, row, visit))."""
     m = len(lm.index)
     gids = _group_token_ids(seqs.vocab)
     groups = list(CODES)
@@ -128,6 +129,15 @@ def named_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
     last = np.full((m, len(groups)), -np.inf)
     np.minimum.at(first, (r, c), vt)
     np.maximum.at(last, (r, c), vt)
+    return present, first, last, gids, (tok, row, vis)
+
+
+def named_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
+    """Feature matrix ``X`` [m, len(EFFECTS)] from the model inputs only, and per effect
+    whether its tokens are absent from the vocabulary (then its column is all 0)."""
+    m = len(lm.index)
+    groups = list(CODES)
+    present, first, last, gids, _ = _group_times(seqs, lm)
     gi = {g: i for i, g in enumerate(groups)}
 
     X = np.zeros((m, len(EFFECTS)))
@@ -151,6 +161,91 @@ def named_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
             birth = days_since_epoch(seqs.patients["birth_date"].to_numpy()[lm.index])
             X[:, j] = standardise((lm.landmark_time - birth) / 365.25)
     return X, absent
+
+
+SBP, BMI = "8480-6", "39156-5"   # LOINC systolic blood pressure, body mass index
+HIGH_SHARE = 0.4                  # "high": the top 40% of a lab value's bins (fitted on train)
+
+SEQUENTIAL_EFFECTS: tuple[Effect, ...] = (
+    Effect("high_bmi_first", "order", (), 0.6,
+           "+1 if a high BMI (LOINC 39156-5, top 40% of bins) was first recorded in the input "
+           "window before a high systolic blood pressure (LOINC 8480-6), -1 if after, 0 if "
+           "either is absent or both first appear in the same visit"),
+    Effect("sbp_trend", "trend", (), 0.8,
+           "systolic blood pressure (LOINC 8480-6) bin of the last measurement in the input "
+           "window minus that of the one before (0 with fewer than two)"),
+    Effect("short_gap", "gap", (), 0.6,
+           "-log(1 + days between the last two input visits): visits close together"),
+    Effect("bmi_and_sbp_high_same_visit", "same_visit", (), 0.6,
+           "one input visit holds both a high BMI (LOINC 39156-5) and a high systolic blood "
+           "pressure (top 40% of bins), not merely each at some visit"),
+)
+"""``outcome.synthetic.scenario: sequential`` (the positive control): a log-hazard that lives
+where counts of codes cannot reach it: order, trend, timing and a within-visit interaction.
+Each feature is standardised over the landmarks before its beta applies (betas per SD)."""
+
+
+def _lab_bins(seqs, code: str) -> dict[int, int]:
+    """Token id -> quantile bin of the value tokens ``LOINC/<code>:q<i>``."""
+    pre = f"LOINC/{code}:q"
+    return {i: int(t[len(pre):]) for i, t in enumerate(seqs.vocab["tokens"])
+            if t.startswith(pre) and t[len(pre):].isdigit()}
+
+
+def sequential_effects(seqs, lm: Landmarks) -> tuple[np.ndarray, dict]:
+    """Feature matrix [m, len(SEQUENTIAL_EFFECTS)] from the model inputs only (raw, before
+    standardisation); raises InputError when the lab-value tokens they need are absent."""
+    m = len(lm.index)
+    tok, row, vis = landmark_tokens(seqs.codes, seqs.visit_offsets, seqs.patient_offsets,
+                                    lm.index, lm.landmark_visits, lm.input_visits)
+    vt_all = np.asarray(seqs.visit_time, np.float64)
+    X = np.zeros((m, len(SEQUENTIAL_EFFECTS)))
+    bins = {}
+    for code in (SBP, BMI):
+        bins[code] = _lab_bins(seqs, code)
+        if not bins[code]:
+            raise InputError(f"outcome.synthetic.scenario 'sequential' reads lab values "
+                             f"(LOINC/{code}:q<i> tokens), but the vocabulary has none: set "
+                             "sequences.numeric_bins > 0 and keep 'observation' in "
+                             "sequences.event_kinds")
+    # trend: last SBP bin minus the one before (by visit time, then token order)
+    lut = np.full(len(seqs.vocab["tokens"]), -1, np.int64)
+    for t, q in bins[SBP].items():
+        lut[t] = q
+    s = lut[tok] >= 0
+    r, v, q = row[s], vis[s], lut[tok[s]]
+    o = np.lexsort((v, r))
+    r, q = r[o], q[o]
+    last = np.r_[r[1:] != r[:-1], True] if len(r) else np.zeros(0, bool)
+    prev_same = np.r_[False, r[1:] == r[:-1]] if len(r) else np.zeros(0, bool)
+    k = np.flatnonzero(last & prev_same)
+    X[r[k], 1] = q[k] - q[k - 1]
+    # gap between the last two input visits
+    end = np.asarray(seqs.patient_offsets, np.int64)[lm.index] + lm.landmark_visits
+    two = lm.window >= 2
+    gap = vt_all[end[two] - 1] - vt_all[end[two] - 2]
+    X[two, 2] = -libm_log(1.0 + np.maximum(gap, 0.0))
+    # BMI and SBP both high within one visit
+    hi = {}
+    for code in (SBP, BMI):
+        n_bins = max(bins[code].values()) + 1
+        hi_lut = np.zeros(len(seqs.vocab["tokens"]), bool)
+        for t, q in bins[code].items():
+            hi_lut[t] = q >= int(math.ceil((1 - HIGH_SHARE) * n_bins))
+        hi[code] = np.zeros(len(vt_all), bool)
+        hi[code][vis[hi_lut[tok]]] = True
+    hit = (hi[SBP] & hi[BMI])[vis]
+    X[np.unique(row[hit]), 3] = 1.0
+    # order: the first high BMI visit before the first high SBP visit
+    first = {}
+    for code in (SBP, BMI):
+        first[code] = np.full(m, np.inf)
+        h = hi[code][vis]
+        np.minimum.at(first[code], row[h], vt_all[vis[h]])
+    a, b = first[BMI], first[SBP]
+    both = np.isfinite(a) & np.isfinite(b)
+    X[both, 0] = np.sign(b[both] - a[both])
+    return X, {e.name: False for e in SEQUENTIAL_EFFECTS}
 
 
 def planted_subtypes(X: np.ndarray, n_subtypes: int, score: np.ndarray
@@ -205,13 +300,20 @@ class SyntheticResult:
 
 def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(subtype, true_risk, X, absent) for the eligible patients; the subtype is a function of
-    ``X`` alone (:func:`planted_subtypes`)."""
+    """(subtype, true_risk, X, absent) for the eligible landmarks; the subtype is a function
+    of the additive named effects alone (:func:`planted_subtypes`), whatever the scenario.
+    ``additive``: the named effects plus the subtype offset; ``sequential``: the
+    :data:`SEQUENTIAL_EFFECTS` alone, each standardised (no count-visible offset)."""
     X, absent = named_effects(seqs, lm)
     beta = np.array([e.beta for e in EFFECTS])
     score = weighted_sum(X, beta)      # not X @ beta: BLAS kernels differ between CPUs
     subtype, _ = planted_subtypes(X, p.n_subtypes, score)
-    raw = score + subtype_offsets(max(int(subtype.max(initial=0)) + 1, 1))[subtype]
+    if p.scenario == "sequential":
+        X, absent = sequential_effects(seqs, lm)
+        Z = np.stack([standardise(X[:, j]) for j in range(X.shape[1])], axis=1)
+        raw = weighted_sum(Z, np.array([e.beta for e in SEQUENTIAL_EFFECTS]))
+    else:
+        raw = score + subtype_offsets(max(int(subtype.max(initial=0)) + 1, 1))[subtype]
     return subtype, round_decimals(p.signal * standardise(raw)), X, absent
 
 
@@ -250,7 +352,8 @@ def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
                      "synthetic_censored_random": int(((event == 0) & (t_cens < admin)).sum()),
                      "synthetic_censored_administrative":
                          int(((event == 0) & (t_cens >= admin)).sum())}
-    for j, e in enumerate(EFFECTS):
+    metrics["synthetic_scenario"] = p.scenario
+    for j, e in enumerate(SEQUENTIAL_EFFECTS if p.scenario == "sequential" else EFFECTS):
         metrics[f"effect_{e.name}_beta"] = e.beta
         metrics[f"effect_{e.name}_absent"] = int(absent[e.name])
         metrics[f"effect_{e.name}_nonzero"] = float((X[:, j] != 0).mean()) if len(X) else 0.0
