@@ -412,3 +412,16 @@ def test_sequential_scenario_features_by_hand():
     seqs.vocab["tokens"] = specials + [f"LOINC/8480-6/{i}" for i in range(10)] + ["S/1"]
     with pytest.raises(InputError, match="sequences.numeric_bins > 0"):
         sequential_effects(seqs, lm)
+
+
+def test_synthetic_outcome_without_synthea_codes_names_them(cohort, tmp_path):
+    """A dataset without Synthea's condition codes (e.g. a foreign MEDS dataset): a clear
+    error naming the codes and the outcomes that work, no output."""
+    seqs = Sequences.load(cohort / "seq", mmap=False)
+    seqs.vocab = dict(seqs.vocab, tokens=[t.replace("SNOMED-CT/", "ICD10/")
+                                          for t in seqs.vocab["tokens"]])
+    seqs.save(tmp_path / "seq")
+    shutil.copy(cohort / "seq" / "visits.parquet", tmp_path / "seq")
+    with pytest.raises(InputError, match=r"SNOMED-CT/59621000.*use outcome.name mortality"):
+        build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
+    assert not (tmp_path / "out" / "outcomes.parquet").exists()

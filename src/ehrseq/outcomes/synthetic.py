@@ -333,6 +333,13 @@ def oracle_cindex(duration, event, true_risk) -> float | None:
 def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
     """Draw the synthetic outcome for the landmarked patients ``lm``."""
     subtype, risk, X, absent = subtypes_and_risk(seqs, lm, p)
+    if p.scenario == "additive" and not any(_group_token_ids(seqs.vocab).values()):
+        missing = ", ".join(f"SNOMED-CT/{c}" for codes in CODES.values() for c in codes)
+        raise InputError(f"outcome.name 'synthetic' (scenario additive) plants risk on Synthea's "
+                         f"condition codes, and the vocabulary has none of them: {missing}. "
+                         "On data that is not Synthea (a MEDS dataset) use outcome.name "
+                         "mortality, onset:<code> or lab_below:<code>:<value>, or "
+                         "outcome.synthetic.scenario sequential (LOINC 8480-6 and 39156-5)")
     ids = landmark_ids(seqs.patients["patient"].to_numpy()[lm.index], lm.landmark_time)
     u = hash_uniform(ids, p.seed, "event")
     v = hash_uniform(ids, p.seed, "censor")
