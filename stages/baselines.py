@@ -4,7 +4,8 @@ tuned on the validation split (equal tuning: as many values of its regularisatio
 hyperparameter as the neural models have learning rates, best validation Harrell's C at h*);
 the best count model on validation is named ``best_count``. Writes each model's test
 predictions and run statistics (``data/predictions/baselines/<model>.npz`` and ``.json``); the
-``evaluate`` stage scores them."""
+``evaluate`` stage scores them. ``--labelled N --replicate R``: a learning-curve point (stage
+``curve_baselines``, writing under ``curve/baselines/n<N>_r<R>``; docs/learning_curves.md)."""
 
 import json
 import logging
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ehrseq.data.task import SurvivalTask
+from ehrseq.data.task import curve_point, curve_stats, load_task, stage_name, subset_problem
 from ehrseq.data.windows import window_features
 from ehrseq.evaluate.survival import reference_horizon
-from ehrseq.io import atomic_outputs, run_stage, write_json
+from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
 from ehrseq.models.classical import (
     COUNT_MODELS,
     KINDS,
@@ -30,13 +31,23 @@ from ehrseq.models.classical import (
 )
 from ehrseq.params import load_params
 
-PRED = Path("data/predictions/baselines")
 log = logging.getLogger("baselines")
 
 
 def main() -> None:
     params = load_params()
-    task = SurvivalTask.load()
+    labelled, replicate = curve_point()      # a learning-curve point, or the main run
+    task = load_task(labelled, replicate)
+    stage = stage_name("baselines", labelled, replicate)
+    pred, point = Path("data/predictions") / stage, curve_stats(task, labelled, replicate)
+    why = labelled and subset_problem(task)
+    if why:                                  # a recorded skip, never a crash
+        log.warning("%s: nothing trained: %s", stage, why)
+        with atomic_outputs(pred) as (out,):
+            out.mkdir()
+            (out / "SKIPPED.txt").write_text(why + "\n")
+        return write_json(f"metrics/{stage}.json", {**point, "trained": 0,
+                                                    "skipped.reason": why})
     horizons, times = task.horizons, task.time_grid()
     tr, va, te = task.rows("train"), task.rows("val"), task.rows("test")
     d_tr, e_tr = task.outcome("train")
@@ -46,6 +57,12 @@ def main() -> None:
                                   t["landmark_visits"].to_numpy()[r], task.window[r],
                                   t["landmark_time"].to_numpy()[r])
            for split, r in (("train", tr), ("val", va), ("test", te))}
+    for split, w in win.items():
+        if w.nnz == 0:
+            raise InputError(f"outcome {params.outcome.name!r}, {split} split: the code features "
+                             f"of all {w.shape[0]} landmarks are empty (no vocabulary token in "
+                             "any input window); check sequences.event_kinds, "
+                             "sequences.min_count and outcome.history")
     feat = Featurizer(seed=params.train.seed).fit(task.counts("train"), task.age[tr],
                                                   task.male[tr], win["train"])
     X = {split: {"sparse": feat.sparse(task.counts(split), task.age[r], task.male[r], win[split]),
@@ -57,7 +74,7 @@ def main() -> None:
     metrics: dict = {"n_train": len(tr), "n_val": len(va), "n_test": len(te),
                      "tune.risk_horizon": h_val, "n_features": X["train"]["sparse"].shape[1]}
     runs, val_c = {}, {}
-    with atomic_outputs(PRED) as (out,):
+    with atomic_outputs(pred) as (out,):
         out.mkdir()
         for name in MODELS:
             kind = KINDS[name]
@@ -85,12 +102,12 @@ def main() -> None:
         metrics.update({"best_count.model": best, "best_count.val_c": val_c[best]})
         for name, run in runs.items():
             (out / f"{name}.json").write_text(json.dumps(
-                {"model": name, "stage": "baselines", "val_c": val_c[name],
-                 "best_count": name == best,
+                {"model": name, "stage": stage, "val_c": val_c[name],
+                 "best_count": name == best, **point,
                  **{k[len(name) + 1:]: v for k, v in run.items()}}, indent=1, sort_keys=True)
                 + "\n")
             metrics.update(run)
-    write_json("metrics/baselines.json", metrics)
+    write_json(f"metrics/{stage}.json", {**metrics, **point})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from ehrseq.evaluate.curve import learning_curve, split_outputs  # noqa: E402
 from ehrseq.evaluate.report import (  # noqa: E402
     ORACLE_NOTE,
     collect,
@@ -88,9 +89,13 @@ def main() -> None:
         out.mkdir()
         current = prediction_outputs(PREDICTIONS)
         check_present(current)
+        current, curve_points = split_outputs(current, PREDICTIONS)
         flat, risks = score_all(PREDICTIONS, OUTCOMES, horizons, rep, out,
                                 progress=lambda name: log.info("scoring %s", name),
-                                only=current)
+                                only=current, ignore=curve_points)
+        log.info("scoring the learning curve (%d points)", len(curve_points))
+        curve, curve_md = learning_curve(curve_points, current, PREDICTIONS, OUTCOMES, horizons,
+                                         rep.bootstrap, rep.seed, out)
         rows = collect(flat, yaml.safe_load(Path("params.yaml").read_text()))
         scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
         best = max(scored, key=lambda r: r["_c"]) if scored else None
@@ -125,8 +130,11 @@ def main() -> None:
             + " " + ORACLE_NOTE + "\n\n" + to_markdown(rows)
             + "\n![C-index](cindex.png)\n"
             + ("\n## Paired comparisons (same test patients, same bootstrap resamples)\n\n"
-               + comparisons_markdown(pairs) if pairs else ""))
+               + comparisons_markdown(pairs) if pairs else "")
+            + ("\n## Label efficiency (ΔC per labelled training patients, paired)\n\n"
+               + curve_md + "\n![learning curve](learning_curve.png)\n" if curve_md else ""))
     write_json("metrics/evaluate.json", flat)
+    write_json("metrics/learning_curve.json", curve)
     print(to_markdown(rows))
     if pairs:
         print(comparisons_markdown(pairs))

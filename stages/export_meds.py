@@ -53,6 +53,8 @@ def survival_predictions() -> dict[str, Path]:
 
     found: dict[str, Path] = {}
     for f in sorted(PREDICTIONS.rglob("*.npz")):
+        if f.relative_to(PREDICTIONS).parts[0] == "curve":   # learning-curve points: not models
+            continue
         with np.load(f, allow_pickle=False) as z:
             if not {"index", "surv", "times"} <= set(z.files):  # landmark_visits: checked later
                 continue

@@ -7,6 +7,8 @@ architecture. ``lora`` saves only the adapters and the head (adapter.safetensors
 with them merged into the base weights. Every mode trains once per learning rate of
 ``tune.lrs`` (same seed, fresh model) and keeps the best on the validation split. Writes the
 model, its test predictions and run statistics; the ``evaluate`` stage scores them.
+``--labelled N --replicate R``: a learning-curve point (stage ``curve_behrt``; pre-training
+keeps every training patient, docs/learning_curves.md).
 """
 
 import argparse
@@ -15,7 +17,15 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from ehrseq.data.task import OUTCOMES, SEQUENCES, SurvivalTask
+from ehrseq.data.task import (
+    OUTCOMES,
+    SEQUENCES,
+    curve_point,
+    curve_stats,
+    load_task,
+    stage_name,
+    subset_problem,
+)
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import InputError, run_stage
 from ehrseq.models.behrt import (
@@ -28,7 +38,7 @@ from ehrseq.models.behrt import (
 from ehrseq.models.store import load_pretrained, save_model
 from ehrseq.params import FINETUNE_MODES, load_params
 from ehrseq.survival.bins import bin_edges
-from ehrseq.train.recipe import survival_predictions, train_stage
+from ehrseq.train.recipe import skip_stage, survival_predictions, train_stage
 
 PRETRAINED = Path("models/pretrain_behrt")
 
@@ -38,7 +48,12 @@ def main(mode: str) -> None:
     fp = params.finetune
     tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
                                          "lr": fp.lr or params.train.lr})
-    task = SurvivalTask.load()
+    labelled, replicate = curve_point()      # a learning-curve point, or the main run
+    task = load_task(labelled, replicate)
+    stage = stage_name(f"finetune_behrt/{mode}", labelled, replicate)
+    why = labelled and subset_problem(task)
+    if why:
+        return skip_stage(stage, why, curve_stats(task, labelled, replicate))
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
@@ -67,10 +82,11 @@ def main(mode: str) -> None:
         holder["model"] = model.merge_and_unload()  # predict with plain merged weights
 
     train_stage(
-        f"finetune_behrt/{mode}", name, params=params, train=tp,
+        stage, name, params=params, train=tp,
         build=lambda: finetune_model(mode, cfg, encoder_state, fp), loss_fn=survival_loss,
         train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, PRETRAINED),
-        key=(mode, cfg, fp), save=save, predictions=True, extra_stats={"mode": mode},
+        key=(mode, cfg, fp), save=save, predictions=True,
+        extra_stats={"mode": mode, **curve_stats(task, labelled, replicate)},
         finish=lambda _, out: survival_predictions(
             name, holder["model"], task, make_loader(test, tp.batch_size), out.predictions))
 
@@ -79,4 +95,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=FINETUNE_MODES)
+    parser.add_argument("--labelled", type=int, default=None)   # read by curve_point
+    parser.add_argument("--replicate", type=int, default=0)
     run_stage(lambda: main(parser.parse_args().mode))

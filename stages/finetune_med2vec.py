@@ -2,12 +2,21 @@
 layers (models/train_med2vec), the mean of the visit vectors over every input visit, and the
 discrete-time survival head, fine-tuned together on the survival task by the one recipe
 (docs/med2vec.md). Writes the model, its test predictions and run statistics; the
-``evaluate`` stage scores them."""
+``evaluate`` stage scores them. ``--labelled N --replicate R``: a learning-curve point (stage
+``curve_med2vec``; pre-training keeps every training patient, docs/learning_curves.md)."""
 
 import logging
 from pathlib import Path
 
-from ehrseq.data.task import OUTCOMES, SEQUENCES, SurvivalTask
+from ehrseq.data.task import (
+    OUTCOMES,
+    SEQUENCES,
+    curve_point,
+    curve_stats,
+    load_task,
+    stage_name,
+    subset_problem,
+)
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import run_stage
 from ehrseq.models.med2vec import (
@@ -19,7 +28,7 @@ from ehrseq.models.med2vec import (
 from ehrseq.models.store import load_pretrained
 from ehrseq.params import load_params
 from ehrseq.survival.bins import bin_edges
-from ehrseq.train.recipe import survival_predictions, train_stage
+from ehrseq.train.recipe import skip_stage, survival_predictions, train_stage
 
 PRETRAINED = Path("models/train_med2vec")
 
@@ -29,7 +38,12 @@ def main() -> None:
     fp = params.finetune
     tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
                                          "lr": fp.lr or params.train.lr})
-    task = SurvivalTask.load()
+    labelled, replicate = curve_point()      # a learning-curve point, or the main run
+    task = load_task(labelled, replicate)
+    stage = stage_name("finetune_med2vec", labelled, replicate)
+    why = labelled and subset_problem(task)
+    if why:
+        return skip_stage(stage, why, curve_stats(task, labelled, replicate))
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "train_med2vec", task.seqs.vocab)
     cfg = Med2VecConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                            "dropout": params.model.dropout,
@@ -44,10 +58,10 @@ def main() -> None:
     # every input visit (no max_visits): the mean is cheap and matches the embed stage's
     train, val, test = (Med2VecSurvivalDataset(task.dataset(s)) for s in ("train", "val", "test"))
     train_stage(
-        "finetune_med2vec", "med2vec", params=params, train=tp, build=build,
+        stage, "med2vec", params=params, train=tp, build=build,
         loss_fn=survival_loss, train_data=train, val_data=val,
         inputs=(SEQUENCES, OUTCOMES, PRETRAINED), key=(cfg,), config=cfg, vocab=task.seqs.vocab,
-        predictions=True,
+        predictions=True, extra_stats=curve_stats(task, labelled, replicate),
         finish=lambda model, out: survival_predictions(
             "med2vec", model, task, make_loader(test, tp.batch_size), out.predictions))
 

@@ -50,6 +50,8 @@ def tiny_params(repo: Path, patients: int = 40) -> None:
     p["report"]["bootstrap"] = 50
     p["outcome"]["synthetic"]["signal"] = 3.0   # a strong truth: scores are checkable on 40
     p["cluster"]["min_test_patients"] = 4       # 40 patients: about 6 in the test split
+    # the learning curve below the ~28 training patients; one BEHRT mode (the rest is the same)
+    p["curve"] = {"labelled": [8, 16], "replicates": [0], "behrt_modes": ["full"]}
     # one training per stage (tests/test_tune.py covers the tuned stages); and the sweep test
     # below sweeps finetune.lr, which reaches training only with tuning off
     p["tune"] = {"lrs": None}
@@ -70,16 +72,16 @@ def repo(tmp_path_factory):
 
 
 def test_repro_runs_every_stage(repo):
+    from dvc.repo import Repo
+
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    dag = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    expected = set()
-    for name, stage in dag.items():  # foreach stages run as name@item
-        items = params["finetune"]["modes"] if "foreach" in stage else [None]
-        expected |= {f"{name}@{i}" if i else name for i in items}
-    assert set(lock) == expected
-    for stage in expected:
-        assert (repo / f"metrics/{stage.replace('@', '/')}.json").is_file(), stage
+    with Repo(str(repo)) as r:       # foreach and matrix stages expanded by DVC itself
+        stages = list(r.index.stages)
+        expected = {s.addressing for s in stages}
+        metrics = [m.fs_path for s in stages for m in s.metrics]
+    assert set(lock) == expected and any(s.startswith("curve_behrt@") for s in expected)
+    for path in metrics:
+        assert Path(path).is_file(), path
     m = json.loads((repo / "metrics/sequences.json").read_text())
     assert m["patients"] == 40 and m["vocab_size"] > 20
     tm = json.loads((repo / "metrics/train_survival.json").read_text())
@@ -96,7 +98,17 @@ def test_repro_runs_every_stage(repo):
                     ("finetune_med2vec", "med2vec"), ("train_trajectory", "trajectory")):
         stats = json.loads((repo / f"metrics/{f}.json").read_text())
         assert {f"{name}.{k}" for k in RUN_STATS} <= set(stats), f
-    assert ev["test.patients"] == ev["test.landmarks"] > 0 and ev["lstm.n_params"] > 0
+    assert ev["test.landmarks"] > ev["test.patients"] > 0 and ev["lstm.n_params"] > 0
+    # the label-efficiency curve: every family at 8 and 16 labelled patients and the main run
+    lc = json.loads((repo / "metrics/learning_curve.json").read_text())
+    n_all = lc["curve.n_all"]
+    skipped = [k for k in lc if k.startswith("curve.skipped.")]   # a subset without events
+    for fam in ("cox", "best_count", "lstm", "med2vec", "behrt_full"):
+        for n in (8, 16, n_all):
+            assert f"curve.{fam}.n{n}.c_harrell" in lc or any(k.endswith(f"/n{n}_r0")
+                                                                for k in skipped), (fam, n)
+    assert "curve.crossover.behrt_full-best_count" in lc
+    assert (repo / "plots/evaluate/learning_curve.png").stat().st_size > 1000
     for key in ("med2vec.c_harrell", "behrt_lora.c_harrell", "delta.behrt_full-behrt_scratch.lo",
                 "delta.behrt_lora-behrt_full.delta", "delta.med2vec-lstm.p_not_better"):
         assert key in ev, key

@@ -283,6 +283,45 @@ class FinetuneParams(_Section):
         return v
 
 
+class CurveParams(_Section):
+    """Label-efficiency curve (docs/learning_curves.md): every family trained again on nested
+    seeded subsets of the labelled training patients, scored on the full test split."""
+
+    labelled: list[int] = Field(default_factory=lambda: [25, 50])
+    """Labelled training patients per point (all of each patient's landmarks); the "all" point
+    is the main run. Each must be smaller than the training split (checked by the stage)."""
+    replicates: list[int] = Field(default_factory=lambda: [0])
+    """One seeded subset per value (a list so that DVC's matrix can run over it): [0, 1, 2, 3,
+    4] = five replicates. Subsets are nested: the 50 hold the 25 of the same replicate."""
+    behrt_modes: list[str] = Field(default_factory=lambda: ["full", "scratch"])
+    """BEHRT fine-tuning modes on the curve (pre-training always uses every training patient,
+    without labels)."""
+
+    @field_validator("labelled")
+    @classmethod
+    def _labelled(cls, v: list[int]) -> list[int]:
+        if not v or any(n < 2 for n in v) or len(set(v)) != len(v):
+            raise ValueError(f"got {v}; accepted: distinct labelled-patient counts >= 2, e.g. "
+                             "[25, 50, 100, 200]")
+        return sorted(v)
+
+    @field_validator("replicates")
+    @classmethod
+    def _replicates(cls, v: list[int]) -> list[int]:
+        if not v or any(r < 0 for r in v) or len(set(v)) != len(v):
+            raise ValueError(f"got {v}; accepted: at least one replicate, distinct seeds >= 0, "
+                             "e.g. [0] or [0, 1, 2, 3, 4]")
+        return v
+
+    @field_validator("behrt_modes")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in FINETUNE_MODES]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"got {v}; accepted: distinct modes of {list(FINETUNE_MODES)}")
+        return v
+
+
 class TrainParams(_Section):
     """What changes a model's weights: every training stage lists this whole section. Machine
     settings (device, threads, workers, checkpoints) are in ``runtime``, which no stage lists,
@@ -534,6 +573,7 @@ class Params(_Section):
     trajectory: TrajectoryParams = Field(default_factory=TrajectoryParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    curve: CurveParams = Field(default_factory=CurveParams)
 
     @model_validator(mode="after")
     def _behrt_fits(self):

@@ -26,6 +26,7 @@ library could still make (another libm: macOS, musl) almost never reach the file
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -121,3 +122,13 @@ def km_median(duration, event) -> float:
     times, _, _, surv = kaplan_meier(duration, event)
     below = np.flatnonzero(surv <= 0.5)
     return float(times[below[0]]) if below.size else float("inf")
+
+
+def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
+    """One U(0, 1) number per id from SHA-256 of (tag, seed, id), strictly inside (0, 1).
+
+    Per-patient draws that do not depend on the other patients or their order.
+    """
+    raw = np.array([int.from_bytes(hashlib.sha256(f"{tag}:{seed}:{i}".encode()).digest()[:8],
+                                   "big") for i in ids], dtype=np.float64)
+    return (raw + 0.5) / 2.0**64

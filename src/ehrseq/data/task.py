@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..io import InputError
+from ..params import ParamsError
+from ..repro import hash_uniform
 from ..survival.bins import read_bins
 from .features import code_counts
 from .sequences import EPOCH
@@ -47,6 +49,31 @@ class SurvivalTask:
         age = (table["landmark_time"].to_numpy() - birth.to_numpy()) / 365.25
         male = (pats["gender"].astype(str).str.upper() == "M").to_numpy()
         return cls(seqs, table, cuts, horizons, age.astype(float), male)
+
+    def labelled_subset(self, n: int, replicate: int) -> SurvivalTask:
+        """The task with ``n`` labelled training patients (all of their landmarks), for a
+        learning-curve point (docs/learning_curves.md): the first ``n`` training patients in
+        the order of a hash of (``replicate``, patient id), so the subsets of one replicate are
+        nested and a patient's place does not depend on the others. The validation split
+        (early stopping, learning-rate and hyperparameter choice) shrinks in proportion, to at
+        least 2 patients, by the same rule: labels are scarce there too. Test: untouched."""
+        t = self.table
+        split, pid = t["split"].to_numpy(), t["patient"].to_numpy().astype(str)
+        n_train = len(np.unique(pid[split == "train"]))
+        if n >= n_train:
+            raise ParamsError(f"curve.labelled: {n} is not smaller than the {n_train} training "
+                              "patients (the point with every labelled patient is the main "
+                              "run); accepted: counts below it")
+        keep = split == "test"
+        for s, k in (("train", n), ("val", None)):
+            pats = np.unique(pid[split == s])
+            if k is None:
+                k = max(2, round(n * len(pats) / n_train))
+            order = pats[np.argsort(hash_uniform(pats, replicate, "labelled"), kind="stable")]
+            keep |= (split == s) & np.isin(pid, order[:k])
+        rows = np.flatnonzero(keep)
+        return SurvivalTask(self.seqs, t.iloc[rows].reset_index(drop=True), self.cuts,
+                            self.horizons, self.age[rows], self.male[rows])
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
@@ -109,3 +136,47 @@ def time_grid(cuts, horizons, test_duration, train_event_times=()) -> np.ndarray
              for x in (cuts, horizons, test_duration, train_event_times)]
     t = np.unique(np.concatenate(parts))
     return t[t > 0]
+
+
+def curve_point(argv=None) -> tuple[int | None, int]:
+    """``--labelled N --replicate R`` of a stage run as a learning-curve point (None: the main
+    run; docs/learning_curves.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--labelled", type=int, default=None)
+    parser.add_argument("--replicate", type=int, default=0)
+    args, _ = parser.parse_known_args(argv)
+    return args.labelled, args.replicate
+
+
+def stage_name(stage: str, labelled: int | None, replicate: int) -> str:
+    """Where a stage writes: ``stage`` for the main run, ``curve/<stage>/n<N>_r<R>`` for a
+    learning-curve point (its models/, plots/, data/predictions/ and metrics/ paths)."""
+    return stage if labelled is None else f"curve/{stage}/n{labelled}_r{replicate}"
+
+
+def load_task(labelled: int | None = None, replicate: int = 0) -> SurvivalTask:
+    """:meth:`SurvivalTask.load`, restricted to a learning-curve point's labelled patients."""
+    task = SurvivalTask.load()
+    return task if labelled is None else task.labelled_subset(labelled, replicate)
+
+
+def subset_problem(task: SurvivalTask) -> str | None:
+    """Why a learning-curve point cannot be trained (no event among its training or validation
+    landmarks), or None: the stage records a skip for it instead of failing."""
+    for s in ("train", "val"):
+        _, e = task.outcome(s)
+        if e.sum() == 0:
+            n = task.table.loc[task.rows(s), "patient"].nunique()
+            return f"no event among the {s} landmarks of its {n} labelled {s} patients"
+    return None
+
+
+def curve_stats(task: SurvivalTask, labelled: int | None, replicate: int) -> dict:
+    """Run statistics of a learning-curve point, written beside its predictions."""
+    if labelled is None:
+        return {}
+    return {"labelled": labelled, "replicate": replicate,
+            "train_landmarks": len(task.rows("train")),
+            "val_patients": int(task.table.loc[task.rows("val"), "patient"].nunique())}

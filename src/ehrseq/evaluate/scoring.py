@@ -39,13 +39,16 @@ MULTILABEL_KEYS = {"labels", "targets", "horizons"}
 
 
 def find_predictions(root: str | Path = PREDICTIONS, only: list[Path] | None = None,
-                     ) -> tuple[dict[str, Path], list[Path]]:
+                     ignore: list[Path] = ()) -> tuple[dict[str, Path], list[Path]]:
     """(survival predictions by model name, multi-label prediction files) under ``root``;
     with ``only``, just those inside one of these folders (the outputs of the DAG's current
-    stages: a stage removed from the DAG leaves its old files on disk)."""
+    stages: a stage removed from the DAG leaves its old files on disk); files inside
+    ``ignore`` (the learning-curve points, scored apart) are skipped silently."""
     surv: dict[str, Path] = {}
     multi: list[Path] = []
     for f in sorted(Path(root).rglob("*.npz")):
+        if any(f.resolve().is_relative_to(Path(d).resolve()) for d in ignore):
+            continue
         if only is not None and not any(f.resolve().is_relative_to(Path(d).resolve())
                                         for d in only):
             log.warning("%s: not written by any stage of the current DAG; not scored", f)
@@ -170,12 +173,12 @@ def gpu_cost(info: dict, hourly_usd: float) -> float:
 
 def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: ReportParams,
               plots_dir: Path | None = None, progress=None, only: list[Path] | None = None,
-              ) -> tuple[dict, dict]:
+              ignore: list[Path] = ()) -> tuple[dict, dict]:
     """Score every prediction under ``root`` (``only``: see :func:`find_predictions`): (flat
     metrics, test risk ``1 - S(h*)`` of every survival model in test-table order, for paired
     comparisons)."""
     o = Outcomes.load(outcomes_dir)
-    surv_files, multi_files = find_predictions(root, only)
+    surv_files, multi_files = find_predictions(root, only, ignore)
     h = o.reference_horizon(horizons)
     metrics: dict = {"test.patients": int(len(np.unique(o.index))),
                      "test.landmarks": int(len(o.index)), "test.events": int(o.event.sum()),

@@ -30,7 +30,6 @@ The primitives live here; :func:`ehrseq.outcomes.build.build_outcomes` assembles
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +39,7 @@ from ..data.sequences import EPOCH
 from ..data.tensors import ranges
 from ..io import InputError
 from ..params import LandmarkParams, ParamsError
+from ..repro import hash_uniform
 
 MIN_DURATION = 1.0 / 24.0
 """Durations are floored at one hour (days), so every duration is > 0; written durations are
@@ -47,16 +47,6 @@ rounded to the whole second (:func:`ehrseq.repro.round_days`: the same bytes on 
 
 COLUMNS = ("patient", "index", "split", "landmark_time", "landmark_visits", "input_visits",
            "duration", "event", "subtype", "true_risk")
-
-
-def hash_uniform(ids, seed: int, tag: str) -> np.ndarray:
-    """One U(0, 1) number per id from SHA-256 of (tag, seed, id), strictly inside (0, 1).
-
-    Per-patient draws that do not depend on the other patients or their order.
-    """
-    raw = np.array([int.from_bytes(hashlib.sha256(f"{tag}:{seed}:{i}".encode()).digest()[:8],
-                                   "big") for i in ids], dtype=np.float64)
-    return (raw + 0.5) / 2.0**64
 
 
 def landmark_ids(patient_ids, landmark_time) -> list[str]:

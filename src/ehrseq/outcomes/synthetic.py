@@ -35,8 +35,17 @@ import numpy as np
 
 from ..io import InputError
 from ..params import SyntheticParams
-from ..repro import libm_exp, libm_log, mean, round_days, round_decimals, standardise, weighted_sum
-from .landmarks import Landmarks, days_since_epoch, hash_uniform, landmark_ids, landmark_tokens
+from ..repro import (
+    hash_uniform,
+    libm_exp,
+    libm_log,
+    mean,
+    round_days,
+    round_decimals,
+    standardise,
+    weighted_sum,
+)
+from .landmarks import Landmarks, days_since_epoch, landmark_ids, landmark_tokens
 
 N_SPECIALS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]: never features
 RECENCY_DAYS = 365.0
