@@ -103,9 +103,9 @@ def main() -> None:
             flat["best.c_harrell"] = best["_c"]
             if flat.get("oracle.c_harrell") is not None:
                 flat["best.gap_to_oracle"] = flat["oracle.c_harrell"] - best["_c"]
-        neural = [n for n in risks if f"{n}.n_params" in flat]
+        others = [n for n in risks if n != flat.get("best_count.model")]   # every model
         pairs = paired_comparisons(risks, Outcomes.load(OUTCOMES), rep.bootstrap, rep.seed,
-                                   flat.get("best_count.model"), neural)
+                                   flat.get("best_count.model"), others)
         for r in pairs:
             for k in ("delta", "lo", "hi", "p_not_better"):
                 flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
@@ -118,7 +118,7 @@ def main() -> None:
                if best else "No model could be scored (no evaluable test pairs). ")
             + (f"Best count-based model, chosen on the validation split: "
                f"**{flat['best_count.model']}** (test C = {flat['best_count.c_harrell']:.3f}); "
-               "every neural model is compared with it below. "
+               "every other model is compared with it below. "
                if flat.get("best_count.model") else "")
             + (f"Headroom (oracle C minus the best count model's, paired): "
                f"**{flat['headroom']:+.3f}** [{flat['headroom_lo']:+.3f}, "

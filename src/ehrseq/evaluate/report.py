@@ -103,14 +103,14 @@ COMPARISONS = (  # (question, model a, model b): Harrell's C of a minus b on the
 
 
 def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int,
-                       best_count: str | None = None, neural: list[str] = ()) -> list[dict]:
+                       best_count: str | None = None, others: list[str] = ()) -> list[dict]:
     """The :data:`COMPARISONS` whose two models were scored, then every model against the
     oracle (synthetic outcomes): difference in Harrell's C with a paired bootstrap interval
     (:func:`ehrseq.evaluate.survival.paired_c_difference`, the same resampled test patients
     for both). ``risks``: each model's test risk ``1 - S(h*)`` in ``outcomes``' test order
     (:func:`ehrseq.evaluate.scoring.score_all`); ``outcomes``: its
     :class:`~ehrseq.evaluate.scoring.Outcomes`. With ``best_count`` (the count model chosen on
-    validation), every model of ``neural`` is also compared with it (``b`` = ``best_count``)."""
+    validation), every model of ``others`` is also compared with it (``b`` = ``best_count``)."""
     import numpy as np
 
     from .survival import paired_c_difference
@@ -123,7 +123,7 @@ def paired_comparisons(risks: dict, outcomes, n_boot: int, seed: int,
             r = paired_c_difference(d, e, risk[a], risk[b], n_boot, seed, g)
             rows.append({"question": question, "a": a, "b": b, **r})
     if best_count in risk:
-        for a in sorted(m for m in neural if m in risk):
+        for a in sorted(m for m in others if m in risk):
             r = paired_c_difference(d, e, risk[a], risk[best_count], n_boot, seed, g)
             rows.append({"question": f"{a} against the best count model, {best_count} "
                                      f"({a} - best_count)", "a": a, "b": "best_count", **r})
