@@ -178,7 +178,8 @@ def toy_workspace(root: Path, n: int = 120) -> None:
                   "landmark_time": 18_000.0, "duration": rng.exponential(200, n) + 1,
                   "event": rng.integers(0, 2, n), "true_risk": rng.normal(size=n),
                   }).to_parquet(out / "outcomes.parquet", index=False)
-    (out / "time_bins.json").write_text(json.dumps({"cuts": [0, 30, 90, 180, 365, 730]}))
+    (out / "time_bins.json").write_text(json.dumps({"cuts": [0, 30, 90, 180, 365, 730],
+                                                       "horizons": [30, 90, 365]}))
     (root / "params.yaml").write_text(yaml.safe_dump({"report": {"bootstrap": 0}}))
 
 

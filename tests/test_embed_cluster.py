@@ -89,7 +89,8 @@ def toy_project(root: Path, n: int = 80, seed: int = 0):
     seqs.save(seq_dir)
     out_dir.mkdir(parents=True)
     table.to_parquet(out_dir / "outcomes.parquet", index=False)
-    (out_dir / "time_bins.json").write_text(json.dumps({"cuts": [0, 100, 300, 1000]}))
+    (out_dir / "time_bins.json").write_text(json.dumps({"cuts": [0, 100, 300, 1000],
+                                                           "horizons": [100, 300]}))
     torch.manual_seed(seed)
     model = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=30, n_bins=3, embed_dim=8,
                                                 hidden_dim=12))

@@ -178,7 +178,8 @@ def toy_workspace(root: Path, n: int = 90) -> None:
                   "input_visits": s.n_visits, "landmark_time": 18_000.0,
                   "duration": rng.exponential(200, n), "event": rng.integers(0, 2, n),
                   }).to_parquet(out / "outcomes.parquet", index=False)
-    (out / "time_bins.json").write_text(json.dumps({"cuts": [0, 30, 90, 180, 365, 730]}))
+    (out / "time_bins.json").write_text(json.dumps({"cuts": [0, 30, 90, 180, 365, 730],
+                                                       "horizons": [30, 90, 365]}))
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"lstm": {"embed_dim": 8, "hidden_dim": 8}},
         "train": {"epochs": 2, "batch_size": 16},
