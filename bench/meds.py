@@ -17,7 +17,7 @@ Ratios are against the CSV ingest measured in the same run. Sizes on disk: every
 the CSV export, ``interim/`` and the MEDS root (all zstd parquet).
 
     python bench/meds.py
-    python bench/meds.py --csv DIR --repeat 3 --workdir DIR
+    python bench/meds.py --csv DIR --repeat 1 --workdir DIR
 
 Results: docs/meds.md ("Measured").
 """
@@ -145,8 +145,8 @@ def main() -> None:
                     help="generate the cohort (--patients) when --csv is absent")
     ap.add_argument("--patients", type=int, default=1000)
     ap.add_argument("--workdir", type=Path, help="keep the outputs here (default: a temp dir)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per step; the fastest time and the largest peak are kept")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per step (default 3); the fastest time and the largest peak are kept")
     ap.add_argument("--threads", type=int, default=0, help="DuckDB threads (0 = every core)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
