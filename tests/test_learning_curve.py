@@ -135,3 +135,25 @@ def test_curve_points_are_scored_paired_and_skips_recorded(tmp_path):
     assert "behrt_full-best_count" in md and (plots / "learning_curve.png").is_file()
     csv = pd.read_csv(plots / "learning_curve.csv")
     assert set(csv["labelled"]) == {10, 30, 60} and set(csv["family"]) >= {"cox", "behrt_full"}
+
+
+def test_estimate_covers_every_family_and_projects_a_grid(tmp_path, monkeypatch, capsys):
+    """python -m ehrseq.ops.estimate: real training steps of every family on a toy cohort, and
+    a grid projected on a named GPU by the stated FLOP model."""
+    import shutil
+
+    from conftest import ROOT
+
+    from ehrseq.ops.estimate import GPUS, MODELS, main, project
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    main(["--model", "all", "--patients", "60", "--steps", "1", "--batch-size", "8",
+          "--gpu", "h100", "--runs", "4", "--epochs", "3"])
+    out = capsys.readouterr().out
+    assert out.count("FLOP model") == len(MODELS) == 4
+    for name in MODELS:
+        assert f"model                          {name}" in out
+    p = project(1_000_000, 1e6, 10, 2, "a100", 2.0)
+    assert p["projected_seconds"] == pytest.approx(6 * 1e6 * 1e6 * 20 / (GPUS["a100"] * 1e12
+                                                                         * 0.30), rel=1e-2)

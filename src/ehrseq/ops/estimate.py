@@ -1,12 +1,18 @@
-"""Know before renting: parameter count, memory per batch and estimated epoch time of a model
-size on the cohort at hand, measured on this machine with a few real training steps.
+"""Know before renting: parameter count, memory per batch and estimated epoch time of every
+model family and size on the cohort at hand, measured on this machine with a few real training
+steps; and the projected time and cost of a planned grid on a named GPU.
 
-    python -m ehrseq.ops.estimate --size large                 # the LSTM, every batch setting from params.yaml
-    python -m ehrseq.ops.estimate --model lstm --size medium --batch-size 128 --device cuda
+    python -m ehrseq.ops.estimate --size large                 # the LSTM
+    python -m ehrseq.ops.estimate --model behrt --size medium --batch-size 128 --device cuda
+    python -m ehrseq.ops.estimate --model all --size small --gpu h100 --runs 40 --epochs 20
 
-It reads data/processed/sequences when present (else a toy cohort of --patients patients),
-times ``--steps`` optimizer steps after two warm-up steps and extrapolates to one epoch of
-the training split. Times on a CPU say little about a GPU: run it on the machine you rent.
+Families: ``lstm``, ``behrt`` (fine-tuning, the survival head), ``behrt_pretrain`` (MLM + next
+visit), ``med2vec`` (+ head). It reads data/processed/sequences when present (else a toy
+cohort of --patients patients), times ``--steps`` optimizer steps after two warm-up steps and
+extrapolates to one epoch of the training split. Times on a CPU say little about a GPU: run it
+on the machine you rent. ``--gpu`` projects the time of ``--runs`` trainings of ``--epochs``
+epochs on a GPU that is not at hand by a stated FLOP model (:data:`GPUS`, :func:`project`),
+and its cost at ``report.gpu_hourly_usd`` (or ``--usd-per-hour``); the output says which.
 """
 
 from __future__ import annotations
@@ -26,13 +32,79 @@ from ..params import load_params
 from ..train.runtime import count_parameters
 
 
-def _lstm(params, vocab_size: int, n_bins: int):
+CUTS = [0, 30, 90, 180, 365, 730]   # time bins of the timed batches
+
+
+def _lstm(params, seqs, ds):
     from ..models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
 
-    return DiscreteTimeSurvivalLSTM(lstm_config(params.model, vocab_size, n_bins)), survival_loss
+    cfg = lstm_config(params.model, seqs.vocab_size, len(CUTS) - 1)
+    return DiscreteTimeSurvivalLSTM(cfg), survival_loss, ds
 
 
-MODELS = {"lstm": _lstm}
+def _behrt(params, seqs, ds):
+    from ..models.behrt import BEHRTDataset, BEHRTSurvival, behrt_config, survival_loss
+
+    cfg = behrt_config(params.model, seqs.vocab_size, len(CUTS) - 1)
+    return BEHRTSurvival(cfg), survival_loss, BEHRTDataset(ds, cfg.max_len)
+
+
+def _behrt_pretrain(params, seqs, ds):
+    from ..models.behrt import behrt_config
+    from ..models.pretraining import BEHRTPretrain, PretrainDataset, pretrain_loss
+
+    cfg = behrt_config(params.model, seqs.vocab_size)
+    data = PretrainDataset(seqs, ds.index, cfg.max_len, params.pretrain.mask_prob)
+    return BEHRTPretrain(cfg), pretrain_loss, _Epoch0(data)
+
+
+def _med2vec(params, seqs, ds):
+    from ..models.med2vec import (
+        Med2VecSurvival,
+        Med2VecSurvivalDataset,
+        med2vec_config,
+        survival_loss,
+    )
+
+    import dataclasses
+
+    cfg = dataclasses.replace(med2vec_config(params.model, seqs.vocab_size),
+                              n_bins=len(CUTS) - 1)
+    return Med2VecSurvival(cfg), survival_loss, Med2VecSurvivalDataset(ds)
+
+
+class _Epoch0:
+    """Pre-training batches are keyed by (epoch, rows)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __getitem__(self, rows):
+        return self.data[(0, rows)]
+
+
+MODELS = {"lstm": _lstm, "behrt": _behrt, "behrt_pretrain": _behrt_pretrain,
+          "med2vec": _med2vec}
+
+GPUS = {  # dense bf16 tensor-core peak TFLOP/s (vendor data sheets), for the FLOP model
+    "a10g": 125.0, "l4": 121.0, "a100": 312.0, "h100": 989.0, "h200": 989.0,
+}
+UTILISATION = 0.30
+"""Assumed share of the peak a small-batch EHR model reaches (sequence lengths of a few hundred
+tokens, small hidden sizes): an assumption, stated in the output, not a measurement."""
+
+
+def project(n_params: int, tokens_per_epoch: float, epochs: int, runs: int, gpu: str,
+            usd_per_hour: float) -> dict:
+    """Training FLOPs ~ 6 x parameters x tokens (forward + backward, Kaplan et al. 2020) per
+    epoch; time = FLOPs / (peak x :data:`UTILISATION`)."""
+    flops = 6.0 * n_params * tokens_per_epoch * epochs * runs
+    seconds = flops / (GPUS[gpu] * 1e12 * UTILISATION)
+    return {"gpu": gpu, "basis": f"FLOP model: 6 x params x tokens, {GPUS[gpu]:g} TFLOP/s "
+            f"peak x {UTILISATION:.0%} assumed utilisation (not measured; a lower bound for small "
+            "models, which data loading and kernel launches bound, not FLOPs)",
+            "projected_seconds": float(f"{seconds:.3g}"),
+            "projected_usd": float(f"{seconds / 3600 * usd_per_hour:.3g}")}
 
 
 def estimate(model_name: str, size: str, batch_size: int | None = None, device: str = "auto",
@@ -45,20 +117,19 @@ def estimate(model_name: str, size: str, batch_size: int | None = None, device: 
         toy_sequences(n_patients=patients, vocab_size=500, max_visits=60, max_codes=12)
     n_train = int((seqs.patients["split"] == "train").sum()) if "split" in seqs.patients \
         else seqs.n_patients
-    cuts = [0, 30, 90, 180, 365, 730]
-    model, loss_fn = MODELS[model_name](params, seqs.vocab_size, len(cuts) - 1)
     dev = resolve_device(device)
-    model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     has_visits = np.flatnonzero(seqs.n_visits > 0)
     rng = np.random.default_rng(0)
     idx = rng.choice(has_visits, size=min(bs, has_visits.size), replace=False)
     if params.runtime.threads:
         torch.set_num_threads(params.runtime.threads)
     ds = SequenceDataset(seqs, idx, seqs.n_visits[idx], np.full(idx.size, 100.0),
-                         np.ones(idx.size, int), cuts=cuts,
+                         np.ones(idx.size, int), cuts=CUTS,
                          max_visits=params.outcome.history.max_visits)
-    batch = ds[np.arange(idx.size)].to(dev)
+    model, loss_fn, data = MODELS[model_name](params, seqs, ds)
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = data[np.arange(idx.size)].to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -87,25 +158,38 @@ def estimate(model_name: str, size: str, batch_size: int | None = None, device: 
         "memory_per_batch_mb": round(mem, 1), "seconds_per_step": round(step, 4),
         "train_patients": n_train, "steps_per_epoch": steps_per_epoch,
         "epoch_seconds": round(step * steps_per_epoch, 1), "cpu_threads": torch.get_num_threads(),
-        "cores": os.cpu_count(),
+        "cores": os.cpu_count(), "basis": f"measured: {steps} steps on {dev}",
     }
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ehrseq.ops.estimate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=sorted(MODELS), default="lstm")
+    ap.add_argument("--model", choices=[*sorted(MODELS), "all"], default="lstm")
     ap.add_argument("--size", choices=["small", "medium", "large"], default="small")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--sequences", default="data/processed/sequences")
     ap.add_argument("--patients", type=int, default=1000, help="toy cohort size without data")
+    ap.add_argument("--gpu", choices=sorted(GPUS), help="project a grid onto this GPU")
+    ap.add_argument("--runs", type=int, default=1, help="trainings in the planned grid")
+    ap.add_argument("--epochs", type=int, help="epochs per training (default train.epochs)")
+    ap.add_argument("--usd-per-hour", type=float, help="default report.gpu_hourly_usd")
     a = ap.parse_args(argv)
-    r = estimate(a.model, a.size, a.batch_size, a.device, a.steps, a.sequences, a.patients)
-    width = max(map(len, r))
-    for k, v in r.items():
-        print(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
+    params = load_params()
+    for name in sorted(MODELS) if a.model == "all" else [a.model]:
+        r = estimate(name, a.size, a.batch_size, a.device, a.steps, a.sequences, a.patients)
+        r["planned_cpu_or_device_seconds"] = round(
+            r["epoch_seconds"] * (a.epochs or params.train.epochs) * a.runs, 1)
+        if a.gpu:
+            tokens = r["tokens_per_batch"] / r["batch_size"] * r["train_patients"]
+            r.update(project(r["params"], tokens, a.epochs or params.train.epochs, a.runs,
+                             a.gpu, a.usd_per_hour or params.report.gpu_hourly_usd))
+        width = max(map(len, r))
+        for k, v in r.items():
+            print(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
+        print()
 
 
 if __name__ == "__main__":
