@@ -174,3 +174,16 @@ def test_horizon_classifier_censoring(data):
     # ... while counting them as event-free would change the answer (more optimistic)
     naive = LogisticRegression(max_iter=2000).fit(X, (e == 1) & (d <= H))
     assert (1 - naive.predict_proba(data["Xt"])[:, 1]).mean() > s.mean() + 0.05
+
+
+def test_cox_ignores_a_constant_column():
+    """A feature with no spread (sex on a MEDS dataset without it) must not stop Cox."""
+    from ehrseq.models.classical import CoxPH
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=200), np.zeros(200)])
+    t = rng.exponential(np.exp(-X[:, 0])) + 0.01
+    e = np.ones(200, int)
+    s = CoxPH(0.1).fit(X, t, e).predict_survival(X[:5], np.array([0.5, 1.0]))
+    assert s.shape == (5, 2) and np.isfinite(s).all()
+    assert np.argsort(s[:, 0]).tolist() == np.argsort(-X[:5, 0]).tolist()   # ranks by x0

@@ -353,3 +353,15 @@ def test_survival_head_reads_only_input_visits_and_fine_tunes_the_encoder(tmp_pa
     again.eval()
     with torch.no_grad():
         torch.testing.assert_close(again(b), model.eval()(b))
+
+
+def test_code_quality_without_module_codes_is_nan_not_a_crash(tmp_path):
+    """A vocabulary without Synthea module codes (a MEDS dataset): precision is NaN and the
+    UMAP figure says why, instead of a crash in train_med2vec."""
+    from ehrseq.evaluate.embeddings import precision_at_k, umap_plot
+
+    emb = np.random.default_rng(0).normal(size=(10, 4))
+    member = np.zeros((10, 3), bool)
+    assert all(np.isnan(v) for v in precision_at_k(emb, member, (5,)).values())
+    umap_plot(emb, [f"ICD10//{i}" for i in range(10)], [frozenset()] * 10, tmp_path / "u")
+    assert (tmp_path / "u.png").stat().st_size > 0 and (tmp_path / "u.csv").is_file()

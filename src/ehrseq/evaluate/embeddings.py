@@ -62,6 +62,8 @@ def precision_at_k(emb: np.ndarray, member: np.ndarray, ks: Sequence[int] = (5, 
     other candidate shares one of its labels.
     """
     lab = np.flatnonzero(member.any(1))
+    if len(lab) < 2:      # no Synthea module code in the vocabulary (e.g. a MEDS dataset)
+        return {k: float("nan") for k in ks}
     m = member[lab]
     nbrs = cosine_neighbours(np.asarray(emb)[lab], max(ks))
     hit = (m[:, None, :] & m[nbrs]).any(-1)[_scorable(m)]      # [queries, k]
@@ -201,13 +203,19 @@ def umap_plot(emb: np.ndarray, tokens: Sequence[str], labels: Sequence[frozenset
     import pandas as pd
     import umap
 
-    from ..plots import plt
+    from ..plots import plt, skipped_figure
 
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     emb = np.asarray(emb, np.float32)
     nonzero = np.abs(emb).sum(1) > 0
     idx = np.array([i for i, lab in enumerate(labels) if lab and nonzero[i]], np.int64)
+    if len(idx) < 3:      # no Synthea module code to place (e.g. a MEDS dataset)
+        pd.DataFrame(columns=["token", "module", "x", "y"]).to_csv(stem.with_suffix(".csv"),
+                                                                   index=False)
+        skipped_figure(f"{title}\nno code of a Synthea module in the vocabulary",
+                       stem.with_suffix(".png"))
+        return
     size: dict[str, int] = {}
     for i in idx:
         for m in labels[i]:

@@ -107,11 +107,16 @@ class CoxPH:
         return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
 
     def fit(self, X, duration, event):
-        df = self._df(X).assign(duration=duration, event=event)
+        X = np.asarray(X)
+        # a constant column (e.g. sex on a dataset without it) has no effect to estimate, and
+        # lifelines' scaling would divide by its zero spread
+        self.keep = np.flatnonzero(X.std(0) > 0) if len(X) else np.arange(X.shape[1])
+        df = self._df(X[:, self.keep]).assign(duration=duration, event=event)
         self.model.fit(df, "duration", "event")
         return self
 
     def predict_survival(self, X, times) -> np.ndarray:
+        X = np.asarray(X)[:, self.keep]
         return self.model.predict_survival_function(self._df(X), times=times).to_numpy().T
 
 

@@ -31,7 +31,6 @@ from ..models.inference import resolve_device
 from ..params import load_params
 from ..train.runtime import count_parameters
 
-
 CUTS = [0, 30, 90, 180, 365, 730]   # time bins of the timed batches
 
 
@@ -59,14 +58,14 @@ def _behrt_pretrain(params, seqs, ds):
 
 
 def _med2vec(params, seqs, ds):
+    import dataclasses
+
     from ..models.med2vec import (
         Med2VecSurvival,
         Med2VecSurvivalDataset,
         med2vec_config,
         survival_loss,
     )
-
-    import dataclasses
 
     cfg = dataclasses.replace(med2vec_config(params.model, seqs.vocab_size),
                               n_bins=len(CUTS) - 1)
