@@ -50,8 +50,9 @@ def tiny_params(repo: Path, patients: int = 40) -> None:
     p["report"]["bootstrap"] = 50
     p["outcome"]["synthetic"]["signal"] = 3.0   # a strong truth: scores are checkable on 40
     p["cluster"]["min_test_patients"] = 4       # 40 patients: about 6 in the test split
-    # the learning curve below the ~28 training patients; one BEHRT mode (the rest is the same)
-    p["curve"] = {"labelled": [8, 16], "replicates": [0], "behrt_modes": ["full"]}
+    # one learning-curve point below the ~28 training patients, one BEHRT mode (the rest of
+    # the grid runs the same scripts; tests/test_learning_curve.py scores a grid)
+    p["curve"] = {"labelled": [8], "replicates": [0], "behrt_modes": ["full"]}
     # one training per stage (tests/test_tune.py covers the tuned stages); and the sweep test
     # below sweeps finetune.lr, which reaches training only with tuning off
     p["tune"] = {"lrs": None}
@@ -99,12 +100,12 @@ def test_repro_runs_every_stage(repo):
         stats = json.loads((repo / f"metrics/{f}.json").read_text())
         assert {f"{name}.{k}" for k in RUN_STATS} <= set(stats), f
     assert ev["test.landmarks"] > ev["test.patients"] > 0 and ev["lstm.n_params"] > 0
-    # the label-efficiency curve: every family at 8 and 16 labelled patients and the main run
+    # the label-efficiency curve: every family at 8 labelled patients and the main run
     lc = json.loads((repo / "metrics/learning_curve.json").read_text())
     n_all = lc["curve.n_all"]
     skipped = [k for k in lc if k.startswith("curve.skipped.")]   # a subset without events
     for fam in ("cox", "best_count", "lstm", "med2vec", "behrt_full"):
-        for n in (8, 16, n_all):
+        for n in (8, n_all):
             assert f"curve.{fam}.n{n}.c_harrell" in lc or any(k.endswith(f"/n{n}_r0")
                                                                 for k in skipped), (fam, n)
     assert "curve.crossover.behrt_full-best_count" in lc
