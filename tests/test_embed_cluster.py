@@ -406,3 +406,15 @@ def test_registered_embedders_match_params_schema():
     from ehrseq.params import EMBEDDING_METHODS
 
     assert set(EMBEDDERS) == set(EMBEDDING_METHODS)
+
+
+def test_phenotype_flags_per_landmark_of_the_same_patient():
+    """Several landmarks per patient: each gets the groups known by its own time."""
+    from ehrseq.outcomes.phenotypes import phenotype_flags
+
+    cond = pd.DataFrame({"patient": ["a", "a", "b"], "code": ["A", "B", "A"],
+                         "known_time": [10.0, 50.0, 5.0]})
+    f = phenotype_flags(cond, ["a", "a", "b", "c"], [20.0, 60.0, 1.0, 9.0],
+                        codes={"ga": ("A",), "gb": ("B",)})
+    assert f["ga"].tolist() == [True, True, False, False]
+    assert f["gb"].tolist() == [False, True, False, False]

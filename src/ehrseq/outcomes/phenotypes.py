@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .landmarks import records_by_landmark
+
 GROUPS: dict[str, tuple[str, ...]] = {
     "ckd": ("431855005", "431856006", "433144002", "431857002", "46177005", "127013003"),
     "cardiovascular": ("59621000", "38341003", "414545008", "22298006", "401303003",
@@ -70,26 +72,27 @@ def condition_visits(events: str | Path, event_kinds=None,
 
 def phenotype_flags(conditions: pd.DataFrame, patient_ids, landmark_time,
                     codes: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
-    """Boolean ``[n_patients, n_groups]`` frame: group present by each patient's landmark.
+    """Boolean ``[n_landmarks, n_groups]`` frame: group present by each landmark.
 
     ``conditions``: ``patient, code, known_time`` (from :func:`condition_visits`);
-    ``patient_ids`` and ``landmark_time`` (days since epoch) give one row per patient, in
-    that order. A record counts when it was known at or before the landmark.
+    ``patient_ids`` and ``landmark_time`` (days since epoch) give one row per landmark, in
+    that order (a patient may have several). A record counts when it was known at or before
+    the landmark.
     """
     codes = codes or GROUPS
-    ids = pd.Index(np.asarray(patient_ids, dtype=object))
+    pid = np.asarray(patient_ids, dtype=object)
     lm = np.asarray(landmark_time, np.float64)
-    out = pd.DataFrame(False, index=range(len(ids)), columns=list(codes))
-    if len(conditions) == 0 or len(ids) == 0:
+    out = pd.DataFrame(False, index=range(len(pid)), columns=list(codes))
+    if len(conditions) == 0 or len(pid) == 0:
         return out
-    row = ids.get_indexer(conditions["patient"].to_numpy(dtype=object))
-    ok = row >= 0
-    row = row[ok]
-    code = conditions["code"].astype(str).to_numpy()[ok]
-    pre = conditions["known_time"].to_numpy(np.float64)[ok] <= lm[row]
+    ids, owner = np.unique(pid.astype(str), return_inverse=True)   # landmark -> patient
+    rec_patient = pd.Index(ids).get_indexer(conditions["patient"].astype(str).to_numpy())
+    rec, row = records_by_landmark(rec_patient, owner)     # every record at every landmark
+    code = conditions["code"].astype(str).to_numpy()[rec]
+    pre = conditions["known_time"].to_numpy(np.float64)[rec] <= lm[row]
     for g, cs in codes.items():          # one pass per group (a handful), not per event
         hit = pre & np.isin(code, cs)
-        col = np.zeros(len(ids), bool)
+        col = np.zeros(len(pid), bool)
         col[row[hit]] = True
         out[g] = col
     return out
