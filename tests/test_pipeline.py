@@ -78,7 +78,7 @@ def test_repro_runs_every_stage(repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     with Repo(str(repo)) as r:       # foreach and matrix stages expanded by DVC itself
         stages = list(r.index.stages)
-        expected = {s.addressing for s in stages}
+        expected = {s.name for s in stages}
         metrics = [m.fs_path for s in stages for m in s.metrics]
     assert set(lock) == expected and any(s.startswith("curve_behrt@") for s in expected)
     for path in metrics:
