@@ -70,9 +70,17 @@ def lab(events: str | Path, patient_ids, lm: Landmarks, code: str, op: str, thre
                          f"observation {code} {op} {threshold:g} in {events}; numeric "
                          f"observations (patients, range): {listing or 'none'}")
     con.close()
+    dur, event, keep = first_known_after(rows, patient_ids, lm, end_of_record)
+    return dur, event, keep, f"{code}_{op}_{threshold:g}_at_landmark"
+
+
+def first_known_after(rows: pd.DataFrame, patient_ids, lm: Landmarks, end_of_record):
+    """(duration, event, keep) per landmark from event records (``patient``, ``t_us``: when
+    each became known): the event is the first record known after the landmark; landmarks at
+    which one was already known are not kept; the rest are censored at the end of record."""
     m = len(lm.index)
     pidx = pd.Index(np.asarray(patient_ids)).get_indexer(rows["patient"])
-    rec, r = records_by_landmark(pidx, lm.index)
+    rec, r = records_by_landmark(pidx, lm.index)     # every record against every landmark
     t = rows["t_us"].to_numpy(np.float64)[rec] / 86_400e6
     pre = t <= lm.landmark_time[r]
     known = np.bincount(r[pre], minlength=m) > 0
@@ -80,8 +88,7 @@ def lab(events: str | Path, patient_ids, lm: Landmarks, code: str, op: str, thre
     np.minimum.at(first, r[~pre], t[~pre])
     eor = np.asarray(end_of_record, np.float64)[lm.index]
     event = (np.isfinite(first) & ~known).astype(np.int64)
-    duration = np.where(event == 1, first, eor) - lm.landmark_time
-    return duration, event, ~known, f"{code}_{op}_{threshold:g}_at_landmark"
+    return np.where(event == 1, first, eor) - lm.landmark_time, event, ~known
 
 
 def _lit(s) -> str:
@@ -115,15 +122,5 @@ def onset(events: str | Path, patient_ids, lm: Landmarks, code: str, end_of_reco
                          f"condition in {events}; the most frequent condition codes are: "
                          f"{listing or 'none (no condition events)'}")
 
-    m = len(lm.index)
-    pidx = pd.Index(np.asarray(patient_ids)).get_indexer(rows["patient"])
-    rec, r = records_by_landmark(pidx, lm.index)     # every record against every landmark
-    t = rows["t_us"].to_numpy(np.float64)[rec] / 86_400e6   # when the record became known
-    pre = t <= lm.landmark_time[r]
-    known = np.bincount(r[pre], minlength=m) > 0
-    first = np.full(m, np.inf)
-    np.minimum.at(first, r[~pre], t[~pre])
-    eor = np.asarray(end_of_record, np.float64)[lm.index]
-    event = (np.isfinite(first) & ~known).astype(np.int64)
-    duration = np.where(event == 1, first, eor) - lm.landmark_time
-    return duration, event, ~known, f"has_{code}_at_landmark"
+    dur, event, keep = first_known_after(rows, patient_ids, lm, end_of_record)
+    return dur, event, keep, f"has_{code}_at_landmark"
