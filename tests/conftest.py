@@ -35,3 +35,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The whole default DAG, run once per session (`dvc repro`) on 40 generated patients with
+    fast training params (tests/tiny_repo.py). Modules copy it (``copy_built``) and never
+    change this one: tests/test_pipeline.py and tests/test_remote.py share the one run."""
+    from tiny_repo import copy_repo, run, tiny_params
+
+    repo = copy_repo(tmp_path_factory.mktemp("tiny-pipeline"))
+    tiny_params(repo)
+    run(["dvc", "repro"], repo, timeout=900)
+    return repo

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import ROOT
 from test_meds import _generated_meds
-from test_pipeline import copy_repo, run, tiny_params
+from tiny_repo import copy_repo, run, tiny_params
 
 SUBJECTS = 300  # ~45 held-out subjects: above the default cluster.min_test_patients (20)
 

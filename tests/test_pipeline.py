@@ -1,62 +1,20 @@
 """Smoke test of the real DAG: `dvc repro` on a tiny generated cohort in a temporary copy of
-this repository, then a second `dvc repro` that runs nothing, then a forced re-run of the data
-stages that must reproduce the same hashes (determinism)."""
+this repository (the session's ``tiny_pipeline``), then a second `dvc repro` that runs nothing,
+a queued sweep, then a forced re-run of the data stages that must reproduce the same hashes
+(determinism)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from tiny_repo import copy_built, run
 
 DATA_STAGES = ("synthesize", "ingest", "sequences")
-
-
-def run(cmd, cwd, **kw):
-    # the copy's own src/ first: the editable install points at the working tree
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": f"{Path(cwd) / 'src'}"}
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
-
-
-def copy_repo(dst: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT / f
-        if src.is_file() and not f.startswith(("data/", "metrics/", "plots/", "models/")):
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    run(["git", "init", "-q"], dst)
-    run(["git", "add", "-A"], dst)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
-    return dst
-
-
-def tiny_params(repo: Path, patients: int = 40) -> None:
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["data"]["patients"] = patients
-    p["train"].update(epochs=2, batch_size=16)
-    p["report"]["bootstrap"] = 50
-    p["outcome"]["synthetic"]["signal"] = 3.0   # a strong truth: scores are checkable on 40
-    p["cluster"]["min_test_patients"] = 4       # 40 patients: about 6 in the test split
-    # one learning-curve point below the ~28 training patients, one BEHRT mode (the rest of
-    # the grid runs the same scripts; tests/test_learning_curve.py scores a grid)
-    p["curve"] = {"labelled": [8], "replicates": [0], "behrt_modes": ["full"]}
-    # one training per stage (tests/test_tune.py covers the tuned stages); and the sweep test
-    # below sweeps finetune.lr, which reaches training only with tuning off
-    p["tune"] = {"lrs": None}
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
 def lock_hashes(repo: Path, stages) -> dict:
@@ -65,11 +23,8 @@ def lock_hashes(repo: Path, stages) -> dict:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    tiny_params(repo)
-    run(["dvc", "repro"], repo, timeout=900)
-    return repo
+def repo(tiny_pipeline, tmp_path_factory):
+    return copy_built(tiny_pipeline, tmp_path_factory.mktemp("repo"))
 
 
 def test_repro_runs_every_stage(repo):
