@@ -27,6 +27,7 @@ from ehrseq.evaluate.scoring import (  # noqa: E402
     PREDICTIONS,
     Outcomes,
     check_present,
+    find_predictions,
     prediction_outputs,
     score_all,
 )
@@ -37,6 +38,9 @@ from ehrseq.survival.bins import read_bins  # noqa: E402
 PLOTS = Path("plots/evaluate")
 OUTCOMES = Path("data/processed/outcomes")
 OUTCOMES_METRICS = Path("metrics/outcomes.json")
+PRETRAIN_METRICS = {"behrt": Path("metrics/pretrain_behrt.json"),
+                    "med2vec": Path("metrics/train_med2vec.json")}
+"""The pre-training runs whose seconds the learning curve's cost adds to pre-trained families."""
 log = logging.getLogger("evaluate")
 
 
@@ -44,6 +48,17 @@ def _read_json(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pretraining_runs() -> dict[str, dict]:
+    """Run statistics of each pre-training stage (``<run>.<key>`` in its metrics), by run."""
+    out = {}
+    for run, path in PRETRAIN_METRICS.items():
+        m = _read_json(path)
+        info = {k[len(run) + 1:]: v for k, v in m.items() if k.startswith(run + ".")}
+        if info:
+            out[run] = info
+    return out
 
 
 def forest(rows, path: Path) -> None:
@@ -90,12 +105,13 @@ def main() -> None:
         current = prediction_outputs(PREDICTIONS)
         check_present(current)
         current, curve_points = split_outputs(current, PREDICTIONS)
+        found = find_predictions(PREDICTIONS, current, curve_points)
         flat, risks = score_all(PREDICTIONS, OUTCOMES, horizons, rep, out,
-                                progress=lambda name: log.info("scoring %s", name),
-                                only=current, ignore=curve_points)
+                                progress=lambda name: log.info("scoring %s", name), found=found)
         log.info("scoring the learning curve (%d points)", len(curve_points))
-        curve, curve_md = learning_curve(curve_points, current, PREDICTIONS, OUTCOMES, horizons,
-                                         rep.bootstrap, rep.seed, out)
+        curve, curve_md = learning_curve(curve_points, found[0], PREDICTIONS, OUTCOMES, horizons,
+                                         rep.bootstrap, rep.seed, out, pretraining_runs(),
+                                         rep.gpu_hourly_usd)
         rows = collect(flat, yaml.safe_load(Path("params.yaml").read_text()))
         scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
         best = max(scored, key=lambda r: r["_c"]) if scored else None
@@ -132,7 +148,8 @@ def main() -> None:
             + ("\n## Paired comparisons (same test patients, same bootstrap resamples)\n\n"
                + comparisons_markdown(pairs) if pairs else "")
             + ("\n## Label efficiency (ΔC per labelled training patients, paired)\n\n"
-               + curve_md + "\n![learning curve](learning_curve.png)\n" if curve_md else ""))
+               + curve_md + "\n![learning curve](learning_curve.png)\n"
+               "![C against cost](learning_curve_cost.png)\n" if curve_md else ""))
     write_json("metrics/evaluate.json", flat)
     write_json("metrics/learning_curve.json", curve)
     print(to_markdown(rows))

@@ -11,6 +11,7 @@ import pytest
 
 from ehrseq.data.task import SurvivalTask, curve_point, stage_name, subset_problem
 from ehrseq.evaluate.curve import crossover, learning_curve, split_outputs
+from ehrseq.evaluate.scoring import find_predictions
 from ehrseq.params import CurveParams, ParamsError
 
 
@@ -104,11 +105,12 @@ def test_curve_points_are_scored_paired_and_skips_recorded(tmp_path):
 
     # main run: cox is the best count model; BEHRT better than it
     write(root / "baselines", "cox", 3.0, {"best_count": True})
-    write(root / "finetune_behrt/full", "behrt_full", 0.2)
+    gpu = {"device_type": "cuda", "world_size": 1, "n_params_trainable": 1000}
+    write(root / "finetune_behrt/full", "behrt_full", 0.2, gpu)
     # the curve: BEHRT worse at 10, better at 30; cox flat
     for n, noise_b in ((10, 12.0), (30, 0.1)):
         write(root / f"curve/baselines/n{n}_r0", "cox", 3.0, {"best_count": True})
-        write(root / f"curve/finetune_behrt/full/n{n}_r0", "behrt_full", noise_b)
+        write(root / f"curve/finetune_behrt/full/n{n}_r0", "behrt_full", noise_b, gpu)
     skipped = root / "curve/train_survival/n10_r0"
     skipped.mkdir(parents=True)
     (skipped / "SKIPPED.txt").write_text("no event among the val landmarks\n")
@@ -120,7 +122,9 @@ def test_curve_points_are_scored_paired_and_skips_recorded(tmp_path):
     assert main == outputs[:2] and len(curve) == 5
     plots = tmp_path / "plots"
     plots.mkdir()
-    m, md = learning_curve(curve, main, root, out, [100.0], 200, 0, plots)
+    main_files, _ = find_predictions(root, main, ignore=curve)
+    pretrain = {"behrt": {"train_seconds": 50.0, "device_type": "cuda", "world_size": 1}}
+    m, md = learning_curve(curve, main_files, root, out, [100.0], 200, 0, plots, pretrain, 3.6)
     assert m["curve.n_all"] == 60
     for fam in ("cox", "best_count", "behrt_full"):
         for n in (10, 30, 60):
@@ -135,6 +139,16 @@ def test_curve_points_are_scored_paired_and_skips_recorded(tmp_path):
     assert "behrt_full-best_count" in md and (plots / "learning_curve.png").is_file()
     csv = pd.read_csv(plots / "learning_curve.csv")
     assert set(csv["labelled"]) == {10, 30, 60} and set(csv["family"]) >= {"cox", "behrt_full"}
+    # cost: the pre-trained family pays its pre-training at every n, in USD on CUDA
+    for n in (10, 30, 60):
+        k = f"curve.behrt_full.n{n}"
+        assert m[f"{k}.pretrain_seconds"] == 50.0 and m[f"{k}.total_seconds"] == 51.0
+        assert m[f"{k}.gpu_cost_usd"] == pytest.approx(51.0 * 3.6 / 3600)
+        assert m[f"{k}.n_params_trainable"] == 1000 and m[f"{k}.device_type"] == "cuda"
+        assert m[f"curve.cox.n{n}.pretrain_seconds"] == 0.0
+        assert m[f"curve.cox.n{n}.gpu_cost_usd"] == 0.0
+    assert (plots / "learning_curve_cost.png").stat().st_size > 1000
+    assert "| behrt_full | 10 | " in md and "USD at $3.6/GPU-h" in md
 
 
 def test_estimate_covers_every_family_and_projects_a_grid(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,12 @@ the risk score and the patient bootstrap of every other model
 
 Families: ``cox``, ``best_count`` (the count model that the ``baselines`` stage chose on
 that point's validation split), ``lstm``, ``med2vec`` and ``behrt_<mode>``.
+
+Cost of every point: its training's wall seconds (every lr that tuning tried), its trained
+parameters, and for the pre-trained families (``behrt_full``/``lora``/``probe``, ``med2vec``)
+the pre-training run's seconds, paid once for every ``n``; in USD at ``report.gpu_hourly_usd``
+where the run was on CUDA, CPU seconds otherwise. ``learning_curve_cost.png`` plots C against
+that cost.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from . import survival
-from .scoring import Outcomes, run_info
+from .scoring import Outcomes, gpu_cost, run_info, run_seconds
 
 CURVE = "curve"
 POINT = re.compile(r"n(\d+)_r(\d+)")
 NEURAL = ("lstm", "med2vec", "behrt_full", "behrt_lora", "behrt_probe", "behrt_scratch")
+PRETRAINED_BY = {"behrt_full": "behrt", "behrt_lora": "behrt", "behrt_probe": "behrt",
+                 "med2vec": "med2vec"}
+"""Curve family -> the pre-training run (a key of ``pretrain``) whose weights it starts from."""
 
 
 def family(name: str, info: dict) -> list[str]:
@@ -92,8 +101,29 @@ def crossover(ns: list[int], ahead: list[bool]) -> int | str:
     return best
 
 
+def point_cost(fam: str, infos: list[dict], pretrain: dict[str, dict], hourly_usd: float
+               ) -> dict:
+    """A point's cost, averaged over its replicates: training seconds (every lr tried),
+    pre-training seconds (``pretrain``: run statistics by run, see :data:`PRETRAINED_BY`),
+    trained parameters, GPU cost in USD (0 off CUDA) and the device type."""
+    pre = pretrain.get(PRETRAINED_BY.get(fam, ""), {})
+    seconds = float(np.mean([run_seconds(i) for i in infos]))
+    pre_s = run_seconds(pre) if pre else 0.0
+    trainable = [i["n_params_trainable"] for i in infos if "n_params_trainable" in i]
+    devices = sorted({str(i.get("device_type", "unknown")) for i in infos} |
+                     ({str(pre.get("device_type", "unknown"))} if pre else set()))
+    return {"compute_seconds": seconds, "pretrain_seconds": pre_s,
+            "total_seconds": seconds + pre_s,
+            "n_params_trainable": int(np.mean(trainable)) if trainable else None,
+            "gpu_cost_usd": float(np.mean([gpu_cost(i, hourly_usd) for i in infos]))
+            + (gpu_cost(pre, hourly_usd) if pre else 0.0),
+            "device_type": "+".join(devices)}
+
+
 def score_curve(curve_files: list[Path], main_files: dict[str, Path], outcomes_dir,
-                horizons, n_boot: int, seed: int, n_all: int) -> tuple[dict, list[dict]]:
+                horizons, n_boot: int, seed: int, n_all: int,
+                pretrain: dict[str, dict] | None = None, hourly_usd: float = 0.0
+                ) -> tuple[dict, list[dict]]:
     """(flat metrics for metrics/learning_curve.json, long rows for the plot/CSV)."""
     o = Outcomes.load(outcomes_dir)
     h = o.reference_horizon(horizons)
@@ -107,16 +137,18 @@ def score_curve(curve_files: list[Path], main_files: dict[str, Path], outcomes_d
             per = np.stack([_boot_c(f, o, h, w) for _, f in sorted(reps.items())])
             boots[fam, n] = per.mean(0)
             lo, hi = survival._interval(boots[fam, n][1:]) if n_boot else (math.nan, math.nan)
-            secs = [run_info(f).get("train_seconds") for f in reps.values()]
+            infos = [run_info(f) for f in reps.values()]
+            secs = [i["train_seconds"] for i in infos if i.get("train_seconds") is not None]
+            cost = point_cost(fam, infos, pretrain or {}, hourly_usd)
             key = f"curve.{fam}.n{n}"
             m.update({f"{key}.c_harrell": float(boots[fam, n][0]), f"{key}.c_harrell_lo": lo,
                       f"{key}.c_harrell_hi": hi, f"{key}.replicates": len(reps),
                       f"{key}.c_min": float(per[:, 0].min()),
                       f"{key}.c_max": float(per[:, 0].max()),
-                      f"{key}.train_seconds": float(np.mean([s for s in secs if s is not None]))
-                      if any(s is not None for s in secs) else None})
+                      f"{key}.train_seconds": float(np.mean(secs)) if secs else None,
+                      **{f"{key}.{k}": v for k, v in cost.items()}})
             rows.append({"family": fam, "labelled": n, "c_harrell": float(boots[fam, n][0]),
-                         "lo": lo, "hi": hi, "replicates": len(reps)})
+                         "lo": lo, "hi": hi, "replicates": len(reps), **cost})
     for a, b in comparisons(grid):
         ns = sorted(set(grid[a]) & set(grid[b]))
         ahead, sure = [], []
@@ -153,6 +185,39 @@ def plot_curve(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_cost(rows: list[dict], path: Path, hourly_usd: float) -> None:
+    """Harrell's C (95% interval) against each point's compute (training, every lr tried, plus
+    the pre-training it starts from), one line per family, points labelled with ``n``; a top
+    axis in USD at ``hourly_usd`` when any run used a GPU."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fam in sorted({r["family"] for r in rows}):
+        rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["total_seconds"])
+        x = [max(r["total_seconds"], 1e-3) for r in rs]
+        y = [r["c_harrell"] for r in rs]
+        err = [[max(r["c_harrell"] - r["lo"], 0) if math.isfinite(r["lo"]) else 0 for r in rs],
+               [max(r["hi"] - r["c_harrell"], 0) if math.isfinite(r["hi"]) else 0 for r in rs]]
+        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=fam)
+        for xi, yi, r in zip(x, y, rs, strict=True):
+            ax.annotate(str(r["labelled"]), (xi, yi), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points", color=line[0].get_color())
+    ax.set_xscale("log")
+    gpu = any("cuda" in str(r["device_type"]) for r in rows)
+    ax.set_xlabel("compute seconds: training (every lr tried) + pre-training"
+                  + ("" if gpu else " (CPU, no GPU used)"))
+    if gpu and hourly_usd > 0:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s * hourly_usd / 3600,
+                                                   lambda u: u * 3600 / hourly_usd))
+        top.set_xlabel(f"USD at ${hourly_usd}/GPU-hour")
+    ax.set_ylabel("test C-index (Harrell)")
+    ax.set_title("C against cost (point labels: labelled training patients)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def split_outputs(outputs: list[Path], root: Path) -> tuple[list[Path], list[Path]]:
     """(the main run's prediction outputs, the learning-curve points')."""
     base = (Path(root) / CURVE).resolve()
@@ -160,14 +225,15 @@ def split_outputs(outputs: list[Path], root: Path) -> tuple[list[Path], list[Pat
     return [o for o in outputs if o not in curve], curve
 
 
-def learning_curve(curve_outputs: list[Path], main_outputs: list[Path], root: Path,
-                   outcomes_dir: Path, horizons, n_boot: int, seed: int, plots_dir: Path
+def learning_curve(curve_outputs: list[Path], main: dict[str, Path], root: Path,
+                   outcomes_dir: Path, horizons, n_boot: int, seed: int, plots_dir: Path,
+                   pretrain: dict[str, dict] | None = None, hourly_usd: float = 0.0
                    ) -> tuple[dict, str]:
-    """Score every curve point (skips recorded), write ``learning_curve.{png,csv}`` into
-    ``plots_dir``; returns (metrics/learning_curve.json, a Markdown summary)."""
+    """Score every curve point (skips recorded) against the main run (``main``: survival
+    predictions by model name), write ``learning_curve.{png,csv}`` and
+    ``learning_curve_cost.png`` into ``plots_dir``; returns (metrics/learning_curve.json, a
+    Markdown summary)."""
     import pandas as pd
-
-    from .scoring import find_predictions
 
     files = sorted(f for d in curve_outputs for f in Path(d).rglob("*.npz"))
     m: dict = {}
@@ -177,14 +243,15 @@ def learning_curve(curve_outputs: list[Path], main_outputs: list[Path], root: Pa
             m[f"curve.skipped.{rel.as_posix()}"] = (Path(d) / "SKIPPED.txt").read_text().strip()
     if not files:
         return m, ""
-    main, _ = find_predictions(root, main_outputs, ignore=curve_outputs)
     t = pd.read_parquet(Path(outcomes_dir) / "outcomes.parquet")
     n_all = int(t.loc[t["split"] == "train", "patient"].nunique())
-    scored, rows = score_curve(files, main, outcomes_dir, horizons, n_boot, seed, n_all)
+    scored, rows = score_curve(files, main, outcomes_dir, horizons, n_boot, seed, n_all,
+                               pretrain, hourly_usd)
     m.update(scored)
     pd.DataFrame(rows).to_csv(plots_dir / "learning_curve.csv", index=False)
     plot_curve(rows, plots_dir / "learning_curve.png",
                f"Label efficiency ({n_all} = every labelled training patient)")
+    plot_cost(rows, plots_dir / "learning_curve_cost.png", hourly_usd)
     lines = ["| comparison | " + " | ".join(f"n = {n}" for n in sorted({r["labelled"]
                                                                        for r in rows}))
              + " | crossover (ΔC > 0 / interval > 0) |",
@@ -199,4 +266,18 @@ def learning_curve(curve_outputs: list[Path], main_outputs: list[Path], root: Pa
                          if k + ".delta" in m else "")
         lines.append(f"| {a_b} | " + " | ".join(cells) + f" | {m[key]} / "
                      f"{m['curve.crossover_significant.' + a_b]} |")
-    return m, "\n".join(lines) + "\n"
+    return m, "\n".join(lines) + "\n\n" + cost_markdown(rows, hourly_usd)
+
+
+def cost_markdown(rows: list[dict], hourly_usd: float) -> str:
+    """Every point: C, its training and pre-training seconds, trained parameters, cost."""
+    out = ["| family | labelled | C [95% CI] | train s (every lr) | pre-training s | "
+           f"trained params | device | USD at ${hourly_usd}/GPU-h |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["family"], r["labelled"])):
+        params = f"{r['n_params_trainable']:,}" if r["n_params_trainable"] else "n/a"
+        out.append(f"| {r['family']} | {r['labelled']} | {r['c_harrell']:.3f} "
+                   f"[{r['lo']:.3f}, {r['hi']:.3f}] | {r['compute_seconds']:.1f} | "
+                   f"{r['pretrain_seconds']:.1f} | {params} | {r['device_type']} | "
+                   f"{r['gpu_cost_usd']:.4f} |")
+    return "\n".join(out) + "\n"

@@ -163,22 +163,27 @@ def score_survival(name: str, surv: np.ndarray, times: np.ndarray, o: Outcomes,
     return {f"{name}.{k}": v for k, v in survival.scalar_metrics(res).items()}
 
 
+def run_seconds(info: dict) -> float:
+    """Wall seconds of a run's training, every lr it tried included."""
+    return float(info.get("tune.wall_time_s") or info.get("train_seconds") or 0.0)
+
+
 def gpu_cost(info: dict, hourly_usd: float) -> float:
     """GPU hours of a run (every lr it tried, every process) at ``hourly_usd``; 0 off CUDA."""
     if info.get("device_type") != "cuda":
         return 0.0
-    seconds = info.get("tune.wall_time_s") or info.get("train_seconds") or 0.0
-    return seconds * info.get("world_size", 1) / 3600 * hourly_usd
+    return run_seconds(info) * info.get("world_size", 1) / 3600 * hourly_usd
 
 
 def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: ReportParams,
               plots_dir: Path | None = None, progress=None, only: list[Path] | None = None,
-              ignore: list[Path] = ()) -> tuple[dict, dict]:
-    """Score every prediction under ``root`` (``only``: see :func:`find_predictions`): (flat
-    metrics, test risk ``1 - S(h*)`` of every survival model in test-table order, for paired
-    comparisons)."""
+              ignore: list[Path] = (), found: tuple | None = None) -> tuple[dict, dict]:
+    """Score every prediction under ``root`` (``only``, ``ignore``: see
+    :func:`find_predictions`; ``found``: what it returned, if the caller already called it):
+    (flat metrics, test risk ``1 - S(h*)`` of every survival model in test-table order, for
+    paired comparisons)."""
     o = Outcomes.load(outcomes_dir)
-    surv_files, multi_files = find_predictions(root, only, ignore)
+    surv_files, multi_files = found or find_predictions(root, only, ignore)
     h = o.reference_horizon(horizons)
     metrics: dict = {"test.patients": int(len(np.unique(o.index))),
                      "test.landmarks": int(len(o.index)), "test.events": int(o.event.sum()),
