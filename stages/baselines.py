@@ -65,8 +65,8 @@ def main() -> None:
                              "sequences.min_count and outcome.history")
     feat = Featurizer(seed=params.train.seed).fit(task.counts("train"), task.age[tr],
                                                   task.male[tr], win["train"])
-    X = {split: {"sparse": feat.sparse(task.counts(split), task.age[r], task.male[r], win[split]),
-                 "dense": feat.dense(task.counts(split), task.age[r], task.male[r], win[split])}
+    X = {split: {kind: getattr(feat, kind)(task.counts(split), task.age[r], task.male[r],
+                                           win[split]) for kind in set(KINDS.values())}
          for split, r in (("train", tr), ("val", va), ("test", te))}
     # h* of the tuning's risk score: the same rule as the test scores' (reference_horizon),
     # computed from the validation and training outcomes alone

@@ -12,7 +12,15 @@ from sklearn.linear_model import LogisticRegression
 
 from ehrseq.data.task import time_grid
 from ehrseq.evaluate.survival import survival_at
-from ehrseq.models.classical import RSF, CoxPH, HorizonClassifier, KaplanMeier, make_models
+from ehrseq.models.classical import (
+    RSF,
+    CoxNet,
+    CoxPH,
+    Featurizer,
+    HorizonClassifier,
+    KaplanMeier,
+    make_models,
+)
 
 HORIZONS = [30, 90, 180]
 H = 180.0  # the horizon the censoring checks look at (~45% censored before it)
@@ -62,7 +70,7 @@ def test_risk_orientation(data, fitted):
             assert np.ptp(risk) == 0
             continue
         assert risk[-1] > risk[0] + 0.1, f"{name}: risk {risk}"
-        if name in ("cox", "lr"):  # linear in x0: strictly monotone (forests: only overall)
+        if name in ("cox", "coxnet", "lr"):  # linear in x0: strictly monotone (forests: not)
             assert (np.diff(risk) > 0).all(), f"{name}: {risk}"
         # on real test patients too: risk correlates with the true hazard
         r = 1 - survival_at(m.predict_survival(data["Xt"], data["grid"]), data["grid"], 90.0)
@@ -110,6 +118,53 @@ def test_rsf_read_at_horizon_is_sksurv(data, fitted):
     np.testing.assert_array_equal(rsf.predict_survival(data["Xt"][:3], [first / 2]), 1.0)
 
 
+def test_coxnet_read_at_horizon_is_sksurv(data, fitted):
+    """The elastic-net Cox gives scikit-survival's own Breslow S(h) at the end of its path, and
+    its lasso keeps the risk covariate and drops the noise ones."""
+    net = fitted["coxnet"]
+    s = net.predict_survival(data["Xt"], data["grid"])
+    fns = net.model.predict_survival_function(data["Xt"], alpha=net.alpha)
+    for h in HORIZONS:
+        want = np.array([f(h) for f in fns])
+        np.testing.assert_allclose(survival_at(s, data["grid"], h), want, rtol=1e-12)
+    coef = net.model.coef_[:, -1]
+    assert coef[0] > 0.3 and np.abs(coef[1:]).max() < 0.5 * coef[0], coef
+    assert net.alpha == pytest.approx(net.model.alphas_[0] * 0.1)
+    # a stronger penalty shrinks the risk coefficient
+    strong = CoxNet(alpha_ratio=0.8).fit(data["X"], data["d"], data["e"])
+    assert 0 <= strong.model.coef_[0, -1] < coef[0]
+
+
+def test_presence_features_pick_the_code_among_noise():
+    """Code presence (standardised 0/1 of the codes in >= PRESENCE_MIN_ROWS training rows):
+    an elastic-net Cox on it finds the one code that sets the hazard among 200 noise codes,
+    where the SVD features of the same counts blur it."""
+    import scipy.sparse as sp
+
+    from ehrseq.models.classical import PRESENCE_MIN_ROWS
+
+    rng = np.random.default_rng(3)
+    n, v = 800, 201
+    counts = sp.csr_matrix(rng.poisson(0.3, size=(n, v)) * (rng.random((n, v)) < 0.5))
+    has = np.asarray(counts[:, 0].todense()).ravel() > 0
+    t = rng.exponential(300 / np.exp(1.2 * has)) + 1
+    c = rng.uniform(1, 600, n)
+    d, e = np.minimum(t, c), (t <= c).astype(int)
+    age, male = rng.normal(50, 10, n), rng.random(n) < 0.5
+    tr, te = slice(0, 600), slice(600, None)
+    feat = Featurizer(seed=0).fit(counts[tr], age[tr], male[tr])
+    assert all((np.asarray((counts[tr][:, j] > 0).sum()) >= PRESENCE_MIN_ROWS)
+               for j in feat.present)
+    X = feat.presence(counts, age, male)
+    assert X.shape == (n, len(feat.present) + 2)
+    np.testing.assert_allclose(X[tr, :-2].mean(0), 0, atol=1e-9)
+    net = CoxNet().fit(X[tr], d[tr], e[tr])
+    coef = net.model.coef_[:, -1]
+    assert np.argmax(np.abs(coef)) == list(feat.present).index(0), coef[:5]
+    risk = 1 - net.predict_survival(X[te], [180.0])[:, 0]
+    assert risk[has[te]].mean() > risk[~has[te]].mean() + 0.1
+
+
 def test_horizon_classifier_read_at_horizon(data, fitted):
     """S(h) = 1 - P(event by h) of the horizon-h classifier (after the running minimum over
     the horizons that keeps the curve monotone); a step between horizons, 1 before the first."""
@@ -143,7 +198,8 @@ def test_km_uses_censoring(data):
     assert dropped < truth - 0.1 and naive < truth - 0.1
 
 
-@pytest.mark.parametrize("make", [lambda: CoxPH(), lambda: RSF(seed=0)], ids=["cox", "rsf"])
+@pytest.mark.parametrize("make", [lambda: CoxPH(), lambda: RSF(seed=0), lambda: CoxNet()],
+                         ids=["cox", "rsf", "coxnet"])
 def test_survival_models_use_censoring(data, make):
     """Fitted with its censored patients, a model's mean S(h) on test patients matches the true
     S(h); fitted without them (dropped: only events left) it is far too pessimistic."""

@@ -127,24 +127,28 @@ def test_metrics_names(data):
 
 def test_params_and_grids():
     t = TuneParams()
-    assert (t.cox_penalizer, t.lr_c, t.forest_min_leaf) == ([0.01, 0.1], [0.1, 1.0], [5, 20])
+    assert (t.cox_penalizer, t.lr_c, t.forest_min_leaf, t.coxnet_alpha) == \
+        ([0.01, 0.1], [0.1, 1.0], [5, 20], [0.05, 0.2])
     assert {n: classical_grid(n, t) for n in MODELS} == {
-        "km": [None], "cox": [0.01, 0.1], "lr": [0.1, 1.0], "rf": [5, 20], "rsf": [5, 20],
-        "gbm": [5, 20]}
+        "km": [None], "cox": [0.01, 0.1], "coxnet": [0.05, 0.2], "lr": [0.1, 1.0],
+        "rf": [5, 20], "rsf": [5, 20], "gbm": [5, 20]}
     # every family gets len(tune.lrs) candidates
     assert all(len(classical_grid(n, t)) == len(t.lrs) for n in TUNED)
     # tuning off: today's defaults, one candidate each (the grids are not used)
     off = parse_params({"tune": {"lrs": None}}).tune
     assert {n: classical_grid(n, off) for n in TUNED} == {
-        "cox": [0.1], "lr": [1.0], "rf": [5], "rsf": [10], "gbm": [20]}
+        "cox": [0.1], "coxnet": [0.1], "lr": [1.0], "rf": [5], "rsf": [10], "gbm": [20]}
     p = parse_params({"tune": {"lrs": [0.01, 0.001, 0.003], "cox_penalizer": [1, 0.1, 0.01],
-                               "lr_c": [0.1, 1, 10], "forest_min_leaf": [20, 5, 10]}}).tune
+                               "lr_c": [0.1, 1, 10], "forest_min_leaf": [20, 5, 10],
+                               "coxnet_alpha": [0.3, 0.1, 0.03]}}).tune
     assert p.cox_penalizer == [0.01, 0.1, 1] and p.forest_min_leaf == [5, 10, 20]
     for bad, key in (({"lrs": [0.001, 0.003, 0.01]}, "same tuning budget"),
                      ({"lr_c": [0.0, 1.0]}, "tune.lr_c"),
                      ({"cox_penalizer": [-1.0, 0.1]}, "tune.cox_penalizer"),
                      ({"forest_min_leaf": [0, 5]}, "tune.forest_min_leaf"),
                      ({"forest_min_leaf": [5, 5]}, "tune.forest_min_leaf"),
+                     ({"coxnet_alpha": [0.1, 1.5]}, "tune.coxnet_alpha"),
+                     ({"coxnet_alpha": [0.0, 0.1]}, "tune.coxnet_alpha"),
                      ({"lrs": [0.001], "lr_c": [1.0]}, "tune: .*cox_penalizer: 2")):
         with pytest.raises(ParamsError, match=key):
             parse_params({"tune": bad})
@@ -153,7 +157,7 @@ def test_params_and_grids():
 def test_params_yaml_and_dvc_yaml():
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert parse_params(p).tune == TuneParams.model_validate(p["tune"])
-    assert {"cox_penalizer", "lr_c", "forest_min_leaf"} <= set(p["tune"])
+    assert {"cox_penalizer", "lr_c", "forest_min_leaf", "coxnet_alpha"} <= set(p["tune"])
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["baselines"]
     assert "tune" in spec["params"]
 
@@ -223,7 +227,7 @@ def test_stage_tunes_on_validation_only(tmp_path, monkeypatch):
         assert n_tr == len(train) and n_va == len(val) and h == m["tune.risk_horizon"]
         np.testing.assert_array_equal(d_tr, train["duration"])
         np.testing.assert_array_equal(d_va, val["duration"])
-    assert [c[0] for c in calls] == [1, 2, 2, 2, 2, 2]   # KM has nothing to tune
+    assert [c[0] for c in calls] == [1] + [2] * (len(MODELS) - 1)   # KM has nothing to tune
     for name, t in TUNED.items():
         grid = classical_grid(name, TuneParams())
         cs = {v: m[f"{name}.tune.{t.hyperparam}_{v:g}.val_c"] for v in grid}
@@ -248,7 +252,7 @@ def test_stage_tunes_on_validation_only(tmp_path, monkeypatch):
     m2 = run_stage(tmp_path, monkeypatch)
     tuning = [k for k in m if "tune" in k.split(".")[:2] or ".tuned." in k]
     tuning = [k for k in tuning if not k.endswith("wall_time_s")]
-    assert len(tuning) == 5 * 4 + 1
+    assert len(tuning) == len(TUNED) * 4 + 1
     assert {k: m2[k] for k in tuning} == {k: m[k] for k in tuning}
     assert scores(tmp_path)["cox.c_harrell"] != s1["cox.c_harrell"]
     # the best count model is chosen on validation: the same with other test outcomes

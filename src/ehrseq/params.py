@@ -382,8 +382,9 @@ class TuneParams(_Section):
     The budget is ``len(lrs)`` candidates for every family: each classical grid must have as
     many values as ``lrs``. ``lrs: null`` turns tuning off for every model at once: one
     candidate each, the neural lr of ``train.lr``/``finetune.lr`` and the classical defaults
-    (Cox penalizer 0.1, LR C 1.0, RF min_samples_leaf 5, RSF min_samples_leaf 10); the
-    classical grids are then not used."""
+    (Cox penalizer 0.1, LR C 1.0, RF min_samples_leaf 5, RSF min_samples_leaf 10, GBM
+    min_child_samples 20, elastic-net Cox alpha 0.1); the classical grids are then not
+    used."""
 
     lrs: list[float] | None = Field(default_factory=lambda: [0.001, 0.003])
     """Learning rates tried per stage; null or [] = no tuning: ``train.lr`` (``finetune.lr``
@@ -396,6 +397,9 @@ class TuneParams(_Section):
     forest_min_leaf: list[int] = Field(default_factory=lambda: [5, 20])
     """Random forest per horizon and random survival forest: ``min_samples_leaf`` (>= 1;
     larger = more regularised), one grid for both forests."""
+    coxnet_alpha: list[float] = Field(default_factory=lambda: [0.05, 0.2])
+    """Elastic-net Cox on code presence: the penalty as a fraction of the smallest one that
+    zeroes every coefficient on the training split (in (0, 1]; larger = more regularised)."""
 
     @field_validator("lrs")
     @classmethod
@@ -407,13 +411,16 @@ class TuneParams(_Section):
             raise ValueError(f"learning rates must be distinct and in (0, 1]; got {v}")
         return sorted(v)
 
-    @field_validator("cox_penalizer", "lr_c", "forest_min_leaf")
+    @field_validator("cox_penalizer", "lr_c", "forest_min_leaf", "coxnet_alpha")
     @classmethod
     def _grid(cls, v: list, info) -> list:
         low = 1 if info.field_name == "forest_min_leaf" else 0.0
-        bad = [x for x in v if x < low or (info.field_name == "lr_c" and x <= 0)]
+        bad = [x for x in v if x < low or (info.field_name in ("lr_c", "coxnet_alpha")
+                                           and x <= 0) or (info.field_name == "coxnet_alpha"
+                                                           and x > 1)]
         if not v or bad or len(set(v)) != len(v):
-            what = {"cox_penalizer": ">= 0", "lr_c": "> 0", "forest_min_leaf": ">= 1"}
+            what = {"cox_penalizer": ">= 0", "lr_c": "> 0", "forest_min_leaf": ">= 1",
+                    "coxnet_alpha": "in (0, 1]"}
             raise ValueError(f"must be a non-empty list of distinct values "
                              f"{what[info.field_name]}; got {v}")
         return sorted(v)
@@ -422,7 +429,8 @@ class TuneParams(_Section):
     def _same_budget(self):
         if self.lrs:   # tuning on: every family the same number of candidates
             n = len(self.lrs)
-            off = {k: len(getattr(self, k)) for k in ("cox_penalizer", "lr_c", "forest_min_leaf")
+            off = {k: len(getattr(self, k)) for k in ("cox_penalizer", "lr_c", "forest_min_leaf",
+                                                      "coxnet_alpha")
                    if len(getattr(self, k)) != n}
             if off:
                 raise ValueError(

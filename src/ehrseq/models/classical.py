@@ -1,7 +1,8 @@
-"""Classical survival baselines: Kaplan–Meier, penalised Cox PH, logistic regression, random
-forest and gradient-boosted trees (LightGBM) per horizon, random survival forest. Each is a plain fit/predict object that returns a
-survival matrix ``S(t | x)`` on the common time grid, so every model is scored by the one
-evaluation module (``ehrseq.evaluate.survival``) with the one risk score.
+"""Classical survival baselines: Kaplan–Meier, penalised Cox PH, elastic-net Cox on code
+presence, logistic regression, random forest and gradient-boosted trees (LightGBM) per
+horizon, random survival forest. Each is a plain fit/predict object that returns a survival
+matrix ``S(t | x)`` on the common time grid, so every model is scored by the one evaluation
+module (``ehrseq.evaluate.survival``) with the one risk score.
 
 Each model gives its own S(t) at exactly the grid times asked (the grid holds the horizons and
 every test duration, see :meth:`ehrseq.data.task.SurvivalTask.time_grid`):
@@ -9,6 +10,8 @@ every test duration, see :meth:`ehrseq.data.task.SurvivalTask.time_grid`):
 - Kaplan–Meier: lifelines' step function, 1 before the first training time;
 - Cox: lifelines' ``predict_survival_function(X, times=...)``, whose baseline cumulative
   hazard is linearly interpolated between training durations (lifelines' own convention);
+- elastic-net Cox: scikit-survival's Breslow step function over the training event times,
+  read as RSF's below;
 - LR / RF / GBM per horizon: a step function that changes only at the horizons (see
   :class:`HorizonClassifier`);
 - RSF: scikit-survival's step function over the training times, flat after the last and 1
@@ -18,7 +21,11 @@ every test duration, see :meth:`ehrseq.data.task.SurvivalTask.time_grid`):
 Features (built by :class:`Featurizer` on the training split only): TF-IDF of the code counts
 of the input window and, in the ``baselines`` stage, time-windowed counts and recency of every
 code (:mod:`ehrseq.data.windows`, MEDS-Tab style), reduced by truncated SVD for the models that
-need dense inputs, plus age at the landmark (standardised) and sex.
+need dense inputs, plus age at the landmark (standardised) and sex. The elastic-net Cox takes
+the presence (0/1) of every code in the input window instead, standardised, for the codes
+present in at least :data:`PRESENCE_MIN_ROWS` training rows: the lasso picks the few codes
+that matter out of thousands, which dense SVD components and tree splits on noisy columns do
+less well on a cohort of a thousand patients (docs/benchmarks.md, negative control).
 
 Equal tuning (docs/training.md): every family but Kaplan–Meier has one main regularisation
 hyperparameter (:data:`TUNED`), tried over the grid of params.yaml ``tune`` (as many values as
@@ -48,10 +55,15 @@ from sksurv.ensemble import RandomSurvivalForest
 from ..params import TuneParams
 from ..survival.curves import harrell_c, km_survival, risk_score, survival_at
 
+PRESENCE_MIN_ROWS = 5
+"""A code enters the elastic-net Cox's presence features if it is in at least this many
+training rows (rarer ones cannot be estimated and only cost memory)."""
+
 
 class Featurizer:
     """Code counts (+ optional time-windowed features, :mod:`ehrseq.data.windows`) →
-    (sparse TF-IDF + log1p(windows) + demographics, dense SVD of both + demographics)."""
+    (sparse TF-IDF + log1p(windows) + demographics, dense SVD of both + demographics, dense
+    standardised code presence + demographics)."""
 
     def __init__(self, n_components: int = 16, seed: int = 0):
         self.n_components, self.seed = n_components, seed
@@ -71,7 +83,14 @@ class Featurizer:
         self.age_mean, self.age_std = float(age.mean()), float(age.std() or 1.0)
         dense = self.svd.transform(codes)
         self.mu, self.sd = dense.mean(0), dense.std(0) + 1e-8
+        rows = np.asarray((counts > 0).sum(0)).ravel()
+        self.present = np.flatnonzero(rows >= min(PRESENCE_MIN_ROWS, max(counts.shape[0], 1)))
+        pres = self._presence(counts)
+        self.p_mu, self.p_sd = pres.mean(0), pres.std(0) + 1e-8
         return self
+
+    def _presence(self, counts) -> np.ndarray:
+        return (counts[:, self.present] > 0).toarray().astype(np.float64)
 
     def _demo(self, age, male) -> np.ndarray:
         return np.column_stack([(age - self.age_mean) / self.age_std, male.astype(float)])
@@ -82,6 +101,10 @@ class Featurizer:
 
     def dense(self, counts, age, male, windows=None) -> np.ndarray:
         z = (self.svd.transform(self._codes(counts, windows)) - self.mu) / self.sd
+        return np.column_stack([z, self._demo(age, male)])
+
+    def presence(self, counts, age, male, windows=None) -> np.ndarray:
+        z = (self._presence(counts) - self.p_mu) / self.p_sd
         return np.column_stack([z, self._demo(age, male)])
 
 
@@ -118,6 +141,34 @@ class CoxPH:
     def predict_survival(self, X, times) -> np.ndarray:
         X = np.asarray(X)[:, self.keep]
         return self.model.predict_survival_function(self._df(X), times=times).to_numpy().T
+
+
+class CoxNet:
+    """scikit-survival's elastic-net Cox (``l1_ratio`` 0.5) on the presence features. The
+    penalty is ``alpha_ratio`` times the smallest one that zeroes every coefficient on the
+    training data (scale-free, so one grid fits any cohort); the path is fitted from there
+    down, warm-started, and read at its end."""
+
+    def __init__(self, alpha_ratio: float = 0.1, l1_ratio: float = 0.5, steps: int = 10):
+        self.alpha_ratio, self.l1_ratio, self.steps = alpha_ratio, l1_ratio, steps
+
+    def fit(self, X, duration, event):
+        from sksurv.linear_model import CoxnetSurvivalAnalysis
+        from sksurv.util import Surv
+
+        y = Surv.from_arrays(np.asarray(event).astype(bool), np.asarray(duration, float))
+        top = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, n_alphas=2,
+                                     alpha_min_ratio=0.5).fit(X, y).alphas_[0]
+        path = top * np.geomspace(1.0, self.alpha_ratio, self.steps)
+        self.model = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, alphas=path,
+                                            fit_baseline_model=True, max_iter=100_000).fit(X, y)
+        self.alpha = self.model.alphas_[-1]
+        return self
+
+    def predict_survival(self, X, times) -> np.ndarray:
+        fns = self.model.predict_survival_function(X, alpha=self.alpha)
+        surv = np.stack([f.y for f in fns]) if len(fns) else np.ones((0, 1))
+        return survival_at(surv, fns[0].x if len(fns) else np.zeros(1), times)
 
 
 class HorizonClassifier:
@@ -168,11 +219,12 @@ class RSF:
         return survival_at(surv, self.model.unique_times_, times)
 
 
-MODELS = ("km", "cox", "lr", "rf", "rsf", "gbm")
-KINDS = {"km": "dense", "cox": "dense", "lr": "sparse", "rf": "sparse", "rsf": "dense",
-         "gbm": "sparse"}
-"""Which features each model takes: ``sparse`` (TF-IDF + demographics) or ``dense`` (SVD +
-demographics; Kaplan–Meier ignores them)."""
+MODELS = ("km", "cox", "coxnet", "lr", "rf", "rsf", "gbm")
+KINDS = {"km": "dense", "cox": "dense", "coxnet": "presence", "lr": "sparse", "rf": "sparse",
+         "rsf": "dense", "gbm": "sparse"}
+"""Which features each model takes: ``sparse`` (TF-IDF + windows + demographics), ``dense``
+(SVD + demographics; Kaplan–Meier ignores them) or ``presence`` (standardised 0/1 per code +
+demographics): the methods of :class:`Featurizer`."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +240,7 @@ class Tuned:
 
 TUNED = {
     "cox": Tuned("penalizer", "cox_penalizer", 0.1, True),
+    "coxnet": Tuned("alpha", "coxnet_alpha", 0.1, True),
     "lr": Tuned("C", "lr_c", 1.0, False),
     "rf": Tuned("min_samples_leaf", "forest_min_leaf", 5, True),
     "rsf": Tuned("min_samples_leaf", "forest_min_leaf", 10, True),
@@ -204,6 +257,8 @@ def make_model(name: str, horizons, seed: int = 0, value=None):
     v = TUNED[name].default if value is None else value
     if name == "cox":
         return CoxPH(penalizer=float(v))
+    if name == "coxnet":
+        return CoxNet(alpha_ratio=float(v))
     if name == "lr":
         return HorizonClassifier(lambda: LogisticRegression(C=float(v), max_iter=2000),
                                  horizons)
@@ -228,7 +283,7 @@ def gbm_classifier(min_child_samples: int, seed: int = 0):
                           deterministic=True, force_col_wise=True, verbose=-1)
 
 
-COUNT_MODELS = ("cox", "lr", "rf", "rsf", "gbm")
+COUNT_MODELS = ("cox", "coxnet", "lr", "rf", "rsf", "gbm")
 """The count-based models the neural ones must beat; the best of them on the validation split
 is named ``best_count`` (Kaplan–Meier ranks nobody)."""
 
