@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ehrseq.data.task import curve_point, curve_stats, load_task, stage_name, subset_problem
+from ehrseq.data.task import curve_run
 from ehrseq.data.windows import window_features
 from ehrseq.evaluate.survival import reference_horizon
 from ehrseq.io import InputError, atomic_outputs, run_stage, write_json
@@ -36,11 +36,9 @@ log = logging.getLogger("baselines")
 
 def main() -> None:
     params = load_params()
-    labelled, replicate = curve_point()      # a learning-curve point, or the main run
-    task = load_task(labelled, replicate)
-    stage = stage_name("baselines", labelled, replicate)
-    pred, point = Path("data/predictions") / stage, curve_stats(task, labelled, replicate)
-    why = labelled and subset_problem(task)
+    run = curve_run("baselines")             # a learning-curve point, or the main run
+    task, stage, point, why = run.task, run.stage, run.stats, run.skip
+    pred = Path("data/predictions") / stage
     if why:                                  # a recorded skip, never a crash
         log.warning("%s: nothing trained: %s", stage, why)
         with atomic_outputs(pred) as (out,):

@@ -17,15 +17,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from ehrseq.data.task import (
-    OUTCOMES,
-    SEQUENCES,
-    curve_point,
-    curve_stats,
-    load_task,
-    stage_name,
-    subset_problem,
-)
+from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import InputError, run_stage
 from ehrseq.models.behrt import (
@@ -48,12 +40,10 @@ def main(mode: str) -> None:
     fp = params.finetune
     tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
                                          "lr": fp.lr or params.train.lr})
-    labelled, replicate = curve_point()      # a learning-curve point, or the main run
-    task = load_task(labelled, replicate)
-    stage = stage_name(f"finetune_behrt/{mode}", labelled, replicate)
-    why = labelled and subset_problem(task)
-    if why:
-        return skip_stage(stage, why, curve_stats(task, labelled, replicate))
+    run = curve_run(f"finetune_behrt/{mode}")  # a learning-curve point, or the main run
+    if run.skip:
+        return skip_stage(run.stage, run.skip, run.stats)
+    task = run.task
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
@@ -82,11 +72,11 @@ def main(mode: str) -> None:
         holder["model"] = model.merge_and_unload()  # predict with plain merged weights
 
     train_stage(
-        stage, name, params=params, train=tp,
+        run.stage, name, params=params, train=tp,
         build=lambda: finetune_model(mode, cfg, encoder_state, fp), loss_fn=survival_loss,
         train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, PRETRAINED),
         key=(mode, cfg, fp), save=save, predictions=True,
-        extra_stats={"mode": mode, **curve_stats(task, labelled, replicate)},
+        extra_stats={"mode": mode, **run.stats},
         finish=lambda _, out: survival_predictions(
             name, holder["model"], task, make_loader(test, tp.batch_size), out.predictions))
 

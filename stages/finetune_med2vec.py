@@ -8,15 +8,7 @@ discrete-time survival head, fine-tuned together on the survival task by the one
 import logging
 from pathlib import Path
 
-from ehrseq.data.task import (
-    OUTCOMES,
-    SEQUENCES,
-    curve_point,
-    curve_stats,
-    load_task,
-    stage_name,
-    subset_problem,
-)
+from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import run_stage
 from ehrseq.models.med2vec import (
@@ -38,12 +30,10 @@ def main() -> None:
     fp = params.finetune
     tp = params.train.model_copy(update={"epochs": fp.epochs or params.train.epochs,
                                          "lr": fp.lr or params.train.lr})
-    labelled, replicate = curve_point()      # a learning-curve point, or the main run
-    task = load_task(labelled, replicate)
-    stage = stage_name("finetune_med2vec", labelled, replicate)
-    why = labelled and subset_problem(task)
-    if why:
-        return skip_stage(stage, why, curve_stats(task, labelled, replicate))
+    run = curve_run("finetune_med2vec")      # a learning-curve point, or the main run
+    if run.skip:
+        return skip_stage(run.stage, run.skip, run.stats)
+    task = run.task
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "train_med2vec", task.seqs.vocab)
     cfg = Med2VecConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                            "dropout": params.model.dropout,
@@ -58,10 +48,10 @@ def main() -> None:
     # every input visit (no max_visits): the mean is cheap and matches the embed stage's
     train, val, test = (Med2VecSurvivalDataset(task.dataset(s)) for s in ("train", "val", "test"))
     train_stage(
-        stage, "med2vec", params=params, train=tp, build=build,
+        run.stage, "med2vec", params=params, train=tp, build=build,
         loss_fn=survival_loss, train_data=train, val_data=val,
         inputs=(SEQUENCES, OUTCOMES, PRETRAINED), key=(cfg,), config=cfg, vocab=task.seqs.vocab,
-        predictions=True, extra_stats=curve_stats(task, labelled, replicate),
+        predictions=True, extra_stats=run.stats,
         finish=lambda model, out: survival_predictions(
             "med2vec", model, task, make_loader(test, tp.batch_size), out.predictions))
 

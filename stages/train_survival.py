@@ -7,15 +7,7 @@ labelled training patients (docs/learning_curves.md)."""
 
 import logging
 
-from ehrseq.data.task import (
-    OUTCOMES,
-    SEQUENCES,
-    curve_point,
-    curve_stats,
-    load_task,
-    stage_name,
-    subset_problem,
-)
+from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import run_stage
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
@@ -26,19 +18,17 @@ from ehrseq.train.recipe import skip_stage, survival_predictions, train_stage
 
 def main() -> None:
     params = load_params()
-    labelled, replicate = curve_point()      # a learning-curve point, or the main run
-    task = load_task(labelled, replicate)
-    stage = stage_name("train_survival", labelled, replicate)
-    why = labelled and subset_problem(task)
-    if why:
-        return skip_stage(stage, why, curve_stats(task, labelled, replicate))
+    run = curve_run("train_survival")        # a learning-curve point, or the main run
+    if run.skip:
+        return skip_stage(run.stage, run.skip, run.stats)
+    task = run.task
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(bin_edges(task.cuts)) - 1)
     test = task.dataset("test")
     train_stage(
-        stage, "lstm", params=params, build=lambda: DiscreteTimeSurvivalLSTM(cfg),
+        run.stage, "lstm", params=params, build=lambda: DiscreteTimeSurvivalLSTM(cfg),
         loss_fn=survival_loss, train_data=task.dataset("train"), val_data=task.dataset("val"),
         inputs=(SEQUENCES, OUTCOMES), key=(params.model,), config=cfg, vocab=task.seqs.vocab,
-        predictions=True, extra_stats=curve_stats(task, labelled, replicate),
+        predictions=True, extra_stats=run.stats,
         finish=lambda model, out: survival_predictions(
             "lstm", model, task, make_loader(test, params.train.batch_size), out.predictions))
 

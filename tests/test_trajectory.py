@@ -32,7 +32,7 @@ from ehrseq.models.trajectory import (
     masked_bce,
 )
 from ehrseq.outcomes.trajectory_labels import build_labels, frequent_onsets, label_matrix
-from ehrseq.params import ParamsError, RuntimeParams, TrainParams, load_params
+from ehrseq.params import ParamsError, RuntimeParams, TrainParams, TrajectoryParams, load_params
 from ehrseq.train.loop import fit
 from ehrseq.train.runtime import seed_everything
 
@@ -385,7 +385,8 @@ def test_stage_params_section(tmp_path):
     f.write_text("trajectory: {horizon: [30]}\n")
     with pytest.raises(ParamsError, match="trajectory.horizon: unknown key"):
         load_params(f)
-    assert tp.frequent_targets == 4
+    assert tp.frequent_targets == 6
+    assert TrajectoryParams().horizons == [365, 1095, 1825]
     f.write_text("trajectory: {encoder: transformer}\n")
     with pytest.raises(ParamsError, match="behrt"):
         load_params(f)

@@ -523,11 +523,12 @@ class ClusterParams(_Section):
 class TrajectoryParams(_Section):
     """The ``trajectory`` section of params.yaml."""
 
-    horizons: list[int] = Field(default_factory=lambda: [30, 90, 365])
-    """Days after the landmark; P(onset within h) for each."""
+    horizons: list[int] = Field(default_factory=lambda: [365, 1095, 1825])
+    """Days after the landmark; P(onset within h) for each. One, three and five years: onsets
+    within 30 or 90 days of a landmark are too rare to rank at 1,000 patients."""
     targets: list[str] | None = None
     """SNOMED condition codes and/or ``death``; null = outcome.onset_codes + death."""
-    frequent_targets: int = Field(4, ge=0, le=100)
+    frequent_targets: int = Field(6, ge=0, le=100)
     """Add the conditions with the most first onsets within the longest horizon after the
     landmark in the training split (0 = the targets alone)."""
     encoder: Literal["lstm", "behrt"] = "lstm"

@@ -173,6 +173,31 @@ def subset_problem(task: SurvivalTask) -> str | None:
     return None
 
 
+@dataclass
+class CurveRun:
+    """What a stage that may run as a learning-curve point needs first (:func:`curve_run`)."""
+
+    task: SurvivalTask
+    """Its task: the labelled subset at a curve point, the whole task for the main run."""
+    stage: str
+    """Where it writes (:func:`stage_name`)."""
+    skip: str | None
+    """Why this curve point cannot be trained (:func:`subset_problem`), or None."""
+    stats: dict
+    """Run statistics of the point (:func:`curve_stats`), written beside its predictions."""
+
+
+def curve_run(stage: str, argv=None) -> CurveRun:
+    """The prologue of every stage that also runs as a learning-curve point: parse
+    ``--labelled``/``--replicate``, load the task (its labelled subset), name the outputs and
+    say whether the point must be skipped."""
+    labelled, replicate = curve_point(argv)
+    task = load_task(labelled, replicate)
+    return CurveRun(task, stage_name(stage, labelled, replicate),
+                    (labelled and subset_problem(task)) or None,
+                    curve_stats(task, labelled, replicate))
+
+
 def curve_stats(task: SurvivalTask, labelled: int | None, replicate: int) -> dict:
     """Run statistics of a learning-curve point, written beside its predictions."""
     if labelled is None:

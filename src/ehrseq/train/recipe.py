@@ -90,7 +90,7 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
                 config: Any = None, vocab: dict | None = None,
                 save: Callable[[nn.Module, Path], None] | None = None,
                 finish: Callable[[nn.Module, Outputs], dict] | None = None,
-                extra_stats: dict | None = None, metrics_path: str | Path | None = None,
+                extra_stats: dict | None = None,
                 ) -> dict | None:
     """Train a stage's model by the one recipe; returns its metrics (None on ranks > 0).
 
@@ -153,7 +153,7 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
                  **{k[len(name) + 1:]: v for k, v in stats.items()}}, indent=1,
                 sort_keys=True) + "\n")
     metrics.update(stats)
-    write_json(metrics_path or f"metrics/{stage}.json", metrics)
+    write_json(f"metrics/{stage}.json", metrics)
     log.info("%s: %s (%d params, %d trained, lr %g of %s) in %.0f s on %s", stage, name,
              tuned.stats["n_params"], tuned.stats["n_params_trainable"], tuned.lr, lrs,
              tuned.wall_time_s, tuned.stats["device_name"])
