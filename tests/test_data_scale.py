@@ -1,0 +1,43 @@
+"""bench/data_scale.py on the real DAG: one `dvc exp run` per cohort size in a copy of the tiny
+pipeline, then the page and plot from `dvc exp show --json` (issue 13, data-scale curve)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import ROOT
+from tiny_repo import copy_built, run
+
+
+@pytest.mark.slow
+def test_one_experiment_per_size_and_a_page(tiny_pipeline, tmp_path):
+    repo = copy_built(tiny_pipeline, tmp_path / "repo")
+    for k, v in (("user.email", "t@t"), ("user.name", "t")):
+        run(["git", "config", k, v], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny pipeline run"], repo)
+    script = str(ROOT / "bench/data_scale.py")
+    # 40 is the committed run's size (its experiment runs nothing); 46 is a new, larger cohort
+    run([sys.executable, script, "run", "--sizes", "46", "40"], repo, timeout=1800)
+    run([sys.executable, script, "report", "--out", "scale.md"], repo)
+    page = (repo / "scale.md").read_text()
+    assert "| 40 | " in page and "| 46 | " in page
+    assert page.index("| 40 | ") < page.index("| 46 | ")      # rows by cohort size
+    assert "pre-training's gain (BEHRT full − scratch)" in page
+    assert (repo / "scale.png").stat().st_size > 5000
+    shown = json.loads(run(["dvc", "exp", "show", "--json", "--no-pager"], repo))
+    revs = {r.get("name"): r["data"] for c in shown for e in c.get("experiments") or []
+            for r in e.get("revs") or []}
+    assert {"scale-40", "scale-46"} <= set(revs)
+    # the 46-patient experiment ran its data stages on 46 patients
+    assert revs["scale-46"]["metrics"]["metrics/sequences.json"]["data"]["patients"] == 46
+
+
+def test_bad_sizes_are_refused(tmp_path):
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(ROOT / "bench/data_scale.py"), "run", "--sizes",
+                        "0", "250"], cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode != 0 and "--sizes: [0]" in p.stderr
