@@ -5,7 +5,10 @@ against the numbers. Nothing is typed in: every number is read from the run.
 
     python bench/benchmark_page.py RUN_DIR --title "..." --command "..." [--note "..."] --out docs/X.md
 
-RUN_DIR holds ``metrics/`` (and ``params.yaml``) of a finished `dvc repro`.
+RUN_DIR holds ``metrics/`` (and ``params.yaml``) of a finished `dvc repro`. When the run has
+learning-curve points, the page also has the report's label-efficiency section (paired ΔC per
+labelled count, crossovers, every point's cost) and its two plots, copied beside the page as
+``<page>-learning_curve.png`` and ``<page>-learning_curve_cost.png``.
 """
 
 from __future__ import annotations
@@ -67,7 +70,32 @@ def expectations(m: dict, scenario: str | None) -> list[str]:
     return out
 
 
-def page(run: Path, title: str, command: str, note: str = "") -> str:
+CURVE_HEADING = "## Label efficiency"
+
+
+def curve_section(run: Path, out: Path) -> list[str]:
+    """The evaluate report's label-efficiency section, its plots copied beside ``out``."""
+    import shutil
+
+    report = run / "plots/evaluate/report.md"
+    text = report.read_text() if report.is_file() else ""
+    if CURVE_HEADING not in text:
+        return []
+    section = text[text.index(CURVE_HEADING):]
+    for png in ("learning_curve.png", "learning_curve_cost.png"):
+        src = run / "plots/evaluate" / png
+        if src.is_file():
+            dst = out.with_name(f"{out.stem}-{png}")
+            shutil.copyfile(src, dst)
+            section = section.replace(f"({png})", f"({dst.name})")
+    lc = json.loads((run / "metrics/learning_curve.json").read_text())
+    body = section.split("\n", 1)[1] if "\n" in section else ""
+    return ["", "## Label efficiency and cost (issue 13): paired ΔC per labelled training "
+            "patients", body.rstrip(), "", f"Every labelled training patient: n = "
+            f"{lc.get('curve.n_all')} (the main run above)."]
+
+
+def page(run: Path, title: str, command: str, note: str = "", out: Path | None = None) -> str:
     m = json.loads((run / "metrics/evaluate.json").read_text())
     o = json.loads((run / "metrics/outcomes.json").read_text())
     scenario = o.get("synthetic_scenario")
@@ -100,6 +128,8 @@ def page(run: Path, title: str, command: str, note: str = "") -> str:
                      f"{'' if secs is None else f'{secs:,.1f}'} |")
     lines += ["", "## Expectations (issue 12), checked on these numbers", "",
               *expectations(m, scenario)]
+    if out is not None:
+        lines += curve_section(run, out)
     if note:
         lines += ["", "## Reading", "", note]
     return "\n".join(lines) + "\n"
@@ -113,7 +143,7 @@ def main(argv=None) -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    a.out.write_text(page(a.run, a.title, a.command, a.note))
+    a.out.write_text(page(a.run, a.title, a.command, a.note, a.out))
     print(a.out)
 
 
