@@ -129,6 +129,9 @@ def test_queue_sweep_runs_each_point_once(repo):
     assert "Running stage 'train_survival'" not in logs
 
 
+@pytest.mark.slow   # the same bytes are checked in the default run, faster: synthesize by
+# tests/test_synthesize.py (any workers and shards), ingest/sequences/outcomes by
+# tests/test_reproducible.py (any threads, SIMD and BLAS kernels)
 def test_data_stages_deterministic(repo):
     before = lock_hashes(repo, DATA_STAGES)
     shutil.rmtree(repo / "data")
