@@ -63,8 +63,10 @@ def collect(shown: list[dict], prefix: str = "scale-") -> dict[int, dict]:
                 name, data = rev.get("name") or "", rev.get("data") or {}
                 if not name.startswith(prefix):
                     continue
-                params = _get(data, "params.params.yaml.data") or {}
-                metrics = _get(data, "metrics.metrics/evaluate.json.data")
+                # file names hold dots: look them up as keys, not dotted paths
+                params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+                metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json")
+                           or {}).get("data")
                 n = _get(params, "data.patients")
                 if metrics is None or n is None:
                     continue
