@@ -68,7 +68,8 @@ def test_inputs_layout_matches_a_hand_built_reference(max_len):
 
 def test_sizes_and_overrides():
     counts = {size: sum(p.numel() for p in BEHRT(behrt_config(ModelParams(size=size), 1000))
-                        .parameters()) for size in ("small", "medium", "large")}
+                        .parameters()) for size in ("tiny", "small", "medium", "large")}
+    assert 0.1e6 < counts["tiny"] < 0.3e6
     assert 0.8e6 < counts["small"] < 1.5e6
     assert 2e6 < counts["medium"] < 8e6
     assert 18e6 < counts["large"] < 23e6

@@ -183,3 +183,29 @@ def test_full_and_scratch(encoder_state):
     assert not torch.equal(scratch.encoder.state_dict()[w], encoder_state[w])
     with pytest.raises(ValueError, match="accepted"):
         finetune_model("adapter", CFG, encoder_state, FP)
+
+
+def test_probe_computes_each_input_once_and_gives_the_encoders_numbers(data, encoder_state):
+    """The probe keeps the frozen encoder's [CLS] state per distinct input: later epochs run the
+    encoder on nothing new, and the features equal a fresh encoder pass (any batch composition,
+    any padding width). Loading weights forgets them."""
+    ds, batch = data
+    probe = build("probe", encoder_state)
+    calls = []
+    probe.encoder.register_forward_hook(lambda m, i, o: calls.append(int(o.shape[0])))
+    fit(probe, make_loader(ds, 16, shuffle=True), survival_loss,
+        TrainParams(epochs=3, lr=1e-2, warmup_frac=0.0), checkpoint=False, progress=False,
+        handle_sigterm=False)
+    assert sum(calls) == len(ds)                        # the first of three epochs only
+    small = ds[np.arange(3)]                              # another padding width
+    with torch.no_grad():
+        probe.features(batch)
+        n = sum(calls)
+        fresh = probe.encoder(batch)[:, 0]
+        torch.testing.assert_close(probe.features(batch), fresh, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(probe.features(small), fresh[:3], atol=1e-5, rtol=1e-5)
+    assert sum(calls) == n + len(fresh)                 # the check's own pass, nothing else
+    probe.load_state_dict(probe.state_dict())
+    with torch.no_grad():
+        probe.features(small)
+    assert calls[-1] == 3

@@ -71,10 +71,10 @@ def test_survival_from_hazards():
 
 def test_sizes_presets_and_overrides():
     counts = {}
-    for size in ("small", "medium", "large"):
+    for size in ("tiny", "small", "medium", "large"):
         cfg = lstm_config(ModelParams(size=size), vocab_size=500, n_bins=12)
         counts[size] = sum(p.numel() for p in DiscreteTimeSurvivalLSTM(cfg).parameters())
-    assert counts["small"] < counts["medium"] < counts["large"]
+    assert counts["tiny"] < counts["small"] < counts["medium"] < counts["large"]
     cfg = lstm_config(ModelParams(size="medium", lstm=LSTMParams(hidden_dim=32)), 500, 12)
     assert (cfg.embed_dim, cfg.hidden_dim, cfg.layers) == (128, 32, 2)
 

@@ -1,19 +1,19 @@
 import pytest
 
-from ehrseq.params import ParamsError, load_params, parse_params
+from ehrseq.params import SIZES, ParamsError, load_params, parse_params
 
 ROOT_PARAMS = __import__("pathlib").Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def test_repo_params_yaml_is_valid():
     p = load_params(ROOT_PARAMS)
-    assert p.model.size in ("small", "medium", "large")
+    assert p.model.size in SIZES
 
 
 @pytest.mark.parametrize(
     "raw, key, accepted",
     [
-        ({"model": {"size": "huge"}}, "model.size", "'small', 'medium' or 'large'"),
+        ({"model": {"size": "huge"}}, "model.size", "'tiny', 'small', 'medium' or 'large'"),
         ({"data": {"patients": 0}}, "data.patients", "greater than or equal to 1"),
         ({"data": {"patients": "many"}}, "data.patients", "valid integer"),
         ({"data": {"sourc": "generate"}}, "data.sourc", "accepted here"),

@@ -192,7 +192,7 @@ class OutcomeParams(_Section):
             "'lab_below:33914-3:60', eGFR falling below 60: chronic kidney disease stage 3)")
 
 
-SIZES = ("small", "medium", "large")
+SIZES = ("tiny", "small", "medium", "large")
 
 
 class LSTMParams(_Section):
@@ -210,6 +210,7 @@ class BEHRTParams(_Section):
 
 
 BEHRT_SIZES = {  # size: (hidden, layers, heads, intermediate, max_len)
+    "tiny": (64, 2, 2, 256, 256),
     "small": (128, 4, 4, 512, 256),
     "medium": (256, 6, 8, 1024, 512),
     "large": (512, 6, 8, 2048, 512),
@@ -233,7 +234,7 @@ class Med2VecParams(_Section):
 
 
 class ModelParams(_Section):
-    size: Literal["small", "medium", "large"] = "small"
+    size: Literal["tiny", "small", "medium", "large"] = "tiny"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lstm: LSTMParams = Field(default_factory=LSTMParams)
     behrt: BEHRTParams = Field(default_factory=BEHRTParams)

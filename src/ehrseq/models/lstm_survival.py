@@ -20,6 +20,7 @@ from ..params import ModelParams
 from .losses import hazard_to_survival, nll_logistic_hazard
 
 SIZE_PRESETS = {  # size: (embed_dim, hidden_dim, layers)
+    "tiny": (32, 64, 1),
     "small": (64, 128, 1),
     "medium": (128, 256, 2),
     "large": (256, 512, 3),

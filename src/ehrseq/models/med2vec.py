@@ -37,6 +37,7 @@ from ..params import ModelParams
 from .losses import hazard_to_survival, nll_logistic_hazard
 
 SIZE_PRESETS = {  # size: (code_dim, visit_dim)
+    "tiny": (32, 32),
     "small": (64, 64),
     "medium": (128, 128),
     "large": (256, 256),

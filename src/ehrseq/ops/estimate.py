@@ -28,7 +28,7 @@ import torch
 
 from ..data.tensors import SequenceDataset, Sequences, toy_sequences
 from ..models.inference import resolve_device
-from ..params import load_params
+from ..params import SIZES, load_params
 from ..train.runtime import count_parameters
 
 CUTS = [0, 30, 90, 180, 365, 730]   # time bins of the timed batches
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ehrseq.ops.estimate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=[*sorted(MODELS), "all"], default="lstm")
-    ap.add_argument("--size", choices=["small", "medium", "large"], default="small")
+    ap.add_argument("--size", choices=list(SIZES), default="small")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=5)
