@@ -114,7 +114,7 @@ def test_behrt_must_hold_the_window():
         parse_params({"outcome": {"history": {"max_tokens": 300}}})
     parse_params({"outcome": {"history": {"max_tokens": 300}}, "model": {"size": "medium"}})
     with pytest.raises(ParamsError, match="model.behrt.heads: 3 does not divide hidden 128"):
-        parse_params({"model": {"behrt": {"heads": 3}}})
+        parse_params({"model": {"size": "small", "behrt": {"heads": 3}}})
     with pytest.raises(ParamsError, match="contrastive objective is not implemented"):
         parse_params({"pretrain": {"contrastive_weight": 0.5}})
 
