@@ -136,6 +136,7 @@ def test_curve_points_are_scored_paired_and_skips_recorded(tmp_path):
     assert m["curve.crossover.behrt_full-best_count"] == 30
     assert m["curve.crossover_significant.behrt_full-best_count"] == 30
     assert m["curve.skipped.train_survival/n10_r0"].startswith("no event")
+    assert "- `train_survival/n10_r0`: no event among the val landmarks" in md   # in the report
     assert "behrt_full-best_count" in md and (plots / "learning_curve.png").is_file()
     csv = pd.read_csv(plots / "learning_curve.csv")
     assert set(csv["labelled"]) == {10, 30, 60} and set(csv["family"]) >= {"cox", "behrt_full"}

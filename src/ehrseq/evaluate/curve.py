@@ -266,6 +266,10 @@ def learning_curve(curve_outputs: list[Path], main: dict[str, Path], root: Path,
                          if k + ".delta" in m else "")
         lines.append(f"| {a_b} | " + " | ".join(cells) + f" | {m[key]} / "
                      f"{m['curve.crossover_significant.' + a_b]} |")
+    skipped = [f"- `{k[len('curve.skipped.'):]}`: {v}" for k, v in sorted(m.items())
+               if k.startswith("curve.skipped.")]
+    if skipped:
+        lines += ["", "Points skipped (recorded by their stage, not scored):", *skipped]
     return m, "\n".join(lines) + "\n\n" + cost_markdown(rows, hourly_usd)
 
 
