@@ -299,7 +299,7 @@ class BEHRTProbe(BEHRTSurvival):
                 cls = self.encoder(sub)[:, 0]
             if len(self._cache) * cls[0].numel() * cls.element_size() > self.CACHE_BYTES:
                 self._cache.clear()
-            self._cache.update(zip((keys[i] for i in todo), cls))
+            self._cache.update(zip((keys[i] for i in todo), cls, strict=True))
         return torch.stack([self._cache[k] for k in keys])
 
     def forward(self, batch: BEHRTBatch) -> torch.Tensor:
