@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ehrseq.evaluate.curve import CURVE  # noqa: E402
 from ehrseq.evaluate.report import comparisons_markdown, headroom, paired_comparisons  # noqa: E402
-from ehrseq.evaluate.scoring import Outcomes, score_all  # noqa: E402
+from ehrseq.evaluate.scoring import Outcomes, find_predictions, score_all  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402
 from ehrseq.survival.bins import read_bins  # noqa: E402
 
@@ -36,10 +36,9 @@ def main(argv=None) -> None:
     run = a.run.resolve()
     params = load_params(run / "params.yaml")
     outcomes, pred = run / "data/processed/outcomes", run / "data/predictions"
-    dirs = sorted({f.parent for f in pred.rglob("*.npz")
-                   if not f.resolve().is_relative_to((pred / CURVE).resolve())})
-    flat, risks = score_all(pred, outcomes, read_bins(outcomes)[1], params.report, only=dirs,
-                            ignore=[pred / CURVE])
+    found = find_predictions(pred, ignore=[pred / CURVE])
+    dirs = sorted({f.parent for f in [*found[0].values(), *found[1]]})
+    flat, risks = score_all(pred, outcomes, read_bins(outcomes)[1], params.report, found=found)
     best = flat.get("best_count.model")
     pairs = paired_comparisons(risks, Outcomes.load(outcomes), params.report.bootstrap,
                                params.report.seed, best, [n for n in risks if n != best])
