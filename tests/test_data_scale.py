@@ -41,3 +41,23 @@ def test_bad_sizes_are_refused(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "bench/data_scale.py"), "run", "--sizes",
                         "0", "250"], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode != 0 and "--sizes: [0]" in p.stderr
+
+
+def test_report_from_finished_checkouts(tiny_pipeline, tmp_path):
+    """`report --dirs`: the page from finished runs side by side (worktrees, pods' clones),
+    the size read from metrics/synthesize.json; a size twice or an unfinished run is refused."""
+    import subprocess
+
+    script = [sys.executable, str(ROOT / "bench/data_scale.py"), "report"]
+    out = tmp_path / "scale.md"
+    run([*script, "--out", str(out), "--dirs", str(tiny_pipeline)], tmp_path)
+    page = out.read_text()
+    assert "| 40 | " in page and str(tiny_pipeline) in page
+    assert out.with_suffix(".png").stat().st_size > 5000
+    twice = subprocess.run([*script, "--out", str(out), "--dirs", str(tiny_pipeline),
+                            str(tiny_pipeline)], capture_output=True, text=True)
+    assert twice.returncode != 0 and "both have 40 patients" in twice.stderr
+    (tmp_path / "unfinished").mkdir()
+    bad = subprocess.run([*script, "--out", str(out), "--dirs", str(tmp_path / "unfinished")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "metrics/evaluate.json" in bad.stderr
