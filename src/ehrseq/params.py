@@ -338,7 +338,9 @@ class TrainParams(_Section):
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "plateau", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0)
-    patience: int = Field(8, ge=1)
+    patience: int = Field(5, ge=1)
+    """Epochs without a validation improvement before stopping (docs/training.md: 5 keeps
+    the same epoch as 8 in 76 of 77 recorded trainings, with 17 % fewer epochs)."""
     min_delta: float = Field(1e-4, ge=0)
     seed: int = 0
     deterministic: bool = True
