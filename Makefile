@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	$(BIN)/python -m ehrseq.ops.offline_plots .dvc/plots-offline.html >/dev/null
+	$(BIN)/python -m ehrseq.evaluate.umap_cache   # compile umap-learn's numba code once
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -418,3 +418,27 @@ def test_phenotype_flags_per_landmark_of_the_same_patient():
                         codes={"ga": ("A",), "gb": ("B",)})
     assert f["ga"].tolist() == [True, True, False, False]
     assert f["gb"].tolist() == [False, True, False, False]
+
+
+def test_umap_from_numba_cache_gives_the_same_coordinates(tmp_path):
+    """src/ehrseq/evaluate/umap_cache.py: a process whose umap-learn code comes from numba's
+    on-disk cache places rows exactly where the process that compiled it (and filled the
+    cache) did, and the cache holds umap-learn's functions."""
+    import subprocess
+    import sys
+
+    fit = ("import warnings, json, numpy as np; warnings.simplefilter('ignore'); {imp}; "
+           "x = np.random.default_rng(1).random((50, 6), dtype=np.float32); "
+           "print(json.dumps(umap.UMAP(n_components=3, random_state=0).fit_transform(x)"
+           ".tolist()))")
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    out = {}
+    imp = "from ehrseq.evaluate.umap_cache import load_umap; umap = load_umap()"
+    for name in ("compiled", "cached"):
+        res = subprocess.run([sys.executable, "-c", fit.format(imp=imp)], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        out[name] = np.array(json.loads(res.stdout))
+    assert np.array_equal(out["compiled"], out["cached"])
+    cached = [p.name for p in (tmp_path / "numba").rglob("*.nbi")]
+    assert any(n.startswith("umap_.") for n in cached), cached

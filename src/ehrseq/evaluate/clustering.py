@@ -132,8 +132,9 @@ def umap_fit(X, dims: int, neighbors: int, min_dist: float, metric: str, seed: i
     """Seeded UMAP fitted on ``X``: (coordinates ``[n, dims]``, the fitted reducer, whose
     ``transform`` places new rows). Neighbours capped at n - 1; random init on tiny inputs,
     where the spectral initialisation is ill-posed."""
-    import umap
+    from .umap_cache import load_umap
 
+    umap = load_umap()
     n = len(X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "n_jobs overridden by random_state", tiny graphs

@@ -201,9 +201,11 @@ def umap_plot(emb: np.ndarray, tokens: Sequence[str], labels: Sequence[frozenset
     embedding is all zeros (no direction for a cosine) are left out.
     Writes ``<stem>.csv`` (token, module, x, y) and ``<stem>.png``."""
     import pandas as pd
-    import umap
 
     from ..plots import plt, skipped_figure
+    from .umap_cache import load_umap
+
+    umap = load_umap()
 
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
