@@ -106,6 +106,7 @@ def stage_lines(out: str) -> dict[str, str]:
         for marker, what in (("Running stage '", "ran"),
                              ("' is cached - skipping run", "restored"),
                              ("' didn't change, skipping", "unchanged"),
+                             ("[pod] skip '", "unchanged"),
                              ("Pulling data for", "pulled")):
             if marker in line:
                 done.setdefault(line.split("'")[1], what)

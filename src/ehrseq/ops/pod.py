@@ -14,11 +14,15 @@
 4. The ``-S`` overrides are written to params.yaml (DVC's own ``-S`` code, as ``dvc exp run``)
    and validated (``ehrseq.params``).
 5. ``dvc pull --run-cache --allow-missing``: the baseline's outputs and the run-cache.
-6. Every stage in dvc.yaml order: ``dvc repro --pull --allow-missing STAGE``, then
-   ``dvc push --run-cache STAGE...`` for the stages that ran or were restored. Each finished
-   stage is in the remote before the next starts, so a pod lost mid-pipeline loses only the
-   stage it was running: the same command on a new pod restores the finished ones from the
-   run-cache ("is cached - skipping run") instead of recomputing them.
+6. Every stage that may run, in dvc.yaml order: ``dvc repro --pull --allow-missing STAGE``,
+   then ``dvc push --run-cache STAGE...`` for the stages that ran or were restored. Each
+   finished stage is in the remote before the next starts, so a pod lost mid-pipeline loses
+   only the stage it was running: the same command on a new pod restores the finished ones
+   from the run-cache ("is cached - skipping run") instead of recomputing them. "May run" is
+   a stage DVC reports changed (missing outputs allowed, as ``--allow-missing``) or one
+   downstream of it; every other stage is named as skipped and costs no ``dvc`` call (one
+   call per stage took seconds even for a stage with nothing to do). A last ``dvc repro
+   --pull --allow-missing`` of the whole DAG then runs (and pushes) anything that plan missed.
 7. ``dvc exp save --force -n NAME`` and ``dvc exp push --force --no-cache GIT_REMOTE NAME``
    (the data is already in the DVC remote).
 8. ``dvc metrics diff HEAD``: the experiment beside its baseline commit.
@@ -160,6 +164,25 @@ def stage_names() -> list[str]:
     return [s for s in out.stdout.split() if s]
 
 
+def stages_to_run() -> list[str]:
+    """The stages (``dvc stage list`` order) that ``dvc repro --allow-missing`` may run or
+    restore: those DVC reports changed with missing outputs allowed, and every stage
+    downstream of one (its dependencies change when they run)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo, repo.lock:
+        graph = repo.index.graph    # edges point from a stage to the stages it depends on
+        todo = [s for s in repo.index.stages if s.changed(allow_missing=True)]
+        seen = set(todo)
+        while todo:
+            for dependent in graph.predecessors(todo.pop()):
+                if dependent not in seen:
+                    seen.add(dependent)
+                    todo.append(dependent)
+        names = {s.addressing for s in seen}
+    return [s for s in stage_names() if s in names]
+
+
 def check_git(remote: str) -> None:
     """What ``dvc exp save`` and ``dvc exp push`` need at the end, checked before any work: a
     git identity (a fresh pod often has none) and a git remote that accepts a push."""
@@ -222,9 +245,14 @@ def run(args: argparse.Namespace) -> None:
     sh(["dvc", "pull", "--run-cache", "--allow-missing"])
 
     say("6/8 stages, each pushed when done")
-    ran, restored = [], []
+    todo = stages_to_run()
     for stage in stage_names():
-        out = sh(["dvc", "repro", "--pull", "--allow-missing", stage])
+        if stage not in todo:
+            say(f"skip '{stage}': unchanged (no changed dependency, param or output)")
+    ran, restored = [], []
+    for cmd in [["dvc", "repro", "--pull", "--allow-missing", s] for s in todo] + [
+            ["dvc", "repro", "--pull", "--allow-missing"]]:   # the whole DAG: what was missed
+        out = sh(cmd)
         ran += RAN.findall(out)
         restored += RESTORED.findall(out)
         done = RAN.findall(out) + RESTORED.findall(out)
