@@ -100,9 +100,12 @@ def queue_wait(repo: Path, timeout: float = 900) -> str:
 def test_queue_sweep_runs_each_point_once(repo):
     """The documented sweep (docs/training.md): a grid queued with one command, run by two
     workers; every point is an experiment with its own metrics, and the stages the swept
-    param does not reach come from the run-cache instead of being trained again."""
-    base_lstm = json.loads((repo / "metrics/train_survival.json").read_text())
-    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.0005,0.005"], repo)
+    param does not reach come from the run-cache instead of being trained again. The swept
+    param (trajectory.pos_weight) reaches one training stage: the mechanism is the same for
+    any param, and this one keeps the test to one training per point."""
+    base = {f: json.loads((repo / f).read_text()) for f in
+            ("metrics/train_survival.json", "metrics/finetune_behrt/full.json")}
+    run(["dvc", "exp", "run", "--queue", "-S", "trajectory.pos_weight=2,5"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo)
     status = queue_wait(repo)
     assert status.count("Success") == 2 and "Failed" not in status, status
@@ -111,22 +114,25 @@ def test_queue_sweep_runs_each_point_once(repo):
     for commit in json.loads(out):          # [workspace, baseline commit with its exps]
         for ex in (e for exp in commit.get("experiments") or [] for e in exp["revs"]):
             d = ex["data"]
-            lr = d["params"]["params.yaml"]["data"]["finetune"]["lr"]
-            points[lr] = {k: v["data"] for k, v in d["metrics"].items()}
-    assert set(points) == {0.0005, 0.005}, points
+            w = d["params"]["params.yaml"]["data"]["trajectory"]["pos_weight"]
+            points[w] = {k: v["data"] for k, v in d["metrics"].items()}
+    assert set(points) == {2, 5}, points
     full = [p["metrics/evaluate.json"]["behrt_full.c_harrell"] for p in points.values()]
     assert all(0.0 <= c <= 1.0 for c in full)
-    losses = {p["metrics/finetune_behrt/full.json"]["behrt_full.best_val_loss"]
+    losses = {p["metrics/train_trajectory.json"]["trajectory.best_val_loss"]
               for p in points.values()}
-    assert len(losses) == 2                       # each point trained with its own lr
-    for p in points.values():    # finetune.lr does not reach train_survival: not re-trained
+    assert len(losses) == 2                       # each point trained with its own weight
+    for p in points.values():    # the weight reaches neither the LSTM nor BEHRT: not re-trained
         assert p["metrics/train_survival.json"]["lstm.train_seconds"] == \
-            base_lstm["lstm.train_seconds"]
+            base["metrics/train_survival.json"]["lstm.train_seconds"]
+        assert p["metrics/finetune_behrt/full.json"]["behrt_full.train_seconds"] == \
+            base["metrics/finetune_behrt/full.json"]["behrt_full.train_seconds"]
     name = next(line.split()[1] for line in status.splitlines() if "Success" in line)
     logs = run(["dvc", "queue", "logs", name], repo)
-    assert "Running stage 'finetune_behrt@full'" in logs
+    assert "Running stage 'train_trajectory'" in logs
     assert "Stage 'train_survival' is cached - skipping run" in logs
     assert "Running stage 'train_survival'" not in logs
+    assert "Running stage 'finetune_behrt@full'" not in logs
 
 
 @pytest.mark.slow   # the same bytes are checked in the default run, faster: synthesize by
