@@ -420,6 +420,21 @@ def test_phenotype_flags_per_landmark_of_the_same_patient():
     assert f["gb"].tolist() == [False, True, False, False]
 
 
+def test_umap_loads_with_numba_cache_on():
+    """The default run's check of src/ehrseq/evaluate/umap_cache.py: after load_umap every
+    jitted function of umap-learn's main modules caches to disk (the fits that read the cache
+    are compared with a compiling process in the slow test below)."""
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    from ehrseq.evaluate.umap_cache import load_umap
+
+    umap = load_umap()
+    jitted = [v for v in vars(umap.umap_).values() if isinstance(v, CPUDispatcher)]
+    assert jitted and not any(isinstance(f._cache, NullCache) for f in jitted)
+
+
+@pytest.mark.slow   # two fresh processes, one compiling umap-learn: about 50 s on 2 cores
 def test_umap_from_numba_cache_gives_the_same_coordinates(tmp_path):
     """src/ehrseq/evaluate/umap_cache.py: a process whose umap-learn code comes from numba's
     on-disk cache places rows exactly where the process that compiled it (and filled the
