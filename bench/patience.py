@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ehrseq.train.schedule import EarlyStopping  # noqa: E402
 
 
 def stop(losses: list[float], patience: int, min_delta: float = 1e-4) -> tuple[int, float, int]:
-    """(kept epoch, its loss, epochs run), as src/ehrseq/train/schedule.py EarlyStopping."""
-    best, kept, bad = float("inf"), -1, 0
+    """(kept epoch, its loss, epochs run) under the training loop's own EarlyStopping."""
+    stopper = EarlyStopping(patience, min_delta)
     for epoch, loss in enumerate(losses):
-        if loss < best - min_delta:
-            best, kept, bad = loss, epoch, 0
-        else:
-            bad += 1
-            if bad >= patience:
-                return kept, best, epoch + 1
-    return kept, best, len(losses)
+        stopper.update(loss, epoch)
+        if stopper.should_stop:
+            return stopper.best_epoch, stopper.best, epoch + 1
+    return stopper.best_epoch, stopper.best, len(losses)
 
 
 def main(argv=None) -> None:

@@ -46,5 +46,5 @@ def tiny_pipeline(tmp_path_factory) -> Path:
 
     repo = copy_repo(tmp_path_factory.mktemp("tiny-pipeline"))
     tiny_params(repo)
-    run(["dvc", "repro"], repo, timeout=1800)   # 402 s on 2 idle cores; a cap, not a target
+    run(["dvc", "repro"], repo, timeout=1800)   # 363 s on 2 idle cores; a cap, not a target
     return repo

@@ -164,10 +164,10 @@ def stage_names() -> list[str]:
     return [s for s in out.stdout.split() if s]
 
 
-def stages_to_run() -> list[str]:
-    """The stages (``dvc stage list`` order) that ``dvc repro --allow-missing`` may run or
-    restore: those DVC reports changed with missing outputs allowed, and every stage
-    downstream of one (its dependencies change when they run)."""
+def stages_to_run(stages: list[str]) -> list[str]:
+    """Of ``stages`` (``dvc stage list``, in its order), those ``dvc repro --allow-missing``
+    may run or restore: the ones DVC reports changed with missing outputs allowed, and every
+    stage downstream of one (its dependencies change when they run)."""
     from dvc.repo import Repo
 
     with Repo(".") as repo, repo.lock:
@@ -180,7 +180,7 @@ def stages_to_run() -> list[str]:
                     seen.add(dependent)
                     todo.append(dependent)
         names = {s.addressing for s in seen}
-    return [s for s in stage_names() if s in names]
+    return [s for s in stages if s in names]
 
 
 def check_git(remote: str) -> None:
@@ -245,19 +245,20 @@ def run(args: argparse.Namespace) -> None:
     sh(["dvc", "pull", "--run-cache", "--allow-missing"])
 
     say("6/8 stages, each pushed when done")
-    todo = stages_to_run()
-    for stage in stage_names():
+    stages = stage_names()
+    todo = stages_to_run(stages)
+    for stage in stages:
         if stage not in todo:
             say(f"skip '{stage}': unchanged (no changed dependency, param or output)")
     ran, restored = [], []
     for cmd in [["dvc", "repro", "--pull", "--allow-missing", s] for s in todo] + [
             ["dvc", "repro", "--pull", "--allow-missing"]]:   # the whole DAG: what was missed
         out = sh(cmd)
-        ran += RAN.findall(out)
-        restored += RESTORED.findall(out)
-        done = RAN.findall(out) + RESTORED.findall(out)
-        if done:
-            sh(["dvc", "push", "--run-cache", *dict.fromkeys(done)])
+        now_ran, now_restored = RAN.findall(out), RESTORED.findall(out)
+        ran += now_ran
+        restored += now_restored
+        if now_ran or now_restored:
+            sh(["dvc", "push", "--run-cache", *dict.fromkeys(now_ran + now_restored)])
     say(f"ran: {', '.join(ran) or 'none'}; restored from the run-cache: "
         f"{', '.join(restored) or 'none'}")
 
