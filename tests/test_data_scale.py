@@ -61,3 +61,20 @@ def test_report_from_finished_checkouts(tiny_pipeline, tmp_path):
     bad = subprocess.run([*script, "--out", str(out), "--dirs", str(tmp_path / "unfinished")],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "metrics/evaluate.json" in bad.stderr
+
+
+def test_points_of_different_outcomes_are_refused_and_other_differences_listed():
+    """A data-scale curve compares one question at several sizes: runs of two outcomes are
+    refused; any other param that differs (besides data.* and runtime.*) is named on the page."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from data_scale import differing
+
+    def point(name, outcome, patience, threads):
+        return {"name": name, "params": {
+            "data": {"patients": 1}, "outcome": {"name": outcome, "landmark": {"n": 3}},
+            "train": {"patience": patience}, "runtime": {"threads": threads}}}
+
+    same = {250: point("a", "x", 8, 1), 500: point("b", "x", 5, 2)}
+    assert differing(same) == {"train.patience": {250: 8, 500: 5}}
+    with pytest.raises(SystemExit, match=r"outcome.name: 'x' \(a\), 'y' \(b\)"):
+        differing({250: point("a", "x", 8, 1), 500: point("b", "y", 8, 1)})
