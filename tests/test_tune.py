@@ -144,8 +144,56 @@ def test_metrics_record_the_chosen_lr_and_every_loss(cohort):
     assert tune_metrics("x", res)["x.tune.lr_1e-06.val_loss"] is None
 
 
+class Boom(Exception):
+    pass
+
+
+def test_a_race_keeps_the_same_model_and_survives_an_interruption(cohort, tmp_path):
+    """tune.race_epochs: every lr trains 1 of its 3 epochs, only the lowest trains on. The kept
+    lr and model are those of the full tuning (bit-identical: the winner resumes from its
+    checkpoint); the loser stops at the cut; a run killed after the cut resumes the same."""
+    lrs = [BAD, GOOD]
+    ref = tune(cohort, lrs, checkpoint=True, checkpoint_root=tmp_path / "ref")
+    raced = tune(cohort, lrs, checkpoint=True, checkpoint_root=tmp_path / "race",
+                 race_epochs=1)
+    per_epoch = math.ceil(90 / 16)
+    assert raced.lr == ref.lr == GOOD and raced.epochs == {BAD: 1, GOOD: 3}
+    assert raced.stats["resumed_from_step"] == per_epoch      # trained on from the cut
+    ref_w, race_w = ref.model.state_dict(), raced.model.state_dict()
+    assert all(torch.equal(ref_w[k], race_w[k]) for k in ref_w)
+    assert raced.val_losses[GOOD] == ref.val_losses[GOOD]
+    assert raced.val_losses[BAD] >= ref.val_losses[BAD]       # its best of 1 epoch, not 3
+    assert raced.stats["history"] == ref.stats["history"]
+    m = tune_metrics("lstm", raced)
+    assert m["lstm.tune.lr_1e-06.epochs"] == 1 and m["lstm.tune.lr_0.03.epochs"] == 3
+
+    no_ckpt = tune(cohort, lrs, race_epochs=1)   # no checkpoint: the winner trains again
+    assert no_ckpt.lr == GOOD
+    assert all(torch.equal(ref_w[k], no_ckpt.model.state_dict()[k]) for k in ref_w)
+
+    def boom(step):   # only the winner's second round reaches step 2 epochs + 2
+        if step == 2 * per_epoch + 2:
+            raise Boom
+
+    root = tmp_path / "killed"
+    with pytest.raises(Boom):
+        tune(cohort, lrs, checkpoint=True, checkpoint_root=root, race_epochs=1, on_step=boom)
+    again = tune(cohort, lrs, checkpoint=True, checkpoint_root=root, race_epochs=1)
+    assert again.lr == GOOD and again.epochs == {BAD: 1, GOOD: 3}
+    assert again.stats["resumed_from_step"] == 2 * per_epoch  # its last epoch's checkpoint
+    assert all(torch.equal(ref_w[k], again.model.state_dict()[k]) for k in ref_w)
+
+    full = tune(cohort, lrs, race_epochs=3)      # a race as long as training: no race
+    assert full.epochs == ref.epochs and full.val_losses == ref.val_losses
+    with pytest.raises(ValueError, match="race_epochs"):
+        tune(cohort, lrs, race_epochs=0)
+
+
 def test_params():
-    assert TuneParams().lrs == [0.001, 0.003]
+    assert TuneParams().lrs == [0.001, 0.003] and TuneParams().race_epochs == 4
+    assert parse_params({"tune": {"race_epochs": None}}).tune.race_epochs is None
+    with pytest.raises(ParamsError, match="tune.race_epochs"):
+        parse_params({"tune": {"race_epochs": 0}})
     assert lr_grid(TuneParams(), 0.01) == [0.001, 0.003]
     for off in (None, []):
         p = parse_params({"tune": {"lrs": off}})
@@ -235,3 +283,24 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
     assert len(list((tmp_path / "checkpoints").iterdir())) == 2   # one run key per lr
     assert {p.name for p in (tmp_path / f"plots/{out}/live").iterdir()} == \
         {"lr_1e-06", "lr_0.03"}
+
+
+def test_race_replay_of_recorded_curves(tmp_path):
+    """bench/tune_race.py: a race that cuts too early keeps the lr that started fast."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tune_race import replay, tuned_curves
+
+    slow = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]          # better in the end
+    fast = [0.8, 0.75, 0.85, 0.9, 0.95, 1.0, 1.1, 1.2, 1.3]   # better at first, stops at 7
+    for root in ("a", "b"):   # the same run in two roots counts once
+        for lr, curve in (("0.001", slow), ("0.003", fast)):
+            d = tmp_path / root / f"plots/stage/live/lr_{lr}/plots/metrics"
+            d.mkdir(parents=True)
+            (d / "val_loss.tsv").write_text("step\tval_loss\n" + "".join(
+                f"{i}\t{v}\n" for i, v in enumerate(curve)))
+    runs = tuned_curves([tmp_path / "a", tmp_path / "b"])
+    assert list(runs.values()) == [[slow, fast]]
+    assert replay([slow, fast], 1, 5) == (False, 1 + 7, 8 + 7, pytest.approx(0.75 - 0.3))
+    assert replay([slow, fast], 4, 5) == (True, 8 + 4, 8 + 7, 0.0)

@@ -391,7 +391,13 @@ class TuneParams(_Section):
 
     lrs: list[float] | None = Field(default_factory=lambda: [0.001, 0.003])
     """Learning rates tried per stage; null or [] = no tuning: ``train.lr`` (``finetune.lr``
-    for fine-tuning) alone. Each lr is one full training, so the grid multiplies the cost."""
+    for fine-tuning) alone. Each lr is one training, so the grid multiplies the cost (less
+    with ``race_epochs``)."""
+    race_epochs: int | None = Field(4, ge=1)
+    """Neural tuning as a race: every lr trains this many epochs, then only the one with the
+    lowest validation loss so far trains on (from its checkpoint: the same model as if it had
+    trained alone). null = every lr trains to its own early stop. The classical grids are
+    unaffected."""
     cox_penalizer: list[float] = Field(default_factory=lambda: [0.01, 0.1])
     """Penalised Cox: lifelines' L2 ``penalizer`` (>= 0; larger = more regularised)."""
     lr_c: list[float] = Field(default_factory=lambda: [0.1, 1.0])

@@ -172,7 +172,8 @@ def fit(
     Checkpoints go to ``(checkpoint_root or runtime.checkpoint_dir) / run_key`` (derive the
     key with :func:`make_run_key` from everything that defines the run); with ``resume`` an
     existing one is continued (a finished run returns at once). ``max_steps`` stops after
-    that many optimizer steps in all, with a checkpoint, like a pre-emption; SIGTERM
+    that many optimizer steps in all, with a checkpoint, like a pre-emption (a run resumed at
+    or past it trains nothing); SIGTERM
     checkpoints at the next step and raises ``KeyboardInterrupt``. ``train_loader`` needs
     ``len()``; a sampler with ``set_epoch``/``skip_batches`` (see
     :class:`ehrseq.data.tensors.BucketBatchSampler`) is reshuffled per epoch and skipped
@@ -278,7 +279,7 @@ def fit(
     amp_ctx = autocast(device, rt.amp)
     preempt = _Preemption(handle_sigterm)
     last_ckpt = time.monotonic()
-    hit_max = False
+    hit_max = max_steps is not None and state.step >= max_steps   # resumed at or past it
     try:
         while not state.finished and state.epoch < params.epochs and not hit_max:
             epoch, skip = state.epoch, state.batch

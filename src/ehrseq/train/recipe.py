@@ -117,7 +117,7 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
     lrs = list(lrs) if lrs is not None else lr_grid(params.tune, tp.lr)
     fit_kw = dict(val_loader=val_loader, val_fn=val_fn, run_key=run_key, runtime=rt,
                   checkpoint_root=rt.checkpoint_dir, mirror=mirror, wrap_model=distributed.wrap,
-                  rank=ddp.rank, world_size=ddp.world_size)
+                  rank=ddp.rank, world_size=ddp.world_size, race_epochs=params.tune.race_epochs)
     if monitor is not None:
         fit_kw["monitor"] = monitor
     if not ddp.is_main:  # other ranks train; rank 0 alone writes outputs
