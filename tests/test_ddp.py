@@ -52,3 +52,23 @@ def test_every_training_stage_runs_under_torchrun(tmp_path):
     m = json.loads((tmp_path / "metrics/pretrain_behrt.json").read_text())
     assert m["behrt.world_size"] == 2 and m["behrt.epochs"] == 2
     assert (tmp_path / "models/pretrain_behrt/model.safetensors").is_file()
+
+
+def test_a_tuning_race_under_torchrun(tmp_path):
+    """tune.race_epochs under DDP: every rank resumes the winning lr from rank 0's checkpoint
+    (a barrier between the rounds), so the two ranks stay in step and the loser stops at the
+    cut."""
+    import yaml
+    from test_tune import BAD, GOOD, toy_workspace
+
+    toy_workspace(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"] = {"epochs": 3, "batch_size": 8}
+    params["tune"]["race_epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    root = Path(__file__).resolve().parents[1]
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(root / "stages/train_survival.py")], tmp_path)
+    m = json.loads((tmp_path / "metrics/train_survival.json").read_text())
+    assert m["lstm.world_size"] == 2 and m["lstm.tuned_lr"] == GOOD
+    assert m[f"lstm.tune.lr_{BAD:g}.epochs"] == 1 and m[f"lstm.tune.lr_{GOOD:g}.epochs"] >= 2

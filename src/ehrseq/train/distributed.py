@@ -57,6 +57,13 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def single_node() -> bool:
+    """Every rank on this machine (torchrun's LOCAL_WORLD_SIZE is WORLD_SIZE), so files rank 0
+    writes (checkpoints) are there for the others to read."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world <= int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

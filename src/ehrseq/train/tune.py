@@ -33,6 +33,7 @@ from torch import nn
 
 from ..models.inference import LossFn
 from ..params import TrainParams, TuneParams
+from . import distributed
 from .loop import fit
 from .runtime import make_run_key, seed_everything
 
@@ -88,6 +89,8 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
     ``race_epochs`` (with more than one lr, and fewer than ``params.epochs``): every lr trains
     that many epochs, then only the lowest (ties: the earlier lr) trains on to its end, from
     its checkpoint (without checkpoints, again from the start: the same model, more time).
+    Under DDP every rank resumes from rank 0's checkpoint after a barrier; ranks on several
+    machines would not see it, so there the race is off.
     """
     lrs = [float(lr) for lr in lrs]
     if not lrs:
@@ -102,6 +105,10 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
     if race_epochs is not None and race_epochs < 1:
         raise ValueError(f"fit_best_lr: race_epochs {race_epochs}; accepted: >= 1 or None")
     race = race_epochs if race_epochs and len(lrs) > 1 and race_epochs < params.epochs else None
+    if race is not None and not distributed.single_node():
+        race = None   # the winner's other ranks would not find rank 0's checkpoint
+        if log is not None:
+            log("race off: ranks on several machines; every lr trains to its end")
     losses: dict[float, float] = {}
     epochs: dict[float, int] = {}
     walls: dict[float, float] = {}
@@ -132,6 +139,7 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
         steps = race * math.ceil(len(train_loader) / params.grad_accum)  # type: ignore[arg-type]
         for lr in lrs:
             train(lr, max_steps=steps)   # the model is dropped: the checkpoint holds it
+        distributed.barrier()   # rank 0 has written every cut's checkpoint before any resumes
         keep = min(lrs, key=lambda lr: losses[lr])   # ties: the earlier lr of the grid
         if log is not None:
             log(f"race after {race} epochs: lr {keep:g} trains on")
