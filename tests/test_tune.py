@@ -183,6 +183,19 @@ def test_a_race_keeps_the_same_model_and_survives_an_interruption(cohort, tmp_pa
     assert again.stats["resumed_from_step"] == 2 * per_epoch  # its last epoch's checkpoint
     assert all(torch.equal(ref_w[k], again.model.state_dict()[k]) for k in ref_w)
 
+    # checkpoints further on than the cut (here: a full tuning's finished runs) do not change
+    # the choice: it is the best of the first race epochs, as a fresh race sees them. 0.5
+    # leads after 1 epoch and 0.05 after 3
+    early, late = 0.5, 0.05
+    assert tune(cohort, [late, early], checkpoint=True, checkpoint_root=tmp_path / "f").lr == late
+    fresh = tune(cohort, [late, early], checkpoint=True, checkpoint_root=tmp_path / "r",
+                 race_epochs=1)
+    reused = tune(cohort, [late, early], checkpoint=True, checkpoint_root=tmp_path / "f",
+                  race_epochs=1)
+    assert fresh.lr == reused.lr == early
+    assert all(torch.equal(v, reused.model.state_dict()[k])
+               for k, v in fresh.model.state_dict().items())
+
     full = tune(cohort, lrs, race_epochs=3)      # a race as long as training: no race
     assert full.epochs == ref.epochs and full.val_losses == ref.val_losses
     with pytest.raises(ValueError, match="race_epochs"):

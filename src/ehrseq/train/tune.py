@@ -137,10 +137,15 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
     best: TuneResult | None = None
     if race is not None:
         steps = race * math.ceil(len(train_loader) / params.grad_accum)  # type: ignore[arg-type]
-        for lr in lrs:
-            train(lr, max_steps=steps)   # the model is dropped: the checkpoint holds it
+        at_cut: dict[float, float] = {}
+        for lr in lrs:   # the model is dropped: the checkpoint holds it
+            stats = train(lr, max_steps=steps)[1]
+            # the best of the first `race` epochs, also when a checkpoint from an earlier run
+            # is further on: the choice is the one a fresh race makes
+            cut = [h.get(stats["monitor"], math.nan) for h in stats["history"][:race]]
+            at_cut[lr] = min((v for v in cut if math.isfinite(v)), default=math.inf)
         distributed.barrier()   # rank 0 has written every cut's checkpoint before any resumes
-        keep = min(lrs, key=lambda lr: losses[lr])   # ties: the earlier lr of the grid
+        keep = min(lrs, key=lambda lr: at_cut[lr])   # ties: the earlier lr of the grid
         if log is not None:
             log(f"race after {race} epochs: lr {keep:g} trains on")
         model, stats = train(keep)
