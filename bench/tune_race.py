@@ -5,8 +5,9 @@ of K epochs keeps, how many epochs it saves, and what the kept validation loss c
 
 Reads every pair ``plots/**/lr_<a>/plots/metrics/val_loss.tsv`` / ``lr_<b>/...`` (dvclive's
 per-epoch validation loss of the two learning rates of one tuned training) under each ROOT
-(default: this checkout; a training found twice with the same curves counts once), replays each curve under the training loop's own early stopping at
-``--patience`` (bench/patience.py), and compares the full tuning (every lr to its stop, the
+(default: this checkout; a training found twice with the same curves counts once), replays
+each curve under the training loop's own early stopping at ``--patience``
+(bench/patience.py), and compares the full tuning (every lr to its stop, the
 lowest best loss kept) with a race (every lr K epochs, the lowest so far trains on). The replay
 is exact: the race's winner resumes bit-identically (tests/test_tune.py), so its curve is the
 recorded one.

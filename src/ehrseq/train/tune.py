@@ -125,16 +125,16 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
         value = stats["best_value"]
         losses[lr] = float(value) if value is not None and math.isfinite(value) else math.inf
         epochs[lr] = stats["epochs"]
-        # a resumed run's wall time includes its time before the interruption (or the race)
-        walls[lr] = stats["wall_time_s"] + (walls.get(lr, 0.0) if max_steps is None
-                                            and stats["resumed_from_step"] is None else 0.0)
+        # a resumed run's wall time includes its time before the interruption (or the race);
+        # a race winner trained again from the start (no checkpoint) adds the race's time
+        fresh_after_race = max_steps is None and stats["resumed_from_step"] is None
+        walls[lr] = stats["wall_time_s"] + (walls.get(lr, 0.0) if fresh_after_race else 0.0)
         if log is not None:
             log(f"lr {lr:g}: best validation loss {losses[lr]:.5f} "
                 f"(epoch {stats['best_epoch']} of {stats['epochs']}"
                 f"{', race' if max_steps is not None else ''})")
         return model, stats
 
-    best: TuneResult | None = None
     if race is not None:
         steps = race * math.ceil(len(train_loader) / params.grad_accum)  # type: ignore[arg-type]
         at_cut: dict[float, float] = {}
@@ -150,12 +150,14 @@ def fit_best_lr(build_model: Callable[[], nn.Module], lrs: Sequence[float],
             log(f"race after {race} epochs: lr {keep:g} trains on")
         model, stats = train(keep)
         best = TuneResult(model, keep, stats)
-    for lr in lrs if race is None else ():
-        model, stats = train(lr)
-        if best is None or losses[lr] < losses[best.lr]:
-            best = TuneResult(model, lr, stats)
-        del model   # a worse model is freed here
-    assert best is not None
+    else:
+        best = None
+        for lr in lrs:
+            model, stats = train(lr)
+            if best is None or losses[lr] < losses[best.lr]:
+                best = TuneResult(model, lr, stats)
+            del model   # a worse model is freed here
+        assert best is not None
     best.val_losses, best.epochs, best.wall_time_s = losses, epochs, sum(walls.values())
     return best
 
