@@ -14,6 +14,11 @@ simulated components as a sanity check. Ratios are against the smallest size.
     python bench/cluster.py                    # 1k, 10k, 100k patients
     python bench/cluster.py --sizes 1000 10000
     python bench/cluster.py --quick            # 500 and 2000 patients, a smoke run
+    python bench/cluster.py --sizes 1000 3000 --compare   # exact distances vs umap-learn's
+
+``--compare`` runs every size twice, the second time with umap-learn computing the pairwise
+distances itself (``clustering.UMAP_EXACT_ROWS = 0``: below 4,096 rows, one interpreted
+metric call per pair, the baseline before the exact distances), and prints the time ratio.
 """
 
 from __future__ import annotations
@@ -52,12 +57,16 @@ def _stage_defaults() -> dict:
                                        "silhouette_sample", "seed")}
 
 
-def child(n: int, dim: int, components: int, sep: float) -> None:
-    """Run one size and print one JSON line."""
+def child(n: int, dim: int, components: int, sep: float, own: bool = False) -> None:
+    """Run one size and print one JSON line (``own``: umap-learn's own pairwise distances)."""
     import numpy as np
     from sklearn.metrics import adjusted_rand_score
 
+    from ehrseq.evaluate import clustering
     from ehrseq.evaluate.clustering import cluster_embedding
+
+    if own:
+        clustering.UMAP_EXACT_ROWS = 0
 
     kw = _stage_defaults()
     rng = np.random.default_rng(0)
@@ -91,10 +100,13 @@ def main() -> None:
     ap.add_argument("--sep", type=float, default=1.0,
                     help="sd of the component centres per dimension (noise sd 1)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per size")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time each size with umap-learn's own pairwise distances")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--own-distances", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.dim, a.components, a.sep)
+        child(a.child, a.dim, a.components, a.sep, a.own_distances)
         return
     sizes = [500, 2_000] if a.quick else a.sizes
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load "
@@ -102,18 +114,27 @@ def main() -> None:
           f"embedding: {a.components} Gaussians in {a.dim} dims (centre sd {a.sep})",
           flush=True)
     print(f"params: {_stage_defaults()}", flush=True)
-    rows = []
-    for n in sizes:
+    rows, compared = [], []
+
+    def measure(n: int, own: bool = False) -> dict | None:
         cmd = [sys.executable, __file__, "--child", str(n), "--dim", str(a.dim),
                "--components", str(a.components), "--sep", str(a.sep)]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            res = subprocess.run(cmd + ["--own-distances"] * own, capture_output=True,
+                                 text=True, timeout=a.timeout)
         except subprocess.TimeoutExpired:
             print(f"{n:>8}  timed out after {a.timeout:.0f} s", flush=True)
-            break
+            return None
         if res.returncode != 0:
             sys.exit(f"size {n} failed:\n{res.stderr[-3000:]}")
-        r = json.loads(res.stdout.strip().splitlines()[-1])
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    for n in sizes:
+        r = measure(n)
+        if r is None:
+            break
+        if a.compare and (own := measure(n, own=True)) is not None:
+            compared.append((r, own))
         rows.append(r)
         s = r["steps"]
         base = rows[0]
@@ -132,6 +153,14 @@ def main() -> None:
               f"{r['ari_kmeans']:>6.3f} {r['ari_hdbscan']:>7.3f} {r['noise']:>5.2f} "
               f"{r['warmup_seconds']:>6.1f}", flush=True)
     print("x time: total time / the smallest size's; exp: log(time ratio) / log(size ratio)")
+    if compared:
+        print("\nexact distances (default) against umap-learn's own (one Python call per pair):")
+        print(f"{'patients':>8} {'exact s':>8} {'own s':>8} {'own / exact':>11} "
+              f"{'ARI hdb exact':>13} {'ARI hdb own':>11}")
+        for r, own in compared:
+            print(f"{r['n']:>8} {r['seconds']:>8.1f} {own['seconds']:>8.1f} "
+                  f"{own['seconds'] / r['seconds']:>11.2f} {r['ari_hdbscan']:>13.3f} "
+                  f"{own['ari_hdbscan']:>11.3f}", flush=True)
 
 
 if __name__ == "__main__":

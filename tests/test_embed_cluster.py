@@ -61,7 +61,8 @@ def fast_umap(monkeypatch):
 
     def pca(X, dims, neighbors, min_dist, metric, seed):
         model = PCA(dims, random_state=seed).fit(X)
-        return model.transform(X).astype(np.float32), model
+        return (model.transform(X).astype(np.float32),
+                lambda new: model.transform(new) if len(new) else np.zeros((0, dims)))
 
     monkeypatch.setattr(C, "umap_fit", pca)
 
@@ -457,3 +458,40 @@ def test_umap_from_numba_cache_gives_the_same_coordinates(tmp_path):
     assert np.array_equal(out["compiled"], out["cached"])
     cached = [p.name for p in (tmp_path / "numba").rglob("*.nbi")]
     assert any(n.startswith("umap_.") for n in cached), cached
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "correlation"])
+def test_exact_distances_give_umaps_own_neighbour_graph(metric):
+    """Below 4,096 rows umap_fit hands UMAP exact distances (metric="precomputed") instead of
+    letting it call its numba metric once per pair: the same fuzzy neighbour graph, including
+    all-zero rows and duplicates (ties), and cosine's disconnection distance."""
+    from ehrseq.evaluate.umap_cache import load_umap
+
+    umap = load_umap()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8)).astype(np.float32)
+    X[:3], X[3:6] = 0.0, X[6]
+    kw = dict(n_components=2, n_neighbors=10, min_dist=0.0, random_state=0, n_epochs=5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = umap.UMAP(metric=metric, **kw).fit(X).graph_.tocsr()
+        exact = umap.UMAP(metric="precomputed", disconnection_distance=umap.umap_.
+                          DISCONNECTION_DISTANCES.get(metric, np.inf), **kw
+                          ).fit(C.exact_distances(X, X, metric)).graph_.tocsr()
+    assert ((own != 0).toarray() == (exact != 0).toarray()).all()
+    assert abs(own - exact).max() < 1e-4
+    D = C.exact_distances(X[:10], X, metric)
+    ref = umap.distances.named_distances[metric]
+    np.testing.assert_allclose(D, [[ref(a, b) for b in X] for a in X[:10]], atol=1e-6)
+
+
+def test_umap_fit_places_new_rows_and_none():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    coords, place = C.umap_fit(X, 2, 10, 0.0, "euclidean", 0)
+    assert coords.shape == (60, 2) and np.isfinite(coords).all()
+    assert place(X[:0]).shape == (0, 2)
+    new = place(X[:5] + 0.01)      # next to their originals
+    assert new.shape == (5, 2) and np.isfinite(new).all()

@@ -128,29 +128,68 @@ def mean_pairwise_ari(label_sets: Sequence[np.ndarray]) -> float:
     return float(np.mean(aris)) if aris else float("nan")
 
 
+# umap-learn computes every pairwise distance itself below this many rows (its small-data
+# path), through scikit-learn with its numba metric as a Python callable: one interpreted call
+# per pair, about 5 µs each, so minutes per fit at a few thousand rows. Below it, the same
+# exact distances come from SciPy's C loop and reach UMAP as ``metric="precomputed"``.
+UMAP_EXACT_ROWS = 4096
+_SCIPY_METRIC = {"euclidean": "euclidean", "cosine": "cosine", "manhattan": "cityblock",
+                 "correlation": "correlation"}
+
+
+def exact_distances(A: np.ndarray, B: np.ndarray, metric: str) -> np.ndarray:
+    """``[len(A), len(B)]`` distances (float32) as umap-learn's own metric gives them,
+    including its convention where cosine or correlation is undefined (an all-zero or constant
+    row): 0 between equal rows, 1 otherwise."""
+    from scipy.spatial.distance import cdist
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        D = cdist(np.asarray(A, np.float64), np.asarray(B, np.float64), _SCIPY_METRIC[metric])
+    i, j = np.nonzero(~np.isfinite(D))
+    if len(i):
+        D[i, j] = np.where((np.asarray(A)[i] == np.asarray(B)[j]).all(1), 0.0, 1.0)
+    if metric in ("cosine", "correlation"):
+        # 1 - cos rounds to ±1e-16 for a row and itself (umap-learn's own loop gives 0), and
+        # UMAP takes each row's first non-zero distance as its nearest neighbour's
+        D[D < 1e-7] = 0.0
+    return D.astype(np.float32)
+
+
 def umap_fit(X, dims: int, neighbors: int, min_dist: float, metric: str, seed: int):
-    """Seeded UMAP fitted on ``X``: (coordinates ``[n, dims]``, the fitted reducer, whose
-    ``transform`` places new rows). Neighbours capped at n - 1; random init on tiny inputs,
-    where the spectral initialisation is ill-posed."""
+    """Seeded UMAP fitted on ``X``: (coordinates ``[n, dims]``, ``place``), where
+    ``place(new_rows)`` gives new rows' coordinates in the fitted map (``UMAP.transform``).
+    Neighbours capped at n - 1; random init on tiny inputs, where the spectral initialisation
+    is ill-posed. Below :data:`UMAP_EXACT_ROWS` rows the exact distances are computed here
+    and passed precomputed (the same neighbour graph umap-learn would build, without its
+    per-pair Python calls)."""
     from .umap_cache import load_umap
 
     umap = load_umap()
+    X = np.asarray(X, np.float32)
     n = len(X)
+    exact = n < UMAP_EXACT_ROWS and metric in _SCIPY_METRIC
+    kw = dict(n_components=dims, n_neighbors=max(2, min(neighbors, n - 1)), min_dist=min_dist,
+              random_state=seed, init="spectral" if n > 4 * (dims + 2) else "random")
+    if exact:   # keep the metric's own disconnection distance (cosine: 2), not precomputed's
+        kw.update(metric="precomputed", disconnection_distance=umap.umap_.
+                  DISCONNECTION_DISTANCES.get(metric, np.inf))
+    else:
+        kw.update(metric=metric)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "n_jobs overridden by random_state", tiny graphs
-        reducer = umap.UMAP(n_components=dims, n_neighbors=max(2, min(neighbors, n - 1)),
-                            min_dist=min_dist, metric=metric, random_state=seed,
-                            init="spectral" if n > 4 * (dims + 2) else "random")
-        return reducer.fit_transform(np.asarray(X, np.float32)).astype(np.float32), reducer
+        reducer = umap.UMAP(**kw)
+        coords = reducer.fit_transform(exact_distances(X, X, metric) if exact else X)
 
+    def place(new) -> np.ndarray:
+        new = np.asarray(new, np.float32)
+        if len(new) == 0:
+            return np.zeros((0, dims), np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # "Transforming new data with precomputed metric"
+            out = reducer.transform(exact_distances(new, X, metric) if exact else new)
+        return np.asarray(out, np.float32)
 
-def umap_assign(reducer, X, dims: int) -> np.ndarray:
-    """Coordinates of new rows in a fitted UMAP (``[0, dims]`` for none)."""
-    if len(X) == 0:
-        return np.zeros((0, dims), np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return reducer.transform(np.asarray(X, np.float32)).astype(np.float32)
+    return np.asarray(coords, np.float32), place
 
 
 def hdbscan_fit(U, min_cluster_size: int, min_samples: int, new=None):
@@ -209,8 +248,8 @@ def cluster_embedding(X, *, fit=None, umap_dims: int = 5, umap_neighbors: int = 
     m: dict = {"n": n, "n_fit": nf}
 
     t0 = time.perf_counter()
-    Uf, reducer = umap_fit(Xf, umap_dims, umap_neighbors, 0.0, umap_metric, seed)
-    U = _rows(fit, Uf, umap_assign(reducer, Xr, umap_dims))
+    Uf, place = umap_fit(Xf, umap_dims, umap_neighbors, 0.0, umap_metric, seed)
+    U = _rows(fit, Uf, place(Xr))
     secs["umap"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -275,8 +314,8 @@ def cluster_embedding(X, *, fit=None, umap_dims: int = 5, umap_neighbors: int = 
     U2 = np.zeros((n, 2), np.float32)
     if picture:
         t0 = time.perf_counter()
-        U2f, reducer2 = umap_fit(Xf, 2, umap_neighbors, 0.1, umap_metric, seed)
-        U2 = _rows(fit, U2f, umap_assign(reducer2, Xr, 2))
+        U2f, place2 = umap_fit(Xf, 2, umap_neighbors, 0.1, umap_metric, seed)
+        U2 = _rows(fit, U2f, place2(Xr))
         secs["umap_2d"] = time.perf_counter() - t0
     m.update({f"seconds.{k}": v for k, v in secs.items()})
     m["seconds.total"] = float(sum(secs.values()))

@@ -203,9 +203,7 @@ def umap_plot(emb: np.ndarray, tokens: Sequence[str], labels: Sequence[frozenset
     import pandas as pd
 
     from ..plots import plt, skipped_figure
-    from .umap_cache import load_umap
-
-    umap = load_umap()
+    from .clustering import umap_fit
 
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -226,9 +224,7 @@ def umap_plot(emb: np.ndarray, tokens: Sequence[str], labels: Sequence[frozenset
     colour_of = {m: j for j, m in enumerate(best)}
     module = [min((m for m in labels[i] if m in colour_of), key=lambda m: (size[m], m),
                   default="other") for i in idx]
-    reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed,
-                        n_neighbors=min(15, max(2, len(idx) - 1)))
-    xy = reducer.fit_transform(emb[idx])
+    xy, _ = umap_fit(emb[idx], 2, 15, 0.1, "cosine", seed)
     df = pd.DataFrame({"token": [tokens[i] for i in idx], "module": module,
                        "x": xy[:, 0], "y": xy[:, 1]})
     df.to_csv(stem.with_suffix(".csv"), index=False)
