@@ -7,8 +7,6 @@ C of a risk score. Used by models (tuning), training (predictions) and evaluatio
 from __future__ import annotations
 
 import numpy as np
-from lifelines import KaplanMeierFitter
-from sksurv.metrics import concordance_index_censored
 
 TIED_TOL = 1e-8  # risks (or survival probabilities) closer than this are a tie, as in sksurv
 
@@ -19,6 +17,8 @@ def km_survival(train_duration, train_event, times) -> np.ndarray:
     Every patient gets the same curve; evaluate it with
     ``np.broadcast_to(km_survival(...), (n_test, len(times)))``.
     """
+    from lifelines import KaplanMeierFitter  # here: every training stage imports this module
+
     kmf = KaplanMeierFitter().fit(np.asarray(train_duration, float), np.asarray(train_event, bool))
     return kmf.survival_function_at_times(np.asarray(times, float)).to_numpy(dtype=float)
 
@@ -77,6 +77,8 @@ def risk_score(surv, times, horizon: float) -> np.ndarray:
 
 def harrell_c(duration, event, risk) -> float:
     """Harrell's C of a risk score (higher = earlier event), tied risks count one half (sksurv)."""
+    from sksurv.metrics import concordance_index_censored
+
     return float(
         concordance_index_censored(
             np.asarray(event, bool),
