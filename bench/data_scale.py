@@ -38,6 +38,7 @@ GAINS = (("behrt_full", "behrt_scratch", "pre-training's gain (BEHRT full − sc
          ("behrt_full", "best_count", "BEHRT full − best count model"),
          ("lstm", "best_count", "LSTM − best count model"),
          ("med2vec", "best_count", "Med2Vec + head − best count model"))
+NEURAL_PAIRS = (("behrt_full", "behrt_scratch"), ("behrt_full", "lstm"), ("med2vec", "lstm"))
 
 
 def run(sizes: list[int], sets: list[str], cwd: Path = Path(".")) -> None:
@@ -180,15 +181,29 @@ def report(points: dict[int, dict], out: Path, command: str) -> str:
         lines.append(f"| {n:,} | {m.get('test.patients')} / {m.get('test.landmarks')} / "
                      f"{m.get('test.events')} | {m.get('best_count.model', '—')} | "
                      + " | ".join(_cell(m, f"{f}.c_harrell") for f in fams) + " |")
+    headroom = any("headroom" in p["metrics"] for p in points.values())
     lines += ["", "## Paired differences (same test patients within each cohort)", "",
-              "| patients | " + " | ".join(g[2] for g in GAINS) + " |",
-              "|---|" + "---|" * len(GAINS)]
+              "| patients | " + "headroom (oracle − best count) | " * headroom
+              + " | ".join(g[2] for g in GAINS) + " |",
+              "|---|" + "---|" * (len(GAINS) + headroom)]
     for n, p in points.items():
-        cells = []
+        m = p["metrics"]
+        cells = [f"{m['headroom']:+.3f} [{m['headroom_lo']:+.3f}, {m['headroom_hi']:+.3f}]"
+                 if "headroom" in m else "—"] if headroom else []
         for a, b, _ in GAINS:
-            d = _delta(p["metrics"], a, b)
+            d = _delta(m, a, b)
             cells.append("—" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    pairs = [pr for pr in NEURAL_PAIRS if any(_delta(p["metrics"], *pr) for p in points.values())]
+    if pairs:
+        lines += ["", "Half-width of the paired 95% interval between two neural models "
+                  "(issue 12 asks for at most 0.02):", "",
+                  "| patients | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
+                  "|---|" + "---|" * len(pairs)]
+        for n, p in points.items():
+            ds = [_delta(p["metrics"], a, b) for a, b in pairs]
+            lines.append(f"| {n:,} | " + " | ".join(
+                "—" if d is None else f"{(d[2] - d[1]) / 2:.3f}" for d in ds) + " |")
 
     timed = [f for f in fams if f != "oracle"]
     lines += ["", "## Seconds per family", "",

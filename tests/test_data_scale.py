@@ -53,6 +53,10 @@ def test_report_from_finished_checkouts(tiny_pipeline, tmp_path):
     run([*script, "--out", str(out), "--dirs", str(tiny_pipeline)], tmp_path)
     page = out.read_text()
     assert "| 40 | " in page and str(tiny_pipeline) in page
+    # the synthetic outcome has an oracle: its headroom over the best count model is a column;
+    # the neural pairs' interval half-widths (issue 12's 0.02) are a table
+    assert "| headroom (oracle − best count) |" in page
+    assert "| behrt_full − behrt_scratch |" in page
     assert out.with_suffix(".png").stat().st_size > 5000
     twice = subprocess.run([*script, "--out", str(out), "--dirs", str(tiny_pipeline),
                             str(tiny_pipeline)], capture_output=True, text=True)
