@@ -78,6 +78,8 @@ def main() -> int:
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-pipeline-")) / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=work,
+                            capture_output=True, text=True).stdout.strip()   # the one measured
     set_params(work / "params.yaml", [*args.set, f"runtime.checkpoint_dir={work / 'checkpoints'}"])
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(work / "src")}
@@ -92,8 +94,6 @@ def main() -> int:
         print(tail, file=sys.stderr)
         print(f"dvc repro failed (exit {rc})", file=sys.stderr)
         return 1
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
     print(f"\ncommit {commit}; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"Python {platform.python_version()}; load average before "
           f"{load_before[0]:.2f}, after {load_after[0]:.2f}; overrides: {args.set or 'none'}\n")
