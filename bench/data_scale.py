@@ -133,6 +133,11 @@ def _cell(m: dict, key: str) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
 
 
+def _signed(d: tuple[float, float, float] | None) -> str:
+    """A paired difference with its interval, or a dash."""
+    return "—" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+
+
 def _delta(m: dict, a: str, b: str) -> tuple[float, float, float] | None:
     k = f"delta.{a}-{b}"
     return (m[f"{k}.delta"], m[f"{k}.lo"], m[f"{k}.hi"]) if f"{k}.delta" in m else None
@@ -188,11 +193,9 @@ def report(points: dict[int, dict], out: Path, command: str) -> str:
               "|---|" + "---|" * (len(GAINS) + headroom)]
     for n, p in points.items():
         m = p["metrics"]
-        cells = [f"{m['headroom']:+.3f} [{m['headroom_lo']:+.3f}, {m['headroom_hi']:+.3f}]"
-                 if "headroom" in m else "—"] if headroom else []
-        for a, b, _ in GAINS:
-            d = _delta(m, a, b)
-            cells.append("—" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]")
+        cells = [_signed((m["headroom"], m["headroom_lo"], m["headroom_hi"])
+                         if "headroom" in m else None)] if headroom else []
+        cells += [_signed(_delta(m, a, b)) for a, b, _ in GAINS]
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     pairs = [pr for pr in NEURAL_PAIRS if any(_delta(p["metrics"], *pr) for p in points.values())]
     if pairs:
