@@ -7,70 +7,39 @@ whether every module a stage imports is among its dvc.yaml deps.
 
 Layers, lowest first (a module may import its own layer or lower ones, never higher):
 
-    params io repro plots  <  survival  <  data  <  outcomes  <  models  <  train
+    params io repro plots imports  <  survival  <  data  <  outcomes  <  models  <  train
     <  evaluate  <  ops
 
-Imports are read statically (``ast``), function-level imports included, so a lazy import that
-runs upward counts too. tests/test_layout.py runs the same checks.
+Imports are read statically (``ast``, src/ehrseq/imports.py: the same closure keys the training
+checkpoints), function-level imports included, so a lazy import that runs upward counts too.
+tests/test_layout.py runs the same checks.
 """
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
+
+from ehrseq import imports
 
 ROOT = Path(sys.argv[1]).resolve() if __name__ == "__main__" and len(sys.argv) > 1 \
     else Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-PKG = "ehrseq"
-LAYERS = [("params", "io", "repro", "plots"), ("survival",), ("data",), ("outcomes",),
+LAYERS = [("params", "io", "repro", "plots", "imports"), ("survival",), ("data",), ("outcomes",),
           ("models",), ("train",), ("evaluate",), ("ops",)]
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(SRC).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
 def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted((SRC / PKG).rglob("*.py"))}
-
-
-def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> list[str]:
-    if node.level:
-        base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-        base = base[: len(base) - (node.level - 1)]
-        target = ".".join(base + ([node.module] if node.module else []))
-    else:
-        target = node.module or ""
-    # ``from pkg import name`` may import a submodule ``pkg.name``
-    return [target] + [f"{target}.{a.name}" for a in node.names]
+    return imports.modules(SRC)
 
 
 def imports_of(path: Path, mod: str | None = None) -> set[str]:
     """ehrseq modules that ``path`` imports (any nesting level)."""
-    known = modules()
-    mod = mod or (module_name(path) if path.is_relative_to(SRC) else "__main__")
-    is_pkg = path.name == "__init__.py"
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = _resolve(mod, is_pkg, node)
-        for n in names:
-            if n in known and n != mod:
-                found.add(n)
-    return found
+    return imports.imports_of(path, SRC, mod)
 
 
 def graph() -> dict[str, set[str]]:
-    return {m: imports_of(p, m) for m, p in modules().items()}
+    return imports.graph(SRC)
 
 
 def layer(mod: str) -> int:
@@ -124,15 +93,7 @@ def upward(g: dict[str, set[str]]) -> list[tuple[str, str]]:
 
 def closure(path: Path) -> set[str]:
     """Every ehrseq module a script needs, transitively."""
-    g = graph()
-    todo, seen = list(imports_of(path)), set()
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        todo += list(g.get(m, ()))
-    return seen
+    return imports.closure(path, SRC)
 
 
 def stage_deps() -> dict[str, tuple[Path, set[str]]]:

@@ -162,3 +162,51 @@ def test_wrong_credentials_stop_before_training(tmp_path, auth_endpoint):  # noq
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "cannot reach DVC remote 'storage'" in err, err[-2000:]
     assert "x" * 40 not in err and not (root / "checkpoints").exists()
+
+
+def test_finished_runs_leave_the_mirror(store, tmp_path, monkeypatch):
+    """Issue 25: a finished run keeps one mirrored checkpoint; once its stage is pushed, `pod
+    run` removes it from the mirror (``forget_finished_runs``); `pod prune-mirror` lists what
+    is there with its age and removes what is older than ``--older-than`` days."""
+    from ehrseq.ops.pod import forget_finished_runs
+
+    endpoint, client, url = store
+    a = machine(tmp_path / "A", endpoint, url=url)
+    finish(start("pretrain_behrt", a))
+    (kept,) = manifests(client, url)     # checkpoint_every_steps 1, and one left at the end
+    run = kept.split("/checkpoints/", 1)[1].rsplit("/", 3)[0]   # pretrain_behrt/<key>
+    assert run.startswith("pretrain_behrt/") and len(run.split("/")[1]) == 16, kept
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def prune(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "ehrseq.ops.pod", "prune-mirror", *args],
+                           cwd=a, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    listed = prune()
+    assert "1 run(s)" in listed and run in listed and "(removed)" not in listed, listed
+    assert prune("--older-than", "1") and manifests(client, url) == [kept]   # not old enough
+
+    monkeypatch.chdir(a)
+    forget_finished_runs()
+    assert manifests(client, url) == []
+    assert "0 run(s)" in prune()
+
+    # an interrupted run (not finished) is not forgotten; prune-mirror --older-than removes it
+    b = machine(tmp_path / "B", endpoint, url=url)
+    params = yaml.safe_load((b / "params.yaml").read_text())
+    params["train"]["epochs"] = 1   # another run key
+    (b / "params.yaml").write_text(yaml.safe_dump(params))
+    finish(start("pretrain_behrt", b))
+    ckpts = sorted((b / "checkpoints").rglob("state.json"))
+    state = json.loads(ckpts[-1].read_text())
+    loop = dict(state["loop"]["__dict__"])
+    assert loop["finished"]
+    monkeypatch.chdir(b)
+    shutil.rmtree(b / "checkpoints")            # the machine is gone: nothing local finished
+    forget_finished_runs()
+    assert len(manifests(client, url)) == 1
+    monkeypatch.chdir(a)
+    assert "(removed)" in prune("--older-than", "0") and manifests(client, url) == []

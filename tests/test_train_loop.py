@@ -220,3 +220,57 @@ def test_compiled_training_follows_the_eager_run(data, tmp_path):
     l2 = np.array([h["val_loss"] for h in s2["history"]])
     np.testing.assert_allclose(l2, l1, rtol=0.01)
     assert l2[-1] < l2[0]                                   # and it learns
+
+
+class _Wider(DiscreteTimeSurvivalLSTM):
+    """The same model with one more parameter-bearing layer (an architecture change)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.extra = torch.nn.Linear(8, 8)
+
+
+def test_a_checkpoint_that_does_not_fit_is_never_loaded(data, tmp_path, caplog):
+    """A checkpoint under the run's key written by another architecture (code outside the run
+    key, a library update): a warning names it, the run starts afresh, nothing half-loads."""
+    with pytest.raises(Boom):   # the old model's run, interrupted: checkpoints at epochs 1, 2
+        _run(data, tmp_path, "k", on_epoch_end=_raise_at(1))
+    old = list_checkpoints(tmp_path / "ck" / "k")
+    assert len(old) == 2
+
+    def wider(seed=0):
+        torch.manual_seed(seed)
+        return _Wider(LSTMConfig(vocab_size=20, n_bins=3, embed_dim=8, hidden_dim=8, layers=2,
+                                 dropout=0.2))
+
+    train, val = data
+    params = TrainParams(epochs=EPOCHS, batch_size=8, lr=5e-3, warmup_frac=0.2)
+    rt = RuntimeParams(checkpoint_every_minutes=0, checkpoint_dir=str(tmp_path / "ck"))
+    results = []
+    for key in ("k", "fresh"):
+        model = wider()
+        with caplog.at_level("WARNING", logger="ehrseq.train.loop"):
+            stats = fit(model, make_loader(train, 8, shuffle=True, seed=1), survival_loss, params,
+                        rt, val_loader=make_loader(val, 16), run_key=key, progress=False)
+        results.append((model, stats))
+    (model, stats), (ref, ref_stats) = results
+    assert f"checkpoint {old[-1]} does not fit this model" in caplog.text
+    assert "missing key(s) extra.bias, extra.weight" in caplog.text
+    assert stats["resumed_from_step"] is None and stats["completed"]
+    assert _same(model, ref) and stats["history"] == ref_stats["history"]   # as if fresh
+    assert not any(p.exists() for p in old)   # the old run's checkpoints are gone
+
+
+def test_incompatibility_names_shapes_and_optimizer_layout():
+    from ehrseq.train.checkpoint import incompatibility
+
+    a = _model()
+    b = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=20, n_bins=3, embed_dim=8, hidden_dim=12,
+                                            layers=2, dropout=0.2))
+    opt_a = torch.optim.AdamW(a.parameters())
+    opt_b = torch.optim.AdamW(b.parameters())
+    ck = {"model": a.state_dict(), "optimizer": opt_a.state_dict()}
+    assert incompatibility(a, opt_a, ck) is None
+    assert "shape mismatch" in incompatibility(b, opt_b, ck)
+    frozen = torch.optim.AdamW([p for n, p in a.named_parameters() if n != "head.bias"])
+    assert "optimizer: parameter groups" in incompatibility(a, frozen, ck)

@@ -117,12 +117,12 @@ def test_each_lr_has_its_own_run_key_and_resumes(cohort, tmp_path):
     assert len(set(keys)) == 2 and "k" not in keys
 
     ref = tune(cohort, lrs, checkpoint=True, checkpoint_root=tmp_path / "ref")
-    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == sorted(keys)
+    assert sorted(f"k/{p.name}" for p in (tmp_path / "ref/k").iterdir()) == sorted(keys)
 
     root = tmp_path / "cut"   # every lr interrupted after 4 steps, then resumed
     cut = tune(cohort, lrs, checkpoint=True, checkpoint_root=root, max_steps=4)
     assert not cut.stats["completed"]
-    assert sorted(p.name for p in root.iterdir()) == sorted(keys)
+    assert sorted(f"k/{p.name}" for p in (root / "k").iterdir()) == sorted(keys)
     res = tune(cohort, lrs, checkpoint=True, checkpoint_root=root)
     assert res.stats["resumed_from_step"] == 4 and res.stats["completed"]
     assert res.lr == ref.lr and res.val_losses == ref.val_losses
@@ -293,7 +293,8 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
     assert side["tuned_lr"] == m[f"{name}.tuned_lr"] and side["stage"] == out
     z = np.load(pred / f"{name}.npz")
     assert z["surv"].shape == (len(z["index"]), len(z["times"])) and len(z["index"]) > 0
-    assert len(list((tmp_path / "checkpoints").iterdir())) == 2   # one run key per lr
+    (run,) = (tmp_path / "checkpoints" / out).iterdir()   # one run of the stage ...
+    assert {p.name for p in run.iterdir() if p.is_dir()} == {"lr_1e-06", "lr_0.03"}  # ... per lr
     assert {p.name for p in (tmp_path / f"plots/{out}/live").iterdir()} == \
         {"lr_1e-06", "lr_0.03"}
 

@@ -365,6 +365,14 @@ class RuntimeParams(_Section):
     checkpoint_every_steps: int = Field(0, ge=0)
     checkpoint_every_minutes: float = Field(10.0, ge=0)
     checkpoint_dir: str = "checkpoints"
+    """Training checkpoints, outside every stage output: ``<dir>/<stage>/<run key>/<lr>/``. The
+    run key hashes the stage's params, input data and code, so only the very same run resumes
+    (docs/training.md, "When a run resumes")."""
+    checkpoint_keep_runs: int = Field(3, ge=1)
+    """Runs of a stage whose checkpoints are kept (the newest by last use, the one just made
+    among them), so that going back to the code or params of a recent run resumes it instead
+    of training again; older runs are removed when a run of the stage finishes. A finished run
+    keeps its last checkpoint only."""
     mirror_checkpoints: bool = True
     """Copy checkpoints to the default DVC remote (when one is configured) and resume from
     there on a fresh machine (src/ehrseq/train/mirror.py)."""

@@ -3,6 +3,7 @@
     python -m ehrseq.ops.pod check-remote
     python -m ehrseq.ops.pod run -S model.size=large [-S KEY=VALUE ...] [--name NAME]
                              [--git-remote origin] [--require-gpu]
+    python -m ehrseq.ops.pod prune-mirror [--older-than DAYS]
 
 ``run`` prints each step and stops at the first failure:
 
@@ -21,8 +22,10 @@
    from the run-cache ("is cached - skipping run") instead of recomputing them. "May run" is
    a stage DVC reports changed (missing outputs allowed, as ``--allow-missing``) or one
    downstream of it; every other stage is named as skipped and costs no ``dvc`` call (one
-   call per stage took seconds even for a stage with nothing to do). A last ``dvc repro
-   --pull --allow-missing`` of the whole DAG then runs (and pushes) anything that plan missed.
+   call per stage took seconds even for a stage with nothing to do). Once a stage that trained
+   is pushed, its finished runs leave the checkpoint mirror (they are in the run-cache now).
+   A last ``dvc repro --pull --allow-missing`` of the whole DAG then runs (and pushes)
+   anything that plan missed.
 7. ``dvc exp save --force -n NAME`` and ``dvc exp push --force --no-cache GIT_REMOTE NAME``
    (the data is already in the DVC remote).
 8. ``dvc metrics diff HEAD``: the experiment beside its baseline commit.
@@ -259,6 +262,8 @@ def run(args: argparse.Namespace) -> None:
         restored += now_restored
         if now_ran or now_restored:
             sh(["dvc", "push", "--run-cache", *dict.fromkeys(now_ran + now_restored)])
+        if now_ran:
+            forget_finished_runs()
     say(f"ran: {', '.join(ran) or 'none'}; restored from the run-cache: "
         f"{', '.join(restored) or 'none'}")
 
@@ -271,6 +276,45 @@ def run(args: argparse.Namespace) -> None:
     say(f"done. On a laptop: `git pull && dvc exp pull {args.git_remote} {name}`, then "
         f"`dvc exp show`, `dvc metrics diff HEAD {name}`; `dvc exp apply {name} && dvc pull` "
         f"for its models")
+
+
+def _mirror():
+    from ..train.mirror import CheckpointMirror
+
+    return CheckpointMirror.from_dvc(".")
+
+
+def forget_finished_runs() -> None:
+    """Remove from the checkpoint mirror every run that finished here: its stage's outputs are
+    in the DVC remote now (pushed with the run-cache), so a new pod restores them instead of
+    resuming. Runs in progress elsewhere, and interrupted ones, stay (``prune-mirror``)."""
+    from ..params import load_params
+    from ..train.checkpoint import finished_runs
+
+    if not load_params().runtime.mirror_checkpoints or (mirror := _mirror()) is None:
+        return
+    gone = [run for run in finished_runs(load_params().runtime.checkpoint_dir)
+            if mirror.remove(run)]
+    if gone:
+        say(f"checkpoint mirror: removed {len(gone)} finished run(s), their outputs are in the "
+            f"remote: {', '.join(gone)}")
+
+
+def prune_mirror(older_than: float | None) -> None:
+    """List the checkpoint mirror's runs with their age; with ``older_than`` (days) remove
+    those not written to for longer (runs interrupted and never finished, e.g. under code that
+    has changed since: no run key of today's code reaches them)."""
+    mirror = _mirror()
+    if mirror is None:
+        say("no DVC remote configured: no checkpoint mirror")
+        return
+    runs = mirror.runs()
+    say(f"checkpoint mirror {mirror.root}: {len(runs)} run(s)")
+    for run, age in runs:
+        old = older_than is not None and age > older_than
+        if old:
+            mirror.remove(run)
+        say(f"  {run}  last written {age:.1f} days ago{'  (removed)' if old else ''}")
 
 
 def pull_predictions() -> None:
@@ -292,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check-remote", help="check the default DVC remote (exit 1 when unusable)")
     sub.add_parser("pull-predictions", help="dvc pull every model's test predictions")
+    pm = sub.add_parser("prune-mirror", help="list the checkpoint mirror's runs; remove old ones")
+    pm.add_argument("--older-than", type=float, metavar="DAYS",
+                    help="remove the runs last written more than DAYS days ago")
     p = sub.add_parser("run", help="pull, run every stage (pushing each), push the experiment")
     p.add_argument("-S", "--set-param", action="append", default=[], metavar="[FILE:]KEY=VALUE",
                    help="parameter override, as for `dvc exp run -S` (repeatable)")
@@ -307,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"WARNING: {w}", file=sys.stderr)
         elif args.command == "pull-predictions":
             pull_predictions()
+        elif args.command == "prune-mirror":
+            prune_mirror(args.older_than)
         else:
             run(args)
     except RemoteCheckError as e:

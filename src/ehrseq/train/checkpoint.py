@@ -1,9 +1,10 @@
 """The checkpoint codec: a training state (any nesting of tensors, arrays and JSON values)
 written atomically as safetensors + JSON + a SHA-256 manifest, and read back verified.
 
-Checkpoint directory (one sub-directory per checkpoint, newest ``keep_checkpoints`` kept)::
+Checkpoint directory (one sub-directory per checkpoint, newest ``keep_checkpoints`` kept; a
+finished run keeps its last one only)::
 
-    checkpoints/<run key>/
+    checkpoints/<stage>/<run key>/<lr_0.001>/
       000007-step000120/
         model.safetensors       model weights
         optimizer.safetensors   AdamW moments and step counts
@@ -16,6 +17,11 @@ Checkpoint directory (one sub-directory per checkpoint, newest ``keep_checkpoint
 Each checkpoint is written into a temporary sibling and renamed into place; a checkpoint whose
 files are missing, truncated or altered is skipped (and renamed ``.corrupt-*``) in favour of
 the previous one. Nothing is unpickled: tensors are read with safetensors, the rest is JSON.
+
+A checkpoint is loaded only into a model and optimizer it fits (:func:`incompatibility`), never
+half-loaded. The runs of one stage are kept to the newest few (:func:`prune_runs`); a run in
+progress holds a lock on its folder (:func:`hold_run`) so that another process never removes
+it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +150,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return {group: _decode(obj, tensors) for group, obj in skeleton.items()}
 
 
+def is_finished(path: str | Path) -> bool:
+    """Whether checkpoint ``path`` is the last one of a run that trained to its end (read from
+    its state.json alone; a missing or unreadable one counts as not finished)."""
+    try:
+        loop = json.loads((Path(path) / "state.json").read_text())["loop"]["__dict__"]
+        return bool(dict(loop).get("finished"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def finished_runs(root: str | Path) -> list[str]:
+    """Runs under ``root`` (``<stage>/<run key>``, relative) whose every lr ends in a finished
+    checkpoint."""
+    root = Path(root)
+    out = []
+    for run in sorted(p for p in root.rglob("*") if p.is_dir() and _is_run_key(p.name)):
+        lrs = [d for d in run.iterdir() if d.is_dir() and list_checkpoints(d)]
+        if lrs and all(is_finished(list_checkpoints(d)[-1]) for d in lrs):
+            out.append(run.relative_to(root).as_posix())
+    return out
+
+
 def load_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that verifies, or None. Ones that fail are renamed
     ``.corrupt-<name>`` with a warning, and the previous one is tried."""
@@ -175,3 +204,104 @@ def set_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     if "mps" in state and torch.backends.mps.is_available():
         torch.mps.set_rng_state(state["mps"])
+
+
+def incompatibility(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    ck: dict[str, Any]) -> str | None:
+    """Why checkpoint ``ck`` cannot be loaded into ``model`` and ``optimizer`` (missing or
+    unexpected weights, a shape that differs, another parameter layout of the optimizer), or
+    None when it fits. Checked before anything is loaded, so a failure never half-loads."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for group in ("model", "best"):
+        got = ck.get(group)
+        if got is None:
+            continue
+        have = {k: tuple(v.shape) for k, v in got.items()}
+        if missing := sorted(want.keys() - have.keys()):
+            return f"{group}: missing key(s) {', '.join(missing[:5])}"
+        if extra := sorted(have.keys() - want.keys()):
+            return f"{group}: unexpected key(s) {', '.join(extra[:5])}"
+        if shapes := [f"{k} {have[k]} vs {want[k]}" for k in sorted(want) if have[k] != want[k]]:
+            return f"{group}: shape mismatch {', '.join(shapes[:5])}"
+    opt = ck.get("optimizer") or {}
+    sizes = [len(g["params"]) for g in optimizer.state_dict()["param_groups"]]
+    saved = [len(g["params"]) for g in opt.get("param_groups", [])]
+    if saved != sizes:
+        return f"optimizer: parameter groups of {saved} parameters, the model's {sizes}"
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, st in (opt.get("state") or {}).items():
+        p = params[int(i)]
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor) and v.ndim and tuple(v.shape) != tuple(p.shape):
+                return f"optimizer: state {name} of parameter {i} has shape " \
+                       f"{tuple(v.shape)}, the parameter {tuple(p.shape)}"
+    return None
+
+
+def trim(run_dir: str | Path, keep: int = 1) -> None:
+    """Keep the newest ``keep`` checkpoints of a run (a finished run needs only its last)."""
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+RUN_KEY_LEN = 16
+"""Hex digits of a stage's run key (:func:`ehrseq.train.runtime.make_run_key`)."""
+LOCK, USED = ".lock", ".used"
+
+
+def _is_run_key(name: str) -> bool:
+    return len(name) == RUN_KEY_LEN and all(c in "0123456789abcdef" for c in name)
+
+
+@contextlib.contextmanager
+def hold_run(run_dir: str | Path) -> Iterator[Path]:
+    """Mark ``run_dir`` (one stage run: ``checkpoints/<stage>/<run key>``) as used now and hold
+    a shared lock on it while the block runs, so :func:`prune_runs` in another process leaves it
+    alone. The lock is the operating system's (``flock``): it goes with the process, also when
+    the process is killed."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / USED).touch()
+    with open(run_dir / LOCK, "a") as f:
+        _flock(f, shared=True, wait=True)
+        try:
+            yield run_dir
+        finally:
+            (run_dir / USED).touch()
+
+
+def _flock(f, shared: bool, wait: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:   # Windows: no advisory locks; a run goes on, pruning keeps every run
+        return wait
+    flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(f.fileno(), flags)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def prune_runs(stage_dir: str | Path, current: str, keep: int) -> list[Path]:
+    """Remove the runs of one stage (``stage_dir/<run key>``) beyond the newest ``keep`` by
+    last use, ``current`` always counted among them; a run that another process holds
+    (:func:`hold_run`) is never removed. Returns the removed folders."""
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        return []
+    runs = [p for p in stage_dir.iterdir() if p.is_dir() and _is_run_key(p.name)
+            and p.name != current]
+
+    def last_use(p: Path) -> float:
+        return (p / USED if (p / USED).exists() else p).stat().st_mtime
+
+    removed = []
+    for run in sorted(runs, key=last_use, reverse=True)[max(keep - 1, 0):]:
+        with open(run / LOCK, "a") as f:
+            if not _flock(f, shared=False, wait=False):
+                log.info("checkpoints %s in use by another process; kept", run)
+                continue
+            shutil.rmtree(run, ignore_errors=True)
+        removed.append(run)
+    return removed

@@ -40,7 +40,15 @@ from ..models.inference import (
 )
 from ..models.store import cpu_state
 from ..params import RuntimeParams, TrainParams
-from .checkpoint import get_rng, list_checkpoints, load_checkpoint, save_checkpoint, set_rng
+from .checkpoint import (
+    get_rng,
+    incompatibility,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng,
+    trim,
+)
 from .runtime import count_parameters, device_name, peak_memory_mb, seed_everything
 from .schedule import EarlyStopping, LRSchedule
 
@@ -170,8 +178,10 @@ def fit(
     the best epoch's weights are loaded into ``model``.
 
     Checkpoints go to ``(checkpoint_root or runtime.checkpoint_dir) / run_key`` (derive the
-    key with :func:`make_run_key` from everything that defines the run); with ``resume`` an
-    existing one is continued (a finished run returns at once). ``max_steps`` stops after
+    key with :func:`make_run_key` from everything that defines the run, code included); with
+    ``resume`` an existing one is continued (a finished run returns at once, and keeps only its
+    last checkpoint). One that does not fit ``model`` (other weights or shapes) is never
+    loaded: a warning names it, the run's checkpoints are removed and training starts afresh. ``max_steps`` stops after
     that many optimizer steps in all, with a checkpoint, like a pre-emption (a run resumed at
     or past it trains nothing); SIGTERM
     checkpoints at the next step and raises ``KeyboardInterrupt``. ``train_loader`` needs
@@ -234,7 +244,22 @@ def fit(
             mirror.pull_latest(run_key, run_dir)
         except Exception as err:  # noqa: BLE001 - an unreachable remote must not stop training
             log.warning("could not pull mirrored checkpoints: %s", err)
-    if checkpoint and resume and (found := load_checkpoint(run_dir)) is not None:
+    found = load_checkpoint(run_dir) if checkpoint and resume else None
+    if found is not None and (why := incompatibility(model, opt, found[1])) is not None:
+        # written by another model (code outside the run key, another library version):
+        # never half-loaded; this run starts afresh and its old checkpoints go
+        log.warning("checkpoint %s does not fit this model (%s): starting afresh and "
+                    "removing the run's old checkpoints", found[0], why)
+        if is_main:
+            for old in list_checkpoints(run_dir):
+                shutil.rmtree(old, ignore_errors=True)
+            if mirror is not None:
+                try:
+                    mirror.remove(run_key)
+                except Exception as err:  # noqa: BLE001 - the local run goes on regardless
+                    log.warning("could not remove mirrored checkpoints of %s: %s", run_key, err)
+        found = None
+    if found is not None:
         path, ck = found
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -376,6 +401,13 @@ def fit(
         if live is not None:
             live.end()
 
+    if state.finished and checkpoint and is_main:   # a resume of a finished run needs its last
+        trim(run_dir, 1)
+        if mirror is not None:
+            try:
+                mirror.trim(run_key, 1)
+            except Exception as err:  # noqa: BLE001 - an extra remote checkpoint is harmless
+                log.warning("could not trim mirrored checkpoints of %s: %s", run_key, err)
     if state.finished and best is not None:
         model.load_state_dict(best)
     n_all, n_trainable = count_parameters(model)

@@ -1,11 +1,15 @@
 """Mirror training checkpoints to the DVC remote, so a preempted pod's work survives it.
 
-Checkpoints live outside every stage output (``runtime.checkpoint_dir/<run key>/``, the key is a
-hash of the stage, its params and its input data). With ``runtime.mirror_checkpoints`` on and an
-S3 (or S3-compatible) default DVC remote configured, every checkpoint the loop writes is copied
-to ``<remote url>/checkpoints/<run key>/<checkpoint>/``, its manifest last, so a half-uploaded
-checkpoint has no manifest and is never used. A run that starts with no local checkpoint pulls
-the newest remote one that passes its SHA-256 manifest, and resumes from it.
+Checkpoints live outside every stage output (``runtime.checkpoint_dir/<stage>/<run key>/<lr>/``,
+the key is a hash of the stage, its params, its input data and its code). With
+``runtime.mirror_checkpoints`` on and an S3 (or S3-compatible) default DVC remote configured,
+every checkpoint the loop writes is copied to the same path under ``<remote url>/checkpoints/``,
+its manifest last, so a half-uploaded checkpoint has no manifest and is never used. A run that
+starts with no local checkpoint pulls the newest remote one that passes its SHA-256 manifest,
+and resumes from it. A finished run keeps its last checkpoint only; ``python -m ehrseq.ops.pod``
+removes a run from the mirror once the stage's outputs are in the DVC remote
+(:meth:`CheckpointMirror.remove`), and ``pod prune-mirror`` lists or removes what runs
+interrupted under older code left behind (docs/training.md, "When a run resumes").
 
 Credentials come from where DVC reads them: ``.dvc/config.local`` (``dvc remote modify --local``)
 or the standard AWS environment variables; nothing is written to git.
@@ -112,6 +116,38 @@ class CheckpointMirror:
             self.fs.put_file(str(p), f"{dest}/{p.name}")
         for old in self._names(run_key)[:-self.keep] if self.keep > 0 else []:
             self.fs.rm(f"{self.root}/{run_key}/{old}", recursive=True)
+
+    def trim(self, run_key: str, keep: int = 1) -> None:
+        """Keep the newest ``keep`` remote checkpoints of a run."""
+        for old in self._names(run_key)[:-keep]:
+            self.fs.rm(f"{self.root}/{run_key}/{old}", recursive=True)
+
+    def remove(self, run_key: str) -> bool:
+        """Remove every remote checkpoint of a run (or of a stage's runs: any prefix path);
+        False when there was none."""
+        base = f"{self.root}/{run_key}"
+        if not self.fs.exists(base):
+            return False
+        self.fs.rm(base, recursive=True)
+        return True
+
+    def runs(self) -> list[tuple[str, float]]:
+        """(run path ``<stage>/<run key>``, newest file's age in days) of every mirrored run."""
+        import re
+        import time
+
+        key = re.compile(r"/([0-9a-f]{16})/")
+        newest: dict[str, float] = {}
+        for path, info in self.fs.find(self.root, detail=True).items():
+            m = key.search(path[len(self.root):] + "/")
+            if m is None:
+                continue
+            run = path[len(self.root) + 1: len(self.root) + m.end() - 1]
+            mtime = info.get("LastModified") or info.get("mtime") or info.get("created") or 0
+            mtime = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
+            newest[run] = max(newest.get(run, 0.0), mtime)
+        now = time.time()
+        return sorted((run, (now - t) / 86400) for run, t in newest.items())
 
     def pull_latest(self, run_key: str, run_dir: Path) -> Path | None:
         """Download the newest remote checkpoint that verifies into ``run_dir``."""

@@ -4,8 +4,12 @@ same way:
 
 - seed, then one fresh model per learning rate of ``tune.lrs`` (:func:`ehrseq.train.tune.fit_best_lr`);
 - DDP under ``torchrun`` (sharded loader, wrapped model; rank 0 alone writes);
-- checkpoints every ``runtime.checkpoint_every_*`` into ``runtime.checkpoint_dir`` and, with
-  ``runtime.mirror_checkpoints``, to the DVC remote, so a new machine resumes from there;
+- checkpoints every ``runtime.checkpoint_every_*`` into ``runtime.checkpoint_dir/<stage>/<run
+  key>`` and, with ``runtime.mirror_checkpoints``, to the DVC remote, so a new machine resumes
+  from there. The run key hashes the stage, its params, its input data and its code (the
+  script and every ehrseq module it imports, :func:`ehrseq.imports.code_fingerprint`): the same
+  run resumes, any change starts afresh. After a run, the stage keeps its newest
+  ``runtime.checkpoint_keep_runs`` runs (:func:`ehrseq.train.checkpoint.prune_runs`);
 - ``fit``, then the model saved (``save``, default :func:`ehrseq.models.store.save_model`);
 - training curves (``plots/<stage>/training_curves``) and DVCLive files;
 - the stage's own outputs (``finish``: test predictions, embeddings ...);
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from torch import nn
 
 from ..data.task import SurvivalTask
 from ..data.tensors import make_loader
+from ..imports import code_fingerprint
 from ..io import atomic_outputs, write_json
 from ..models.inference import LossFn, predict
 from ..models.store import save_model
@@ -41,6 +47,7 @@ from ..plots import skipped_figure, training_curves
 from ..survival.bins import bin_edges
 from ..survival.curves import interpolate_discrete
 from . import distributed
+from .checkpoint import hold_run, prune_runs
 from .mirror import CheckpointMirror
 from .runtime import fingerprint, make_run_key
 from .tune import TuneResult, fit_best_lr, lr_grid, tune_metrics
@@ -112,7 +119,10 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
                           num_workers=rt.num_workers, rank=ddp.rank, world_size=ddp.world_size)
     val_loader = None if val_data is None else loader(val_data, tp.batch_size,
                                                       num_workers=rt.num_workers)
-    run_key = make_run_key(stage, *key, tp, ddp.world_size, fingerprint(*inputs))
+    script = sys._getframe(1).f_globals.get("__file__")   # the stage script that called
+    key_hash = make_run_key(stage, *key, tp, ddp.world_size, fingerprint(*inputs),
+                            code_fingerprint(script))
+    run_key = f"{stage}/{key_hash}"   # checkpoints/<stage>/<run key>/<lr>/ (tune.lr_run_key)
     mirror = CheckpointMirror.from_dvc(check=True) if rt.mirror_checkpoints else None
     lrs = list(lrs) if lrs is not None else lr_grid(params.tune, tp.lr)
     fit_kw = dict(val_loader=val_loader, val_fn=val_fn, run_key=run_key, runtime=rt,
@@ -124,39 +134,43 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
         fit_best_lr(build, lrs, train_loader, loss_fn, tp, **fit_kw)
         distributed.teardown()
         return None
-    paths = [Path("models") / stage, Path("plots") / stage]
-    if predictions:
-        paths.append(Path("data/predictions") / stage)
-    paths += [Path(p) for p in extra_outputs]
-    t0 = time.monotonic()
-    with atomic_outputs(*paths) as tmp:
-        out = Outputs(tmp[0], tmp[1], tmp[2] if predictions else None,
-                      tuple(tmp[3 if predictions else 2:]))
-        tuned = fit_best_lr(build, lrs, train_loader, loss_fn, tp, live_dir=out.plots / "live",
-                            log=lambda msg: log.info("%s: %s", stage, msg), **fit_kw)
-        distributed.teardown()
-        model = tuned.model
-        if save is not None:
-            save(model, out.model)
-        else:
-            save_model(out.model, model, config, vocab)
-        training_curves(tuned.stats["history"], out.plots / "training_curves")
-        metrics = dict(finish(model, out) or {}) if finish is not None else {}
-        ckpt_bytes = sum(f.stat().st_size for f in out.model.glob("*.safetensors"))
-        stats = run_stats(name, tuned, ddp.world_size, ckpt_bytes,
-                          size=params.model.size, stage_seconds=time.monotonic() - t0,
-                          **(extra_stats or {}))
-        if out.predictions is not None:
-            out.predictions.mkdir(exist_ok=True)
-            (out.predictions / f"{name}.json").write_text(json.dumps(
-                {"model": name, "stage": stage,
-                 **{k[len(name) + 1:]: v for k, v in stats.items()}}, indent=1,
-                sort_keys=True) + "\n")
-    metrics.update(stats)
-    write_json(f"metrics/{stage}.json", metrics)
-    log.info("%s: %s (%d params, %d trained, lr %g of %s) in %.0f s on %s", stage, name,
-             tuned.stats["n_params"], tuned.stats["n_params_trainable"], tuned.lr, lrs,
-             tuned.wall_time_s, tuned.stats["device_name"])
+    stage_dir = Path(rt.checkpoint_dir) / stage
+    with hold_run(stage_dir / key_hash):   # no other process prunes this run meanwhile
+        paths = [Path("models") / stage, Path("plots") / stage]
+        if predictions:
+            paths.append(Path("data/predictions") / stage)
+        paths += [Path(p) for p in extra_outputs]
+        t0 = time.monotonic()
+        with atomic_outputs(*paths) as tmp:
+            out = Outputs(tmp[0], tmp[1], tmp[2] if predictions else None,
+                          tuple(tmp[3 if predictions else 2:]))
+            tuned = fit_best_lr(build, lrs, train_loader, loss_fn, tp, live_dir=out.plots / "live",
+                                log=lambda msg: log.info("%s: %s", stage, msg), **fit_kw)
+            distributed.teardown()
+            model = tuned.model
+            if save is not None:
+                save(model, out.model)
+            else:
+                save_model(out.model, model, config, vocab)
+            training_curves(tuned.stats["history"], out.plots / "training_curves")
+            metrics = dict(finish(model, out) or {}) if finish is not None else {}
+            ckpt_bytes = sum(f.stat().st_size for f in out.model.glob("*.safetensors"))
+            stats = run_stats(name, tuned, ddp.world_size, ckpt_bytes,
+                              size=params.model.size, stage_seconds=time.monotonic() - t0,
+                              **(extra_stats or {}))
+            if out.predictions is not None:
+                out.predictions.mkdir(exist_ok=True)
+                (out.predictions / f"{name}.json").write_text(json.dumps(
+                    {"model": name, "stage": stage,
+                     **{k[len(name) + 1:]: v for k, v in stats.items()}}, indent=1,
+                    sort_keys=True) + "\n")
+        metrics.update(stats)
+        write_json(f"metrics/{stage}.json", metrics)
+        log.info("%s: %s (%d params, %d trained, lr %g of %s) in %.0f s on %s", stage, name,
+                 tuned.stats["n_params"], tuned.stats["n_params_trainable"], tuned.lr, lrs,
+                 tuned.wall_time_s, tuned.stats["device_name"])
+    for gone in prune_runs(stage_dir, key_hash, rt.checkpoint_keep_runs):
+        log.info("%s: removed the checkpoints of an older run (%s)", stage, gone)
     return metrics
 
 

@@ -9,8 +9,8 @@ loss; the model with the lowest best validation loss is kept (ties: the earlier 
 grid). It sees only the loaders it is given, train and validation: the test split is never
 read, so choosing the lr leaves the test scores honest.
 
-Each lr trains under its own run key (:func:`lr_run_key`), so checkpoints of different lrs
-never mix and an interrupted tuning resumes every lr where it stopped (a finished lr returns
+Each lr trains under its own run key (:func:`lr_run_key`, a folder in the run's), so
+checkpoints of different lrs never mix and an interrupted tuning resumes every lr where it stopped (a finished lr returns
 from its last checkpoint at once).
 
 A race (``tune.race_epochs``, one round of successive halving) spends less of the budget on
@@ -35,7 +35,7 @@ from ..models.inference import LossFn
 from ..params import TrainParams, TuneParams
 from . import distributed
 from .loop import fit
-from .runtime import make_run_key, seed_everything
+from .runtime import seed_everything
 
 
 @dataclass
@@ -61,8 +61,9 @@ def lr_grid(tune: TuneParams, default_lr: float) -> list[float]:
 
 
 def lr_run_key(run_key: str, lr: float) -> str:
-    """The checkpoint key of one lr of a tuned run: different for every lr."""
-    return make_run_key(run_key, {"lr": float(lr)})
+    """The checkpoint key of one lr of a tuned run: a folder per lr inside the run's
+    (``<run key>/lr_0.001``)."""
+    return f"{run_key}/{lr_label(lr)}"
 
 
 def lr_label(lr: float) -> str:
