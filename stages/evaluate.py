@@ -15,6 +15,7 @@ import yaml  # noqa: E402
 from ehrseq.evaluate.curve import learning_curve, split_outputs  # noqa: E402
 from ehrseq.evaluate.report import (  # noqa: E402
     ORACLE_NOTE,
+    collapse_markdown,
     collect,
     comparisons_markdown,
     headroom,
@@ -143,7 +144,7 @@ def main() -> None:
             f"landmarks, {flat['test.events']} events. GPU price for costs: "
             f"${rep.gpu_hourly_usd}/h. Machine: {machine()}.\n\n"
             + window_note(params.outcome.history.model_dump(), _read_json(OUTCOMES_METRICS))
-            + " " + ORACLE_NOTE + "\n\n" + to_markdown(rows)
+            + " " + ORACLE_NOTE + "\n\n" + to_markdown(rows) + collapse_markdown(rows)
             + "\n![C-index](cindex.png)\n"
             + ("\n## Paired comparisons (same test patients, same bootstrap resamples)\n\n"
                + comparisons_markdown(pairs) if pairs else "")

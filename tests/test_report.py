@@ -175,3 +175,43 @@ def test_predictions_are_found_by_directory_with_their_run_statistics(tmp_path):
     np.savez(preds / "broken.npz", something=np.zeros(3))
     with pytest.raises(InputError, match="broken.npz: arrays \\['something'\\]"):
         find_predictions(tmp_path / "predictions")
+
+
+def test_a_collapsed_prediction_is_flagged(tmp_path):
+    """Issue 26 part 6: a model that gives every test landmark nearly the same curve (its
+    ranking at h* rests on differences of 1e-3) is flagged in the metrics and the report; a
+    healthy model is not."""
+    from ehrseq.evaluate.report import collapse_markdown
+    from ehrseq.evaluate.scoring import collapse
+
+    rng = np.random.default_rng(1)
+    n = 160
+    table = pd.DataFrame({"index": np.arange(n), "landmark_visits": 1,
+                          "split": np.where(np.arange(n) < 80, "train", "test"),
+                          "duration": rng.exponential(300, n) + 1,
+                          "event": rng.integers(0, 2, n)})
+    out = tmp_path / "outcomes"
+    out.mkdir()
+    table.to_parquet(out / "outcomes.parquet")
+    test = table[table["split"] == "test"]
+    times = np.array([30.0, 90.0, 365.0, 2000.0])
+    preds = tmp_path / "predictions"
+    preds.mkdir()
+    truth = -test["duration"].to_numpy() / 300
+    for name, score in (("healthy", truth), ("flat", 1e-3 * truth)):   # same order, no spread
+        surv = np.exp(-np.outer(np.exp(score), times) / 1000.0)
+        np.savez(preds / f"{name}.npz", index=test["index"].to_numpy(),
+                 landmark_visits=test["landmark_visits"].to_numpy(), times=times, surv=surv)
+    metrics, _ = score_all(preds, out, [30, 90, 365], ReportParams(bootstrap=0))
+    assert metrics["healthy.collapsed"] == 0 and metrics["healthy.risk_spread"] > 0.5
+    assert metrics["flat.collapsed"] == 1 and metrics["flat.risk_spread"] < 0.01
+    assert "vary by" in metrics["flat.collapse_reason"]
+    assert metrics["flat.c_harrell"] == pytest.approx(metrics["healthy.c_harrell"])  # same rank
+    rows = collect(metrics)
+    md = to_markdown(rows) + collapse_markdown(rows)
+    assert "| flat ⚠ collapsed |" in md and "`flat`: test risks" in md and "healthy ⚠" not in md
+    # the second rule: Antolini near 0.5 while Harrell is not, whatever the spread
+    risk = rng.uniform(0, 1, 50)
+    flag = collapse("m", risk, {"m.c_antolini": 0.497, "m.c_harrell": 0.664})
+    assert flag["m.collapsed"] == 1 and "Antolini C 0.497" in flag["m.collapse_reason"]
+    assert collapse("m", risk, {"m.c_antolini": 0.60, "m.c_harrell": 0.66})["m.collapsed"] == 0

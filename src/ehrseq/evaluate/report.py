@@ -54,7 +54,9 @@ def collect(metrics: dict, params: dict | None = None) -> list[dict]:
             continue
         neural = "n_params" in g
         rows.append({
-            "outcome": outcome, "model": f"{name} (best count)" if name == best_count else name,
+            "outcome": outcome,
+            "model": (f"{name} (best count)" if name == best_count else name)
+            + (" ⚠ collapsed" if g.get("collapsed") else ""),
             "size": g.get("size", "") if neural else "",
             "C (Harrell) [95% CI]": _ci(g, "c_harrell"),
             "C (Antolini)": _ci(g, "c_antolini"), "C (Uno)": _ci(g, "c_uno"),
@@ -67,7 +69,8 @@ def collect(metrics: dict, params: dict | None = None) -> list[dict]:
             "test n (events)": f"{g.get('n')} ({g.get('n_events')})",
             "_c": g["c_harrell"], "_lo": g.get("c_harrell_lo"), "_hi": g.get("c_harrell_hi"),
             "_params": g.get("n_params"), "_seconds": g.get("train_seconds"),
-            "_gpu_usd": g.get("gpu_cost_usd"),
+            "_gpu_usd": g.get("gpu_cost_usd"), "_name": name,
+            "_collapse": g.get("collapse_reason") if g.get("collapsed") else None,
         })
     return rows
 
@@ -154,6 +157,17 @@ def comparisons_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['question']} | {r['delta']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
                      f"{verdict} | {r['p_not_better']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def collapse_markdown(rows: list[dict]) -> str:
+    """A paragraph naming every model flagged collapsed (``<model>.collapsed`` in
+    metrics/evaluate.json, :func:`ehrseq.evaluate.scoring.collapse`) and why; empty if none."""
+    flagged = [r for r in rows if r.get("_collapse")]
+    if not flagged:
+        return ""
+    return ("\n**Collapsed predictions** (the model gives nearly every test landmark the same "
+            "curve; its C rests on tiny differences): "
+            + "; ".join(f"`{r['_name']}`: {r['_collapse']}" for r in flagged) + ".\n")
 
 
 def to_markdown(rows: list[dict]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,37 @@ def score_survival(name: str, surv: np.ndarray, times: np.ndarray, o: Outcomes,
     return {f"{name}.{k}": v for k, v in survival.scalar_metrics(res).items()}
 
 
+COLLAPSE_SPREAD = 0.10
+"""A model is flagged collapsed when the spread of its test risks ``1 - S(h*)`` (10th to 90th
+percentile) is below this fraction of their mean: every patient gets about the same curve."""
+COLLAPSE_ANTOLINI = 0.02
+"""... or when its Antolini C lies within this of 0.5 while its Harrell C (at h*) lies
+``COLLAPSE_HARRELL`` or more from 0.5: the ranking at h* then rests on tiny differences of
+nearly identical curves (issue 26: BEHRT full, Antolini 0.497, Harrell 0.664)."""
+COLLAPSE_HARRELL = 0.05
+
+
+def collapse(name: str, risk: np.ndarray, scores: dict) -> dict:
+    """``<name>.risk_spread`` (p90 - p10 of the test risks over their mean) and
+    ``<name>.collapsed`` (1 flagged, 0 not) with, when flagged, ``<name>.collapse_reason``."""
+    risk = np.asarray(risk, dtype=float)
+    mean = float(np.mean(risk)) if risk.size else math.nan
+    p10, p90 = np.percentile(risk, [10, 90]) if risk.size else (math.nan, math.nan)
+    spread = float((p90 - p10) / mean) if mean > 0 else 0.0
+    reasons = []
+    if spread < COLLAPSE_SPREAD:
+        reasons.append(f"test risks 1-S(h*) vary by {spread:.3f} of their mean (p10 {p10:.3f}, "
+                       f"p90 {p90:.3f}); flagged below {COLLAPSE_SPREAD}")
+    ca, ch = scores.get(f"{name}.c_antolini"), scores.get(f"{name}.c_harrell")
+    if ca is not None and ch is not None and math.isfinite(ca) and math.isfinite(ch) \
+            and abs(ca - 0.5) < COLLAPSE_ANTOLINI and abs(ch - 0.5) >= COLLAPSE_HARRELL:
+        reasons.append(f"Antolini C {ca:.3f} near 0.5 while Harrell C is {ch:.3f}")
+    out = {f"{name}.risk_spread": spread, f"{name}.collapsed": int(bool(reasons))}
+    if reasons:
+        out[f"{name}.collapse_reason"] = "; ".join(reasons)
+    return out
+
+
 def run_seconds(info: dict) -> float:
     """Wall seconds of a run's training, every lr it tried included."""
     return float(info.get("tune.wall_time_s") or info.get("train_seconds") or 0.0)
@@ -204,6 +236,9 @@ def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: Repo
         metrics.update({f"{name}.{k}": v for k, v in info.items() if k not in ("model",)})
         metrics[f"{name}.gpu_cost_usd"] = gpu_cost(info, report.gpu_hourly_usd)
         risks[name] = survival.risk_score(surv, times, h)
+        metrics.update(collapse(name, risks[name], metrics))
+        if metrics[f"{name}.collapsed"]:
+            log.warning("%s looks collapsed: %s", name, metrics[f"{name}.collapse_reason"])
         if info.get("best_count"):   # chosen on validation by the baselines stage
             metrics["best_count.model"] = name
             for k in ("c_harrell", "c_harrell_lo", "c_harrell_hi"):
