@@ -30,7 +30,7 @@ from ehrseq.models.behrt import (
 from ehrseq.models.store import load_pretrained, save_model
 from ehrseq.params import FINETUNE_MODES, load_params
 from ehrseq.survival.bins import bin_edges
-from ehrseq.train.recipe import skip_stage, survival_predictions, train_stage
+from ehrseq.train.recipe import finetune_lrs, skip_stage, survival_predictions, train_stage
 
 PRETRAINED = Path("models/pretrain_behrt")
 
@@ -47,6 +47,10 @@ def main(mode: str) -> None:
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
+    if cfg.time != params.model.behrt.time:
+        raise InputError(f"{PRETRAINED}/config.json: time {cfg.time!r}, but params.yaml "
+                         f"model.behrt.time is {params.model.behrt.time!r}; re-run "
+                         "pretrain_behrt (dvc repro) or set model.behrt.time to match")
     if cfg.vocab_size != task.seqs.vocab_size:
         raise InputError(f"{PRETRAINED}/config.json: vocab_size {cfg.vocab_size} differs from "
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
@@ -73,7 +77,8 @@ def main(mode: str) -> None:
 
     train_stage(
         run.stage, name, params=params, train=tp,
-        build=lambda: finetune_model(mode, cfg, encoder_state, fp), loss_fn=survival_loss,
+        build=lambda: finetune_model(mode, cfg, encoder_state, fp, train.base),
+        loss_fn=survival_loss, lrs=finetune_lrs(params, tp.lr) if mode == "full" else None,
         train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, PRETRAINED),
         key=(mode, cfg, fp), save=save, predictions=True,
         extra_stats={"mode": mode, **run.stats},

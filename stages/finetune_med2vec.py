@@ -11,6 +11,7 @@ from pathlib import Path
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import run_stage
+from ehrseq.models.losses import init_hazard_head
 from ehrseq.models.med2vec import (
     Med2VecConfig,
     Med2VecSurvival,
@@ -20,7 +21,7 @@ from ehrseq.models.med2vec import (
 from ehrseq.models.store import load_pretrained
 from ehrseq.params import load_params
 from ehrseq.survival.bins import bin_edges
-from ehrseq.train.recipe import skip_stage, survival_predictions, train_stage
+from ehrseq.train.recipe import finetune_lrs, skip_stage, survival_predictions, train_stage
 
 PRETRAINED = Path("models/train_med2vec")
 
@@ -40,16 +41,19 @@ def main() -> None:
                            "model_class": "ehrseq.models.med2vec.Med2VecSurvival"})
     encoder_state = pretrained.state_dict()
 
+    # every input visit (no max_visits): the mean is cheap and matches the embed stage's
+    train, val, test = (Med2VecSurvivalDataset(task.dataset(s)) for s in ("train", "val", "test"))
+
     def build() -> Med2VecSurvival:
         model = Med2VecSurvival(cfg)
         model.encoder.load_state_dict(encoder_state)
+        init_hazard_head(model.head, train.base)   # the baseline hazards of the training split
+        model.lr_scales = {"head.": fp.head_lr_scale}   # a new head on a pre-trained encoder
         return model
 
-    # every input visit (no max_visits): the mean is cheap and matches the embed stage's
-    train, val, test = (Med2VecSurvivalDataset(task.dataset(s)) for s in ("train", "val", "test"))
     train_stage(
         run.stage, "med2vec", params=params, train=tp, build=build,
-        loss_fn=survival_loss, train_data=train, val_data=val,
+        loss_fn=survival_loss, train_data=train, val_data=val, lrs=finetune_lrs(params, tp.lr),
         inputs=(SEQUENCES, OUTCOMES, PRETRAINED), key=(cfg,), config=cfg, vocab=task.seqs.vocab,
         predictions=True, extra_stats=run.stats,
         finish=lambda model, out: survival_predictions(

@@ -10,6 +10,7 @@ import logging
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader
 from ehrseq.io import run_stage
+from ehrseq.models.losses import init_hazard_head
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
 from ehrseq.params import load_params
 from ehrseq.survival.bins import bin_edges
@@ -23,10 +24,16 @@ def main() -> None:
         return skip_stage(run.stage, run.skip, run.stats)
     task = run.task
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(bin_edges(task.cuts)) - 1)
-    test = task.dataset("test")
+    train, test = task.dataset("train"), task.dataset("test")
+
+    def build() -> DiscreteTimeSurvivalLSTM:
+        model = DiscreteTimeSurvivalLSTM(cfg)
+        init_hazard_head(model.head, train)   # the baseline hazards of the training split
+        return model
+
     train_stage(
-        run.stage, "lstm", params=params, build=lambda: DiscreteTimeSurvivalLSTM(cfg),
-        loss_fn=survival_loss, train_data=task.dataset("train"), val_data=task.dataset("val"),
+        run.stage, "lstm", params=params, build=build,
+        loss_fn=survival_loss, train_data=train, val_data=task.dataset("val"),
         inputs=(SEQUENCES, OUTCOMES), key=(params.model,), config=cfg, vocab=task.seqs.vocab,
         predictions=True, extra_stats=run.stats,
         finish=lambda model, out: survival_predictions(

@@ -93,7 +93,8 @@ def test_forward_shapes_and_padding_invariance():
         return F.pad(t, (0, n))
 
     padded = BEHRTBatch(tokens=pad(x.tokens), age=pad(x.age), segment=pad(x.segment),
-                        position=pad(x.position), mask=pad(x.mask), rows=x.rows)
+                        position=pad(x.position), mask=pad(x.mask), rows=x.rows,
+                        visit_back=pad(x.visit_back), time=F.pad(x.time, (0, 0, 0, 7)))
     with torch.no_grad():
         again = model.encoder(padded)[:, :x.tokens.shape[1]]
     m = x.mask

@@ -24,6 +24,7 @@ CFG = LSTMConfig(vocab_size=40, n_bins=len(CUTS), embed_dim=8, hidden_dim=8, lay
                  dropout=0.0)
 TP = TrainParams(epochs=3, batch_size=16, warmup_frac=0.0, patience=5)
 GOOD, BAD = 3e-2, 1e-6   # BAD barely moves the initial weights in 3 epochs
+FT_GOOD, FT_BAD = 2e-2, 2e-6   # the grid of fine-tuning a pre-trained encoder whole
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -246,7 +247,7 @@ def toy_workspace(root: Path, n: int = 90) -> None:
         "train": {"epochs": 2, "batch_size": 16},
         "runtime": {"threads": 1, "device": "cpu", "mirror_checkpoints": False},
         "outcome": {"history": {"max_tokens": 63}},   # BEHRT's max_len 64 holds it
-        "tune": {"lrs": [BAD, GOOD]}}))
+        "tune": {"lrs": [BAD, GOOD], "finetune_lrs": [FT_BAD, FT_GOOD]}}))
 
 
 def pretrained_models(root: Path, vocab_size: int, vocab: dict) -> None:
@@ -284,7 +285,8 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
     stage.main(*args)
     out = "/".join((stage_name, *args))
     m = json.loads((tmp_path / f"metrics/{out}.json").read_text())
-    losses = {lr: m[f"{name}.tune.lr_{lr:g}.val_loss"] for lr in (BAD, GOOD)}
+    grid = (FT_BAD, FT_GOOD) if stage_name == "finetune_med2vec" else (BAD, GOOD)   # own grid
+    losses = {lr: m[f"{name}.tune.lr_{lr:g}.val_loss"] for lr in grid}
     assert m[f"{name}.tuned_lr"] == min(losses, key=losses.get)
     assert m[f"{name}.best_val_loss"] == losses[m[f"{name}.tuned_lr"]]
     assert m[f"{name}.tune.n_lrs"] == 2 and f"{name}.c_harrell" not in m   # evaluate scores
@@ -294,9 +296,9 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
     z = np.load(pred / f"{name}.npz")
     assert z["surv"].shape == (len(z["index"]), len(z["times"])) and len(z["index"]) > 0
     (run,) = (tmp_path / "checkpoints" / out).iterdir()   # one run of the stage ...
-    assert {p.name for p in run.iterdir() if p.is_dir()} == {"lr_1e-06", "lr_0.03"}  # ... per lr
-    assert {p.name for p in (tmp_path / f"plots/{out}/live").iterdir()} == \
-        {"lr_1e-06", "lr_0.03"}
+    labels = {f"lr_{lr:g}" for lr in grid}
+    assert {p.name for p in run.iterdir() if p.is_dir()} == labels   # ... per lr
+    assert {p.name for p in (tmp_path / f"plots/{out}/live").iterdir()} == labels
 
 
 def test_race_replay_of_recorded_curves(tmp_path):

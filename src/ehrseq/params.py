@@ -199,6 +199,10 @@ class LSTMParams(_Section):
     embed_dim: int | None = Field(None, ge=4)
     hidden_dim: int | None = Field(None, ge=4)
     layers: int | None = Field(None, ge=1, le=8)
+    pool: Literal["mean", "sum", "attention"] = "attention"
+    """How a visit's codes become one vector (src/ehrseq/models/lstm_survival.py)."""
+    time: Literal["gap", "days"] = "days"
+    """``gap``: days since the previous visit and age; ``days``: also days before the landmark."""
 
 
 class BEHRTParams(_Section):
@@ -207,6 +211,10 @@ class BEHRTParams(_Section):
     heads: int | None = Field(None, ge=1)
     intermediate: int | None = Field(None, ge=8)
     max_len: int | None = Field(None, ge=8)
+    time: Literal["years", "days"] = "days"
+    """``years``: age in whole years, positions counted forward (the original BEHRT);
+    ``days``: positions counted back from the landmark plus Time2Vec of days before the
+    landmark, days since the previous visit and age (src/ehrseq/models/behrt.py)."""
 
 
 BEHRT_SIZES = {  # size: (hidden, layers, heads, intermediate, max_len)
@@ -274,6 +282,9 @@ class FinetuneParams(_Section):
     lr: float | None = Field(None, gt=0, le=1.0)
     """Overrides ``train.lr`` for fine-tuning."""
     epochs: int | None = Field(None, ge=1)
+    head_lr_scale: float = Field(10.0, ge=1.0)
+    """Fine-tuning a pre-trained encoder whole (``full``, Med2Vec + head): the new survival
+    head's learning rate is this many times the encoder's (``tune.finetune_lrs``)."""
 
     @field_validator("modes")
     @classmethod
@@ -336,7 +347,10 @@ class TrainParams(_Section):
     """Scale lr linearly by (batch_size * grad_accum * world_size) / 64."""
     weight_decay: float = Field(0.01, ge=0)
     warmup_frac: float = Field(0.05, ge=0, lt=1)
-    schedule: Literal["cosine", "linear", "plateau", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "plateau", "constant"] = "plateau"
+    """``plateau`` (default) halves the rate after ``patience // 2`` epochs without a validation
+    improvement, so it decays within the epochs a run actually trains; ``cosine`` and
+    ``linear`` decay over ``epochs``, which early stopping rarely reaches."""
     grad_clip: float = Field(1.0, ge=0)
     patience: int = Field(5, ge=1)
     """Epochs without a validation improvement before stopping (docs/training.md: 5 keeps
@@ -406,6 +420,12 @@ class TuneParams(_Section):
     lowest validation loss so far trains on (from its checkpoint: the same model as if it had
     trained alone). null = every lr trains to its own early stop. The classical grids are
     unaffected."""
+    finetune_lrs: list[float] | None = Field(default_factory=lambda: [0.0001, 0.0003])
+    """Learning rates tried for fine-tuning a pre-trained encoder whole (``finetune_behrt@full``,
+    ``finetune_med2vec``): a pre-trained network wants 10-30x smaller steps than one trained
+    from scratch; its new survival head trains at ``finetune.head_lr_scale`` times the rate.
+    As many values as ``lrs`` (the same budget); null = ``lrs``. The other modes (LoRA, probe,
+    scratch) use ``lrs``."""
     cox_penalizer: list[float] = Field(default_factory=lambda: [0.01, 0.1])
     """Penalised Cox: lifelines' L2 ``penalizer`` (>= 0; larger = more regularised)."""
     lr_c: list[float] = Field(default_factory=lambda: [0.1, 1.0])
@@ -418,7 +438,7 @@ class TuneParams(_Section):
     """Elastic-net Cox on code presence: the penalty as a fraction of the smallest one that
     zeroes every coefficient on the training split (in (0, 1]; larger = more regularised)."""
 
-    @field_validator("lrs")
+    @field_validator("lrs", "finetune_lrs")
     @classmethod
     def _lrs(cls, v: list[float] | None) -> list[float] | None:
         if not v:
@@ -446,13 +466,14 @@ class TuneParams(_Section):
     def _same_budget(self):
         if self.lrs:   # tuning on: every family the same number of candidates
             n = len(self.lrs)
-            off = {k: len(getattr(self, k)) for k in ("cox_penalizer", "lr_c", "forest_min_leaf",
-                                                      "coxnet_alpha")
-                   if len(getattr(self, k)) != n}
+            off = {k: len(getattr(self, k) or self.lrs)
+                   for k in ("finetune_lrs", "cox_penalizer", "lr_c", "forest_min_leaf",
+                             "coxnet_alpha")
+                   if len(getattr(self, k) or self.lrs) != n}
             if off:
                 raise ValueError(
                     f"every model family gets the same tuning budget: tune.lrs has {n} "
-                    f"value(s), so each classical grid needs {n} too; got "
+                    f"value(s), so tune.finetune_lrs and each classical grid need {n} too; got "
                     + ", ".join(f"tune.{k}: {m}" for k, m in off.items()))
         return self
 

@@ -1,8 +1,18 @@
 """BEHRT: a pre-LN transformer encoder over ``[CLS] visit [SEP] visit [SEP] ...`` tokens.
 
-Every token's embedding is the sum of four: the code, the patient's age in whole years at the
-visit, a visit segment (visits alternate 0/1) and a position, which as in BEHRT is the visit's
-number in the sequence (all codes of a visit share it: codes within a visit have no order).
+Every token's embedding is the sum of the code's, the patient's age in whole years at the
+visit, a visit segment (visits alternate 0/1) and a position: the visit's number (all codes of
+a visit share it: codes within a visit have no order). ``time`` (``model.behrt.time``) sets how
+the model reads time:
+
+- ``years`` (the original BEHRT's design): positions count forward from the oldest visit in
+  the window, so the landmark visit sits at a different position in every patient, and the
+  only clock is age in whole years;
+- ``days`` (default; after CEHR-BERT, CLMBR and CORE-BEHRT): positions count back from the
+  landmark visit (position 1 is always the landmark's visit), and a continuous time
+  embedding is added to every token: Time2Vec (a linear and K-1 periodic features, learnt
+  frequencies) of log(1 + days before the landmark), log(1 + days since the previous visit)
+  and age in decades, projected to the hidden size (:class:`TimeEmbedding`).
 Attention is our own module calling PyTorch's fused ``scaled_dot_product_attention`` through
 plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``; FFN ``fc1``,
 ``fc2``), so LoRA adapters that peft puts on those layers really sit in the forward path.
@@ -25,7 +35,7 @@ from torch import nn
 
 from ..data.tensors import Batch, SequenceDataset
 from ..params import FINETUNE_MODES, FinetuneParams, ModelParams, behrt_dims
-from .losses import hazard_to_survival, nll_logistic_hazard
+from .losses import hazard_to_survival, init_hazard_head, nll_logistic_hazard
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 N_SPECIAL = 5
@@ -42,6 +52,7 @@ class BEHRTConfig:
     max_len: int = 256
     dropout: float = 0.1
     max_age: int = 120        # age embedding rows: whole years 0..max_age-1 (clipped)
+    time: str = "days"        # "years" | "days" (module docstring; model.behrt.time)
     n_bins: int = 0           # > 0: survival head with this many time bins
     size: str = "small"
     model_class: str = "ehrseq.models.behrt.BEHRTSurvival"
@@ -55,7 +66,8 @@ def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
         raise ValueError(f"model.behrt.heads: {dims['heads']} does not divide hidden "
                          f"{dims['hidden']}; accepted: a divisor of the hidden size")
     return BEHRTConfig(vocab_size=vocab_size, n_bins=n_bins, dropout=params.dropout,
-                       size=params.size, model_class=model_class, **dims)
+                       size=params.size, model_class=model_class, time=params.behrt.time,
+                       **dims)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -70,6 +82,10 @@ class BEHRTBatch:
     position: torch.Tensor    # int64 visit number (0 = [CLS])
     mask: torch.Tensor        # bool
     rows: torch.Tensor        # int64 [B] dataset rows (to put predictions back)
+    visit_back: torch.Tensor | None = None   # int64 visits before the landmark's (0 = it)
+    time: torch.Tensor | None = None         # float32 [B, L, 3] log1p(days before the
+    # landmark) / 10, log1p(days since the previous visit) / 10, age / 100 ([CLS]: 0, 0,
+    # the landmark's age)
     mlm_labels: torch.Tensor | None = None   # int64 [B, L], -100 where not masked
     next_visit: torch.Tensor | None = None   # float32 [B, vocab] multi-hot of the next visit
     has_next: torch.Tensor | None = None     # bool [B]
@@ -122,13 +138,26 @@ def behrt_inputs(batch: Batch, max_len: int) -> BEHRTBatch:
     age = torch.zeros(b, width, dtype=torch.float32, device=dev)
     tokens[row, col], visit[row, col] = tok, vis
     age[row, col] = batch.age[row, vis].float()
+    # day-level time: days from each visit to the landmark visit (the batch's last) and since
+    # the visit before it, from the visits' gaps
+    gaps = batch.gap_days.float().clamp(min=0) * batch.visit_mask
+    last = (batch.lengths - 1).clamp(min=0)
+    cum = gaps.cumsum(1)
+    before = (cum.gather(1, last[:, None]) - cum).clamp(min=0)        # [B, V]
+    time = torch.zeros(b, width, 3, dtype=torch.float32, device=dev)
+    time[row, col, 0] = torch.log1p(before[row, vis]) / 10    # ~[0, 1]: up to 60 years
+    time[row, col, 1] = torch.log1p(gaps[row, vis]) / 10
+    time[row, col, 2] = batch.age[row, vis].float() / 100
+    time[:, 0, 2] = batch.age.gather(1, last[:, None])[:, 0].float() / 100
+    back = torch.zeros(b, width, dtype=torch.long, device=dev)
+    back[row, col] = last[row] - vis
     tokens[:, 0], age[:, 0] = CLS, age[:, 1]
     mask = tokens != PAD
     position = torch.where(mask, visit - visit[:, 1:2] + 1, 0)
     position[:, 0] = 0
     segment = torch.where(position > 0, (position - 1) % 2, 0)
     return BEHRTBatch(tokens=tokens, age=age, segment=segment, position=position, mask=mask,
-                      rows=batch.rows)
+                      rows=batch.rows, visit_back=back, time=time)
 
 
 def token_lengths(seqs, index, landmark_visits, max_len: int, input_visits=None) -> np.ndarray:
@@ -208,16 +237,50 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
 
 
+class TimeEmbedding(nn.Module):
+    """Time2Vec (Kazemi et al., 2019) of each of ``n_inputs`` continuous times: per input
+    ``[w_0 t + b_0, sin(w_1 t + b_1), ..., sin(w_{k-1} t + b_{k-1})]`` with learnt ``w``, ``b``;
+    all inputs' features together projected to ``hidden``, at the scale of the other
+    embeddings (``SCALE``, their init std 0.02). The projection starts at zero, so time adds
+    nothing at initialisation and grows as training finds it useful. At unit scale, Adam's
+    steps grew its output past the code embeddings (N(0, 0.02)) within an epoch: every token
+    of a visit then looked alike after LayerNorm, and pre-training on the typed toy cohort of
+    tests/test_behrt.py stalled at validation loss 6.8 (3.9 at this scale, 3.8 without time
+    inputs; 0.1 gave 4.1). Inputs are scaled to about [0, 1]."""
+
+    SCALE = 0.02
+
+    def __init__(self, n_inputs: int, hidden: int, k: int = 16):
+        super().__init__()
+        self.freq = nn.Parameter(torch.randn(n_inputs, k) * 5)   # inputs lie in ~[0, 1]
+        self.phase = nn.Parameter(torch.randn(n_inputs, k))
+        self.proj = nn.Linear(n_inputs * k, hidden)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        z = t.unsqueeze(-1) * self.freq + self.phase             # [..., n_inputs, k]
+        z = torch.cat([z[..., :1], torch.sin(z[..., 1:])], -1)
+        return self.SCALE * self.proj(z.flatten(-2))
+
+
+TIME_MODES = ("years", "days")
+
+
 class BEHRT(nn.Module):
     """The encoder: ``forward(batch)`` gives hidden states ``[B, L, hidden]``."""
 
     def __init__(self, c: BEHRTConfig):
         super().__init__()
+        if c.time not in TIME_MODES:
+            raise ValueError(f"BEHRT time {c.time!r}; accepted: {list(TIME_MODES)}")
         self.config = c
         self.tokens = nn.Embedding(c.vocab_size, c.hidden, padding_idx=PAD)
         self.age = nn.Embedding(c.max_age, c.hidden)
         self.segment = nn.Embedding(2, c.hidden)
         self.position = nn.Embedding(c.max_len, c.hidden)
+        if c.time == "days":
+            self.time = TimeEmbedding(3, c.hidden)
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.hidden)
@@ -225,8 +288,16 @@ class BEHRT(nn.Module):
 
     def forward(self, x: BEHRTBatch) -> torch.Tensor:
         age = x.age.long().clamp(0, self.config.max_age - 1)
-        h = self.drop(self.tokens(x.tokens) + self.age(age) + self.segment(x.segment)
-                      + self.position(x.position))
+        if self.config.time == "days":   # positions counted back from the landmark's visit
+            position = torch.where(x.mask, x.visit_back + 1, 0)
+            position[:, 0] = 0
+            position = position.clamp(max=self.config.max_len - 1)
+            segment = torch.where(position > 0, (position - 1) % 2, 0)
+            extra = self.time(x.time) * x.mask.unsqueeze(-1)
+        else:
+            position, segment, extra = x.position, x.segment, 0
+        h = self.drop(self.tokens(x.tokens) + self.age(age) + self.segment(segment)
+                      + self.position(position) + extra)
         for layer in self.layers:
             h = layer(h, x.mask)
         return self.norm(h)
@@ -290,7 +361,9 @@ class BEHRTProbe(BEHRTSurvival):
         encoder is frozen and in eval mode, so every later epoch would compute the same numbers
         again (the probe trained 32 epochs per learning rate on the default cohort)."""
         n = batch.mask.sum(1).tolist()
-        parts = [t.detach().cpu().numpy() for t in (batch.tokens, batch.age, batch.position)]
+        parts = [t.detach().cpu().numpy() for t in (batch.tokens, batch.age, batch.position,
+                                                    batch.visit_back, batch.time)
+                 if t is not None]
         keys = [b"".join(a[i, :k].tobytes() for a in parts) for i, k in enumerate(n)]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]
         if todo:
@@ -314,14 +387,20 @@ def survival_loss(model: nn.Module, batch: BEHRTBatch) -> torch.Tensor:
 # --------------------------------------------------------------------------- fine-tuning
 
 def finetune_model(mode: str, config: BEHRTConfig, encoder_state: dict | None,
-                   fp: FinetuneParams) -> nn.Module:
-    """The module to train for ``mode``: ``full`` (pre-trained, all trainable), ``lora``
-    (pre-trained, frozen; peft LoRA on :data:`LORA_TARGETS` plus the head train), ``probe``
-    (pre-trained, frozen and always in eval mode, :class:`BEHRTProbe`; the head trains),
-    ``scratch`` (random init, all trainable)."""
+                   fp: FinetuneParams, train_data=None) -> nn.Module:
+    """The module to train for ``mode``: ``full`` (pre-trained, all trainable; the new head at
+    ``fp.head_lr_scale`` times the encoder's rate), ``lora`` (pre-trained, frozen; peft LoRA on
+    :data:`LORA_TARGETS` plus the head train), ``probe`` (pre-trained, frozen and always in
+    eval mode, :class:`BEHRTProbe`; the head trains), ``scratch`` (random init, all
+    trainable). With ``train_data`` (targets of the training split) the head's bias starts at
+    its baseline hazards (:func:`ehrseq.models.losses.init_hazard_head`)."""
     if mode not in FINETUNE_MODES:
         raise ValueError(f"fine-tuning mode {mode!r}; accepted: {list(FINETUNE_MODES)}")
     model = (BEHRTProbe if mode == "probe" else BEHRTSurvival)(config)
+    if train_data is not None:
+        init_hazard_head(model.head, train_data)
+    if mode == "full":
+        model.lr_scales = {"head.": fp.head_lr_scale}
     if mode != "scratch":
         if encoder_state is None:
             raise ValueError(f"mode {mode!r} needs the pre-trained encoder weights")

@@ -40,3 +40,28 @@ def hazard_to_survival(logits: torch.Tensor) -> torch.Tensor:
     """Survival at every edge ``[B, K+1]`` (``S(0) = 1``) from hazard logits ``[B, K]``."""
     log_s = F.logsigmoid(-logits.float()).cumsum(1)
     return torch.cat([torch.ones_like(log_s[:, :1]), log_s.exp()], dim=1)
+
+
+def baseline_hazard_logits(target_bin, target_event, n_bins: int) -> torch.Tensor:
+    """Logits of a training split's discrete-time hazards, one per bin (a life table): in bin
+    k, ``(events + 0.5) / (at risk + 1)`` where at risk are the rows whose bin is k or later and
+    events those with an event in bin k (``target_bin``/``target_event`` of
+    :func:`ehrseq.survival.bins.bin_targets`). A survival head whose bias starts here predicts
+    the population's curve before it has learnt anything, instead of PyTorch's default
+    (hazards near 0.5 in every bin)."""
+    idx = torch.as_tensor(target_bin).long().view(-1)
+    ev = torch.as_tensor(target_event).view(-1) > 0
+    if idx.numel() and (idx.min() < 0 or idx.max() >= n_bins):
+        raise ValueError(f"target bins must lie in [0, {n_bins})")
+    reached = torch.bincount(idx, minlength=n_bins).flip(0).cumsum(0).flip(0).double()
+    events = torch.bincount(idx[ev], minlength=n_bins).double()
+    h = (events + 0.5) / (reached + 1.0)
+    return torch.logit(h).float()
+
+
+def init_hazard_head(head: torch.nn.Linear, dataset) -> None:
+    """Set ``head``'s bias to :func:`baseline_hazard_logits` of ``dataset`` (anything with
+    ``target_bin`` and ``target_event``, e.g. a :class:`ehrseq.data.tensors.SequenceDataset`)."""
+    with torch.no_grad():
+        head.bias.copy_(baseline_hazard_logits(dataset.target_bin, dataset.target_event,
+                                               head.out_features))

@@ -1,9 +1,13 @@
 """Discrete-time survival LSTM: visits in, a logistic hazard per time bin out.
 
-Each visit becomes the mean of its code embeddings, concatenated with its time features
-(log1p of the gap in days since the previous visit, age / 100). An LSTM reads the visits in
-order; its state at the last visit (the landmark) gives one hazard logit per time bin, trained
-with :func:`ehrseq.models.losses.nll_logistic_hazard`.
+Each visit becomes one vector of its code embeddings (``pool``, ``model.lstm.pool``: their
+``mean``, their ``sum``, or ``attention``: a weighted sum whose weights a learnt score of each
+code gives, softmax within the visit, so one blood-pressure code among 17 vitals can carry the
+visit), concatenated with its time features: log1p of the gap in days since the previous visit,
+age / 100 and, with ``time: days`` (``model.lstm.time``), log1p of the days before the landmark
+(BEHRT's day-level inputs). An LSTM reads the visits in order; its state at the last visit (the
+landmark) gives one hazard logit per time bin, trained with
+:func:`ehrseq.models.losses.nll_logistic_hazard`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class LSTMConfig:
     layers: int = 1
     dropout: float = 0.1
     size: str = "small"
+    pool: str = "attention"   # "mean" | "sum" | "attention" (model.lstm.pool)
+    time: str = "days"        # "gap" | "days" (model.lstm.time)
     model_class: str = "ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM"
 
 
@@ -46,22 +52,31 @@ def lstm_config(params: ModelParams, vocab_size: int, n_bins: int) -> LSTMConfig
     return LSTMConfig(
         vocab_size=vocab_size, n_bins=n_bins,
         embed_dim=o.embed_dim or embed, hidden_dim=o.hidden_dim or hidden,
-        layers=o.layers or layers, dropout=params.dropout, size=params.size,
+        layers=o.layers or layers, dropout=params.dropout, size=params.size, pool=o.pool,
+        time=o.time,
     )
 
 
 class DiscreteTimeSurvivalLSTM(nn.Module):
     """LSTM over visits with a logistic-hazard head; ``forward(batch)`` gives logits [B, K]."""
 
-    N_TIME_FEATURES = 2
+    POOLS = ("mean", "sum", "attention")
+    TIMES = {"gap": 2, "days": 3}   # time features per visit
 
     def __init__(self, config: LSTMConfig):
         super().__init__()
         self.config = config
         c = config
-        self.embed = nn.EmbeddingBag(c.vocab_size, c.embed_dim, mode="mean", padding_idx=0)
+        if c.pool not in self.POOLS or c.time not in self.TIMES:
+            raise ValueError(f"LSTM pool {c.pool!r}, time {c.time!r}; accepted: pool in "
+                             f"{list(self.POOLS)}, time in {list(self.TIMES)}")
+        if c.pool == "attention":
+            self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+            self.score = nn.Linear(c.embed_dim, 1, bias=False)   # softmax ignores a bias
+        else:
+            self.embed = nn.EmbeddingBag(c.vocab_size, c.embed_dim, mode=c.pool, padding_idx=0)
         self.drop = nn.Dropout(c.dropout)
-        self.lstm = nn.LSTM(c.embed_dim + self.N_TIME_FEATURES, c.hidden_dim, c.layers,
+        self.lstm = nn.LSTM(c.embed_dim + self.TIMES[c.time], c.hidden_dim, c.layers,
                             batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
         self.head = nn.Linear(c.hidden_dim, c.n_bins)
 
@@ -72,12 +87,27 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.config)
 
-    def encode_visits(self, batch: Batch) -> torch.Tensor:
-        """Visit vectors ``[B, V, embed_dim + 2]``: mean code embedding, time features."""
+    def pool_codes(self, batch: Batch) -> torch.Tensor:
+        """One vector per visit ``[B, V, embed_dim]`` (``config.pool``)."""
         b, v = batch.visit_mask.shape
-        codes = self.drop(self.embed(batch.tokens, batch.bag_offsets).view(b, v, -1))
-        gap = torch.log1p(batch.gap_days.clamp(min=0)) / 5  # ~[0, 2] for gaps up to decades
-        feats = torch.stack([gap, batch.age / 100], -1).to(codes.dtype)
+        if self.config.pool != "attention":
+            return self.embed(batch.tokens, batch.bag_offsets).view(b, v, -1)
+        codes = batch.padded_codes()                           # [B, V, C], 0 = padding
+        e = self.embed(codes)
+        score = self.score(e).squeeze(-1).masked_fill(codes == 0, float("-inf"))
+        w = torch.softmax(score, -1).nan_to_num(0.0)           # an empty visit: all zero
+        return (w.unsqueeze(-1) * e).sum(-2)
+
+    def encode_visits(self, batch: Batch) -> torch.Tensor:
+        """Visit vectors ``[B, V, embed_dim + time features]``: pooled codes, then time."""
+        codes = self.drop(self.pool_codes(batch))
+        gaps = batch.gap_days.clamp(min=0) * batch.visit_mask
+        feats = [torch.log1p(gaps) / 5, batch.age / 100]     # ~[0, 2] for gaps up to decades
+        if self.config.time == "days":
+            cum = gaps.cumsum(1)
+            last = (batch.lengths - 1).clamp(min=0)[:, None].to(cum.device)
+            feats.append(torch.log1p((cum.gather(1, last) - cum).clamp(min=0)) / 10)
+        feats = torch.stack(feats, -1).to(codes.dtype)
         return torch.cat([codes, feats], -1) * batch.visit_mask.unsqueeze(-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:

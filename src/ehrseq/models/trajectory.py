@@ -54,6 +54,8 @@ class TrajectoryConfig:
     layers: int = 1
     dropout: float = 0.1
     size: str = "small"
+    pool: str = "attention"     # the LSTM encoder's visit pooling and time (model.lstm.*)
+    time: str = "days"
     model_class: str = "ehrseq.models.trajectory.DiseaseTrajectoryModel"
     behrt: dict | None = None   # BEHRTConfig fields (encoder ``behrt``)
 
@@ -82,7 +84,8 @@ def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
     return TrajectoryConfig(vocab_size=vocab_size, targets=tuple(str(t) for t in targets),
                             horizons=tuple(sorted(int(h) for h in horizons)), encoder=encoder,
                             embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, layers=c.layers,
-                            dropout=c.dropout, size=c.size, behrt=behrt)
+                            dropout=c.dropout, size=c.size, pool=c.pool, time=c.time,
+                            behrt=behrt)
 
 
 class LSTMEncoder(nn.Module):
@@ -93,7 +96,7 @@ class LSTMEncoder(nn.Module):
         super().__init__()
         self.net = DiscreteTimeSurvivalLSTM(LSTMConfig(
             vocab_size=c.vocab_size, n_bins=1, embed_dim=c.embed_dim, hidden_dim=c.hidden_dim,
-            layers=c.layers, dropout=c.dropout, size=c.size))
+            layers=c.layers, dropout=c.dropout, size=c.size, pool=c.pool, time=c.time))
         self.net.head = nn.Identity()
         self.out_dim = c.hidden_dim
 

@@ -225,8 +225,17 @@ def fit(
     base_lr = params.lr * (effective_batch / 64 if params.lr_scale_with_batch else 1.0)
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": params.weight_decay},
-              {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0}]
+    # a model may train some parameters faster: ``lr_scales`` {name prefix: factor} (e.g. a new
+    # head on a pre-trained encoder); factor 1 first, so param_groups[0] has the base rate
+    scales = getattr(model, "lr_scales", None) or {}
+
+    def scale(name: str) -> float:
+        return next((s for pre, s in scales.items() if name.startswith(pre)), 1.0)
+
+    groups = [{"params": [p for n, p in named if (p.ndim >= 2) == decay and scale(n) == s],
+               "weight_decay": params.weight_decay if decay else 0.0, "lr_scale": s}
+              for s in sorted({1.0, *map(scale, (n for n, _ in named))}, key=lambda s: s != 1.0)
+              for decay in (True, False)]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=base_lr,
                             fused=device.type == "cuda")
     sched = LRSchedule(params.schedule, total_steps, int(params.warmup_frac * total_steps),
@@ -280,7 +289,7 @@ def fit(
     def set_lr() -> float:
         lr = base_lr * sched.factor(state.step)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         return lr
 
     def write_checkpoint() -> None:

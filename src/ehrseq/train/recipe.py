@@ -174,6 +174,14 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
     return metrics
 
 
+def finetune_lrs(params: Params, default_lr: float) -> list[float]:
+    """The learning rates of fine-tuning a pre-trained encoder whole: ``tune.finetune_lrs``
+    (``tune.lrs`` where it is null; ``default_lr`` alone when tuning is off)."""
+    if not params.tune.lrs:
+        return [default_lr]
+    return list(params.tune.finetune_lrs or params.tune.lrs)
+
+
 def skip_stage(stage: str, reason: str, metrics: dict) -> None:
     """A stage with nothing to learn (e.g. no positive label in a small cohort) still writes
     its declared outputs, each saying why, so the DAG goes on."""
