@@ -21,6 +21,13 @@ machine-dependent).
     python bench/check_lock.py --repo DIR --rev main --stages synthesize ingest
     python bench/check_lock.py --keep /tmp/clone     # keep the clone (must not exist)
     make check-lock
+    python bench/check_lock.py --compare /tmp/clone1 /tmp/clone2   # two finished checkouts
+
+``--compare A B`` runs nothing: it compares the dvc.lock outputs of two checkouts that each ran
+``dvc repro`` (e.g. two ``bench/pipeline.py --keep`` clones of one commit), every stage, model
+stages included. A differing directory lists its differing files (manifests from both caches);
+a differing JSON file whose only differing keys are timings (seconds, throughput, peak memory,
+the machine's load) is reported as ``timing only``.
 
 With the default params (200 generated patients) the four stages take a few minutes on a
 2-core machine. Exit status: 0 every stage matches, 1 a mismatch or a stale entry, 2 the check
@@ -137,6 +144,78 @@ def input_changes(old: dict, new: dict, produced: set[str]) -> list[str]:
             if d["path"] in produced and new_deps.get(d["path"]) != d.get("md5")]
 
 
+TIMING = ("seconds", "_per_s", "peak_memory", "wall_time_s", "train_time_s", "load")
+
+
+def _cache_file(md5: str, caches: list[Path]) -> Path | None:
+    for cache in caches:
+        for f in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
+            if f.is_file():
+                return f
+    return None
+
+
+def _json_keys_differ(a: Path | None, b: Path | None) -> list[str] | None:
+    """Keys whose values differ between two JSON files (nested keys joined by '.'), or None
+    when either is not readable JSON."""
+    def flat(obj, pre=""):
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                out.update(flat(v, f"{pre}{k}."))
+            return out
+        return {pre[:-1]: obj}
+    try:
+        fa, fb = flat(json.loads(a.read_text())), flat(json.loads(b.read_text()))
+    except (AttributeError, OSError, ValueError):
+        return None
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def compare_checkouts(a: Path, b: Path, stages: list[str] | None) -> int:
+    """Print per stage whether two checkouts' dvc.lock outputs are identical (see --compare)."""
+    la = yaml.safe_load((a / "dvc.lock").read_text())["stages"]
+    lb = yaml.safe_load((b / "dvc.lock").read_text())["stages"]
+    caches = [a / ".dvc" / "cache", b / ".dvc" / "cache"]
+    bad = 0
+    for s in stages or list(la):
+        if s not in lb:
+            print(f"{s}: only in {a}")
+            bad += 1
+            continue
+        outs_b = {o["path"]: o for o in lb[s].get("outs", [])}
+        lines = []
+        for o in la[s].get("outs", []):
+            n = outs_b.get(o["path"], {})
+            if n.get("md5") == o.get("md5"):
+                continue
+            if str(o.get("md5", "")).endswith(".dir"):
+                ma, mb = dir_manifest(o["md5"], caches), dir_manifest(n.get("md5", ""), caches)
+                if ma is None or mb is None:
+                    lines.append(f"{o['path']}: differs (a manifest is in no cache)")
+                    continue
+                files = {f: (ma.get(f), mb.get(f)) for f in ma.keys() | mb.keys()
+                         if ma.get(f) != mb.get(f)}
+                pairs = {f"{o['path']}/{f}": (x, y) for f, (x, y) in files.items()}
+            else:
+                pairs = {o["path"]: (o.get("md5"), n.get("md5"))}
+            for path, (x, y) in sorted(pairs.items()):
+                keys = _json_keys_differ(_cache_file(x or "", caches), _cache_file(y or "", caches)) \
+                    if path.endswith(".json") else None
+                if keys is not None and all(any(t in k for t in TIMING) for k in keys):
+                    lines.append(f"{path}: timing only ({', '.join(keys[:4])}"
+                                 f"{', ...' if len(keys) > 4 else ''})")
+                else:
+                    lines.append(f"{path}: DIFFERS" + (f" ({', '.join(keys[:6])})" if keys else ""))
+        real = [ln for ln in lines if "timing only" not in ln]
+        bad += bool(real)
+        print(f"{s}: {'identical' if not lines else 'identical but timings' if not real else 'DIFFERS'}"
+              f" ({len(la[s].get('outs', []))} outputs)")
+        for ln in lines:
+            print(f"    {ln}")
+    return 1 if bad else 0
+
+
 def machine() -> str:
     import numpy as np
 
@@ -177,7 +256,13 @@ def main() -> int:
                     help="a DVC cache holding committed directory manifests (default: the "
                          "source repository's .dvc/cache)")
     ap.add_argument("--keep", type=Path, help="clone here and keep it (must not exist)")
+    ap.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
+                    help="compare two checkouts that ran dvc repro (runs nothing)")
     args = ap.parse_args()
+    if args.compare:
+        a, b = (p.resolve() for p in args.compare)
+        print(f"{a} vs {b}\n{machine()}\n")
+        return compare_checkouts(a, b, None if args.stages == list(DATA_STAGES) else args.stages)
 
     repo = args.repo.resolve()
     sha = git(repo, "rev-parse", args.rev)

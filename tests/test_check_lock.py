@@ -89,3 +89,42 @@ def test_check_lock_reports_each_stage(tmp_path):
     assert "data/processed/outcomes: committed" in report and "files: outcomes.parquet" in report
     assert "its inputs already differ" not in report
     assert run(["git", "status", "--porcelain"], repo).stdout == ""
+
+
+def _checkout(root: Path, files: dict[str, bytes], metrics: dict) -> Path:
+    """A checkout as `dvc repro` leaves it: dvc.lock naming a directory output (its manifest
+    and files in .dvc/cache/files/md5) and a metrics file."""
+    cache = root / ".dvc/cache/files/md5"
+
+    def put(data: bytes) -> str:
+        md5 = hashlib.md5(data).hexdigest()
+        (cache / md5[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / md5[:2] / md5[2:]).write_bytes(data)
+        return md5
+
+    entries = [{"relpath": k, "md5": put(v)} for k, v in sorted(files.items())]
+    manifest = json.dumps(entries).encode()
+    d = put(manifest) + ".dir"
+    (cache / d[:2] / d[2:]).write_bytes(manifest)
+    m = put(json.dumps(metrics).encode())
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": {
+        "cmd": "x", "outs": [{"path": "models/train", "md5": d}, {"path": "metrics/train.json",
+                                                                  "md5": m}]}}}))
+    return root
+
+
+def test_compare_two_checkouts_tells_weights_from_timings(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import check_lock
+
+    w = {"model.safetensors": b"weights", "config.json": b"{}"}
+    a = _checkout(tmp_path / "a", w, {"lstm.c": 0.7, "lstm.train_seconds": 10.0})
+    b = _checkout(tmp_path / "b", w, {"lstm.c": 0.7, "lstm.train_seconds": 12.5})
+    assert check_lock.compare_checkouts(a, b, None) == 0          # timings differ, nothing else
+    c = _checkout(tmp_path / "c", {**w, "model.safetensors": b"other"},
+                  {"lstm.c": 0.71, "lstm.train_seconds": 10.0})
+    assert check_lock.compare_checkouts(a, c, None) == 1
+    out = subprocess.run([sys.executable, str(ROOT / "bench/check_lock.py"), "--compare",
+                          str(a), str(c)], capture_output=True, text=True).stdout
+    assert "models/train/model.safetensors: DIFFERS" in out
+    assert "metrics/train.json: DIFFERS (lstm.c)" in out and "config.json" not in out
