@@ -243,3 +243,14 @@ def test_cox_ignores_a_constant_column():
     s = CoxPH(0.1).fit(X, t, e).predict_survival(X[:5], np.array([0.5, 1.0]))
     assert s.shape == (5, 2) and np.isfinite(s).all()
     assert np.argsort(s[:, 0]).tolist() == np.argsort(-X[:5, 0]).tolist()   # ranks by x0
+
+
+def test_forests_predict_in_one_thread(data, fitted):
+    """Forests fit in parallel but predict serially: several threads add the trees' outputs in
+    the order they finish, which changed the last bits of rf.npz / rsf.npz between two fresh
+    clones of one commit."""
+    assert fitted["rsf"].model.n_jobs == 1
+    forests = [m for m in fitted["rf"].models.values() if not isinstance(m, float)]
+    assert forests and all(m.n_jobs == 1 for m in forests)
+    a = fitted["rf"].predict_survival(data["Xt"], data["grid"])
+    assert np.array_equal(a, fitted["rf"].predict_survival(data["Xt"], data["grid"]))

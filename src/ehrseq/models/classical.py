@@ -188,7 +188,7 @@ class HorizonClassifier:
             if y.min() == y.max():  # a single class: predict its rate
                 self.models[h] = float(y.mean())
             else:
-                self.models[h] = self.make().fit(X[known], y)
+                self.models[h] = serial_predict(self.make().fit(X[known], y))
         return self
 
     def predict_survival(self, X, times) -> np.ndarray:
@@ -198,6 +198,17 @@ class HorizonClassifier:
         s_h = np.minimum.accumulate(1.0 - p, axis=1)
         k = np.searchsorted(self.horizons, times, side="right") - 1
         return np.where(k >= 0, s_h[:, np.clip(k, 0, None)], 1.0)
+
+
+def serial_predict(model):
+    """A fitted forest that predicts in one thread: with ``n_jobs`` > 1, scikit-learn's and
+    scikit-survival's forests add the trees' predictions into one array from several threads in
+    whatever order they finish, so the last bits of a prediction change from run to run (two
+    fresh clones of one commit gave different rf.npz and rsf.npz; every other output was
+    byte-identical). Fitting stays parallel: each tree's seed is drawn before the threads start."""
+    if getattr(model, "n_jobs", None) not in (None, 1):
+        model.n_jobs = 1
+    return model
 
 
 class RSF:
@@ -211,7 +222,7 @@ class RSF:
         from sksurv.util import Surv
 
         y = Surv.from_arrays(np.asarray(event).astype(bool), np.asarray(duration, float))
-        self.model.fit(X, y)
+        serial_predict(self.model.fit(X, y))
         return self
 
     def predict_survival(self, X, times) -> np.ndarray:
@@ -414,5 +425,5 @@ def multilabel_baseline(name: str, X_tr, y_tr: np.ndarray, X_te, seed: int,
             clf = (LogisticRegression(C=1.0, max_iter=2000) if name == "lr" else
                    RandomForestClassifier(n_estimators=300, min_samples_leaf=5,
                                           n_jobs=n_jobs, random_state=seed))
-            out[:, t, j] = clf.fit(X_tr[known], y).predict_proba(X_te)[:, 1]
+            out[:, t, j] = serial_predict(clf.fit(X_tr[known], y)).predict_proba(X_te)[:, 1]
     return np.maximum.accumulate(out, axis=2)
