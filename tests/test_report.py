@@ -215,3 +215,5 @@ def test_a_collapsed_prediction_is_flagged(tmp_path):
     flag = collapse("m", risk, {"m.c_antolini": 0.497, "m.c_harrell": 0.664})
     assert flag["m.collapsed"] == 1 and "Antolini C 0.497" in flag["m.collapse_reason"]
     assert collapse("m", risk, {"m.c_antolini": 0.60, "m.c_harrell": 0.66})["m.collapsed"] == 0
+    assert collapse("km", np.full(50, 0.3), {})["km.collapsed"] == 0   # the population curve
+    assert collapse("lstm", np.full(50, 0.3), {})["lstm.collapsed"] == 1

@@ -172,6 +172,9 @@ COLLAPSE_ANTOLINI = 0.02
 ``COLLAPSE_HARRELL`` or more from 0.5: the ranking at h* then rests on tiny differences of
 nearly identical curves (issue 26: BEHRT full, Antolini 0.497, Harrell 0.664)."""
 COLLAPSE_HARRELL = 0.05
+POPULATION_MODELS = ("km",)
+"""Models that give every patient the population's curve by design (Kaplan–Meier): never
+flagged."""
 
 
 def collapse(name: str, risk: np.ndarray, scores: dict) -> dict:
@@ -182,6 +185,8 @@ def collapse(name: str, risk: np.ndarray, scores: dict) -> dict:
     p10, p90 = np.percentile(risk, [10, 90]) if risk.size else (math.nan, math.nan)
     spread = float((p90 - p10) / mean) if mean > 0 else 0.0
     reasons = []
+    if name in POPULATION_MODELS:
+        return {f"{name}.risk_spread": spread, f"{name}.collapsed": 0}
     if spread < COLLAPSE_SPREAD:
         reasons.append(f"test risks 1-S(h*) vary by {spread:.3f} of their mean (p10 {p10:.3f}, "
                        f"p90 {p90:.3f}); flagged below {COLLAPSE_SPREAD}")
