@@ -15,6 +15,7 @@ import yaml  # noqa: E402
 from ehrseq.evaluate.curve import learning_curve, split_outputs  # noqa: E402
 from ehrseq.evaluate.report import (  # noqa: E402
     ORACLE_NOTE,
+    calibration_markdown,
     collapse_markdown,
     collect,
     comparisons_markdown,
@@ -129,9 +130,12 @@ def main() -> None:
         flat.update(headroom(pairs, flat.get("best_count.model")))
         forest(rows, out / "cindex.png")
         params_vs_c(rows, out / "params_vs_cindex.png")
+        best_name = "" if best is None else \
+            best["model"] + (f" ({best['size']})" if best["size"] else "")
         (out / "report.md").write_text(
             f"# Benchmark: outcome `{params.outcome.name}`, model size `{params.model.size}`\n\n"
-            + (f"Best model: **{best['model']} {best['size']}** (C = {best['_c']:.3f}). "
+            + (f"Highest test C: **{best_name}** (C = {best['_c']:.3f}; reported, not a "
+               "choice: every choice reads the validation split only). "
                if best else "No model could be scored (no evaluable test pairs). ")
             + (f"Best count-based model, chosen on the validation split: "
                f"**{flat['best_count.model']}** (test C = {flat['best_count.c_harrell']:.3f}); "
@@ -146,6 +150,8 @@ def main() -> None:
             + window_note(params.outcome.history.model_dump(), _read_json(OUTCOMES_METRICS))
             + " " + ORACLE_NOTE + "\n\n" + to_markdown(rows) + collapse_markdown(rows)
             + "\n![C-index](cindex.png)\n"
+            + ("\n## Calibration at the evaluation horizons (expected calibration error)\n\n"
+               + calibration_markdown(rows) if calibration_markdown(rows) else "")
             + ("\n## Paired comparisons (same test patients, same bootstrap resamples)\n\n"
                + comparisons_markdown(pairs) if pairs else "")
             + ("\n## Label efficiency (ΔC per labelled training patients, paired)\n\n"

@@ -217,3 +217,32 @@ def test_a_collapsed_prediction_is_flagged(tmp_path):
     assert collapse("m", risk, {"m.c_antolini": 0.60, "m.c_harrell": 0.66})["m.collapsed"] == 0
     assert collapse("km", np.full(50, 0.3), {})["km.collapsed"] == 0   # the population curve
     assert collapse("lstm", np.full(50, 0.3), {})["lstm.collapsed"] == 1
+
+
+def test_report_names_the_fitted_horizons_and_groups_the_comparisons():
+    """Issue 28 part 5: AUC columns at the horizons the metrics hold (not a fixed 365 days),
+    calibration per horizon, comparisons in three groups each sorted by ΔC."""
+    from ehrseq.evaluate.report import calibration_markdown
+
+    m = {"cox.c_harrell": 0.7, "cox.auc_49": 0.71, "cox.auc_344": 0.66, "cox.ece_49": 0.05,
+         "cox.ece_344": 0.08, "lstm.c_harrell": 0.6, "lstm.auc_49": 0.61, "lstm.auc_344": 0.58,
+         "lstm.n_params": 10}
+    rows = collect(m)
+    md = to_markdown(rows)
+    header = md.splitlines()[0]
+    assert "AUC@49d | AUC@344d" in header and "365" not in header
+    assert "| 0.710 | 0.660 |" in md
+    cal = calibration_markdown(rows)
+    assert cal.splitlines()[0] == "| model | ECE@49d | ECE@344d |" and "| cox | 0.050 | 0.080 |" in cal
+
+    def r(a, b, d):
+        return {"question": f"{a} - {b}", "a": a, "b": b, "delta": d, "lo": d - 0.1,
+                "hi": d + 0.1, "p_not_better": 0.5}
+
+    pairs = [r("lstm", "best_count", -0.05), r("med2vec", "best_count", 0.02),
+             r("lstm", "oracle", -0.1), r("behrt_full", "behrt_scratch", 0.03)]
+    text = comparisons_markdown(pairs)
+    best, oracle, named = (text.index(s) for s in ("### Against the best count",
+                                                   "### Against the oracle", "### Named"))
+    assert best < oracle < named
+    assert text.index("med2vec - best_count") < text.index("lstm - best_count")   # by ΔC

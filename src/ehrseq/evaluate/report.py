@@ -12,8 +12,10 @@ import platform
 from pathlib import Path
 
 COLUMNS = ("outcome", "model", "size", "C (Harrell) [95% CI]", "C (Antolini)", "C (Uno)",
-           "IBS", "AUC@365d", "params", "trained params", "checkpoint MB", "train s",
+           "IBS", "AUC", "params", "trained params", "checkpoint MB", "train s",
            "test n (events)")
+"""The table's columns; ``AUC`` stands for one column per evaluation horizon (``AUC@<h>d``, the
+horizons the outcome was fitted to, read from the metrics' ``auc_<h>`` keys)."""
 
 
 def _read(path: Path) -> dict:
@@ -30,6 +32,13 @@ def _ci(m: dict, key: str) -> str:
 
 def _num(v, fmt="{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v)
+
+
+def horizons_of(metrics: dict) -> list[int]:
+    """The evaluation horizons (days) of the metrics: every ``<model>.auc_<h>``."""
+    import re
+
+    return sorted({int(m[1]) for k in metrics if (m := re.search(r"\.auc_(\d+)$", k))})
 
 
 def collect(metrics: dict, params: dict | None = None) -> list[dict]:
@@ -60,7 +69,9 @@ def collect(metrics: dict, params: dict | None = None) -> list[dict]:
             "size": g.get("size", "") if neural else "",
             "C (Harrell) [95% CI]": _ci(g, "c_harrell"),
             "C (Antolini)": _ci(g, "c_antolini"), "C (Uno)": _ci(g, "c_uno"),
-            "IBS": _ci(g, "ibs"), "AUC@365d": _ci(g, "auc_365"),
+            "IBS": _ci(g, "ibs"),
+            **{f"AUC@{h}d": _ci(g, f"auc_{h}") for h in horizons_of(m)},
+            **{f"_ece_{h}": _ci(g, f"ece_{h}") for h in horizons_of(m)},
             "params": _num(g.get("n_params"), "{:,}"),
             "trained params": _num(g.get("n_params_trainable", g.get("n_params")), "{:,}"),
             "checkpoint MB": _num(None if g.get("checkpoint_bytes") is None
@@ -149,13 +160,38 @@ def headroom(pairs: list[dict], best_count: str | None) -> dict:
 
 
 def comparisons_markdown(rows: list[dict]) -> str:
-    lines = ["| question | ΔC (Harrell) [95% paired CI] | resamples where a is not better |",
-             "|---|---|---|"]
-    for r in rows:
-        verdict = "" if not (r["lo"] > 0 or r["hi"] < 0) else (
-            " **a better**" if r["lo"] > 0 else " **b better**")
-        lines.append(f"| {r['question']} | {r['delta']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
-                     f"{verdict} | {r['p_not_better']:.2f} |")
+    """Three tables: every model against the best count model, against the oracle, and the
+    named questions (:data:`COMPARISONS`); each sorted by ΔC, largest first."""
+    groups = (("Against the best count model (chosen on validation)",
+               [r for r in rows if r["b"] == "best_count"]),
+              ("Against the oracle (the true risk)", [r for r in rows if r["b"] == "oracle"]),
+              ("Named questions", [r for r in rows if r["b"] not in ("best_count", "oracle")]))
+    out = []
+    for title, group in groups:
+        if not group:
+            continue
+        out += [f"### {title}", "",
+                "| comparison | ΔC (Harrell) [95% paired CI] | resamples where a is not better |",
+                "|---|---|---|"]
+        for r in sorted(group, key=lambda r: -r["delta"]):
+            verdict = "" if not (r["lo"] > 0 or r["hi"] < 0) else (
+                " **a better**" if r["lo"] > 0 else " **b better**")
+            out.append(f"| {r['question']} | {r['delta']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+                       f"{verdict} | {r['p_not_better']:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def calibration_markdown(rows: list[dict]) -> str:
+    """Expected calibration error of every model at each evaluation horizon (``ece_<h>``)."""
+    hs = sorted({int(k[len("_ece_"):]) for r in rows for k in r if k.startswith("_ece_")})
+    scored = [r for r in rows if any(f"_ece_{h}" in r for h in hs)]
+    if not hs or not scored:
+        return ""
+    lines = ["| model | " + " | ".join(f"ECE@{h}d" for h in hs) + " |",
+             "|---|" + "---|" * len(hs)]
+    lines += [f"| {r['model']} | " + " | ".join(r.get(f"_ece_{h}", "") for h in hs) + " |"
+              for r in scored]
     return "\n".join(lines) + "\n"
 
 
@@ -171,9 +207,12 @@ def collapse_markdown(rows: list[dict]) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    aucs = sorted({k for r in rows for k in r if k.startswith("AUC@")},
+                  key=lambda k: int(k[4:-1]))
+    cols = [c for name in COLUMNS for c in (aucs if name == "AUC" else [name])]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
