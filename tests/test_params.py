@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from ehrseq.params import SIZES, ParamsError, load_params, parse_params
@@ -55,3 +57,18 @@ def test_params_yaml_holds_the_schema_defaults():
     """One source of defaults: the committed params.yaml sets every key to the schema's own
     default, so a stage never behaves differently with a key left out."""
     assert load_params(ROOT_PARAMS).model_dump() == parse_params({}).model_dump()
+
+
+def test_the_parameter_reference_is_generated_from_the_schema(tmp_path, monkeypatch):
+    """docs/params.md is `python -m ehrseq.ops.params_doc --write`'s output (issue 28): a key,
+    default or description changed in src/ehrseq/params.py without regenerating it fails."""
+    from ehrseq.ops import params_doc
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    assert params_doc.main(["--check"]) == 0
+    text = params_doc.reference()
+    assert "| `model.behrt.time` | `Literal['years', 'days']` | `days` |" in text
+    assert "| `tune.finetune_lrs` |" in text and "`data.city` | `str \\| None`" in text
+    monkeypatch.chdir(tmp_path)   # no docs/params.md here: stale
+    assert params_doc.main(["--check"]) == 1
