@@ -140,8 +140,14 @@ def test_params_and_grids():
         "cox": [0.1], "coxnet": [0.1], "lr": [1.0], "rf": [5], "rsf": [10], "gbm": [20]}
     p = parse_params({"tune": {"lrs": [0.01, 0.001, 0.003], "cox_penalizer": [1, 0.1, 0.01],
                                "lr_c": [0.1, 1, 10], "forest_min_leaf": [20, 5, 10],
-                               "coxnet_alpha": [0.3, 0.1, 0.03]}}).tune
+                               "coxnet_alpha": [0.3, 0.1, 0.03],
+                               "finetune_lrs": [3e-4, 1e-4, 3e-5]}}).tune
     assert p.cox_penalizer == [0.01, 0.1, 1] and p.forest_min_leaf == [5, 10, 20]
+    assert p.finetune_lrs == [3e-5, 1e-4, 3e-4]
+    # the fine-tuning grid follows tune.lrs when null, and counts in the same budget
+    assert parse_params({"tune": {"finetune_lrs": None}}).tune.finetune_lrs is None
+    with pytest.raises(ParamsError, match="tune.finetune_lrs: 1"):
+        parse_params({"tune": {"finetune_lrs": [1e-4]}})
     for bad, key in (({"lrs": [0.001, 0.003, 0.01]}, "same tuning budget"),
                      ({"lr_c": [0.0, 1.0]}, "tune.lr_c"),
                      ({"cox_penalizer": [-1.0, 0.1]}, "tune.cox_penalizer"),

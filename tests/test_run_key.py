@@ -116,6 +116,7 @@ def test_code_change_retrains_and_restoring_the_code_resumes(tmp_path):
     assert len(runs(ws)) == 3
 
 
+@pytest.mark.slow   # the rule itself: test_prune_keeps_the_newest_and_never_a_held_run
 def test_only_the_newest_runs_are_kept(tmp_path):
     """``runtime.checkpoint_keep_runs: 1``: a finished run removes the stage's older ones."""
     code, ws = code_copy(tmp_path / "code"), tmp_path / "ws"
