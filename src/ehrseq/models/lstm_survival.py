@@ -40,7 +40,7 @@ class LSTMConfig:
     layers: int = 1
     dropout: float = 0.1
     size: str = "small"
-    pool: str = "attention"   # "mean" | "sum" | "attention" (model.lstm.pool)
+    pool: str = "sum"         # "mean" | "sum" | "attention" (model.lstm.pool)
     time: str = "days"        # "gap" | "days" (model.lstm.time)
     model_class: str = "ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM"
 

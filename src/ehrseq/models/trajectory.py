@@ -54,7 +54,7 @@ class TrajectoryConfig:
     layers: int = 1
     dropout: float = 0.1
     size: str = "small"
-    pool: str = "attention"     # the LSTM encoder's visit pooling and time (model.lstm.*)
+    pool: str = "sum"           # the LSTM encoder's visit pooling and time (model.lstm.*)
     time: str = "days"
     model_class: str = "ehrseq.models.trajectory.DiseaseTrajectoryModel"
     behrt: dict | None = None   # BEHRTConfig fields (encoder ``behrt``)
