@@ -162,3 +162,34 @@ def test_full_finetuning_trains_the_head_faster_and_starts_it_at_the_baseline(mo
     head = [g for g in groups if g[0] == 10.0]
     assert head and all(lr == pytest.approx(1e-3) for _, lr, _ in head)
     assert sum(n for *_, n in head) == 2   # head.weight and head.bias
+
+
+def test_finetuning_refuses_a_pretrained_model_of_another_time(tmp_path, monkeypatch):
+    """A pre-trained BEHRT whose time design differs from params.yaml's model.behrt.time is a
+    parameter error naming both, before any training (issue 26, bad input)."""
+    import importlib.util
+    from pathlib import Path
+
+    from test_tune import pretrained_models, toy_workspace
+
+    from ehrseq.data.tensors import Sequences
+    from ehrseq.io import InputError
+    from ehrseq.models.pretraining import BEHRTPretrain
+    from ehrseq.models.store import save_model
+
+    root = Path(__file__).resolve().parents[1]
+    toy_workspace(tmp_path)
+    seqs = Sequences.load(tmp_path / "data/processed/sequences")
+    pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
+    old = BEHRTConfig(vocab_size=seqs.vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
+                      max_len=64, time="years",
+                      model_class="ehrseq.models.pretraining.BEHRTPretrain")
+    save_model(tmp_path / "models/pretrain_behrt", BEHRTPretrain(old), old, seqs.vocab)
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("ft_stage", root / "stages/finetune_behrt.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with pytest.raises(InputError, match=r"time 'years', but params.yaml model.behrt.time is "
+                                         r"'days'"):
+        stage.main("full")
+    assert not (tmp_path / "models/finetune_behrt").exists()   # nothing written
