@@ -144,3 +144,23 @@ def test_data_stages_deterministic(repo):
     shutil.rmtree(repo / ".dvc/cache")
     run(["dvc", "repro", "--force", "--single-item", *DATA_STAGES], repo, timeout=900)
     assert lock_hashes(repo, DATA_STAGES) == before
+
+
+def test_export_refuses_missing_predictions(tiny_pipeline, tmp_path):
+    """Issue 28: `export_meds_predictions` on a workspace whose predictions are not all there
+    (what `dvc repro --pull --allow-missing` left, treeverse/dvc#11099) stops naming what is
+    missing and writes nothing; it used to export "0 models x 0 tasks" silently."""
+    import os
+    import subprocess
+    import sys
+
+    repo = copy_built(tiny_pipeline, tmp_path / "repo")
+    before = sorted(p.relative_to(repo) for p in (repo / "data/meds_predictions").rglob("*"))
+    shutil.rmtree(repo / "data/predictions/train_survival")
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    r = subprocess.run([sys.executable, "stages/export_meds.py", "predictions"], cwd=repo,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "data/predictions/train_survival" in r.stderr and "missing" in r.stderr, r.stderr
+    after = sorted(p.relative_to(repo) for p in (repo / "data/meds_predictions").rglob("*"))
+    assert after == before and before
