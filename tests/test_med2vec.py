@@ -335,9 +335,22 @@ def test_survival_head_reads_only_input_visits_and_fine_tunes_the_encoder(tmp_pa
     v = encode_all_visits(model.encoder, seqs)
     first = seqs.patient_offsets[keep]
     want = np.stack([v[f:f + n].mean(0) for f, n in zip(first, lm, strict=True)])
+    # day-level time beside it: the mean over the input visits and the landmark visit's
+    # log1p(gap) / 5 and log1p(days before the landmark) / 10
+    vt = seqs.visit_time
+    time = []
+    for f, n in zip(first, lm, strict=True):
+        vis = np.arange(f, f + n)
+        gap = np.where(vis > f, vt[vis] - vt[np.maximum(vis - 1, f)], 0.0)
+        feat = np.stack([np.log1p(gap) / 5, np.log1p(vt[f + n - 1] - vt[vis]) / 10], 1)
+        time.append(np.concatenate([feat.mean(0), feat[-1]]))
     with torch.no_grad():
-        np.testing.assert_allclose(model.patient_vectors(b).numpy(), want, atol=1e-5)
+        got = model.patient_vectors(b).numpy()
+        np.testing.assert_allclose(got[:, :6], want, atol=1e-5)
+        np.testing.assert_allclose(got[:, 6:], np.stack(time), atol=1e-5)
         s = model.predict_survival(b)
+    plain = Med2VecSurvival(Med2VecConfig(**{**cfg.__dict__, "time": False})).eval()
+    assert plain.patient_vectors(b).shape == (len(rows), 6) and plain.head.in_features == 6
     assert s.shape == (len(rows), 5) and (s[:, 0] == 1).all() and (s.diff(dim=1) <= 0).all()
     tb, te = bin_targets(dur, ev, cuts)
     assert (b.target_bin.numpy() == tb).all() and (b.target_event.numpy() == te).all()

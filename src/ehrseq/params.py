@@ -241,6 +241,10 @@ class Med2VecParams(_Section):
     window: int = Field(1, ge=1, le=10)
     """Visit-level objective: predict the codes of visits within this many steps."""
     demographics: bool = True
+    time: bool = True
+    """Med2Vec + head reads day-level time, as the LSTM and BEHRT do: beside the mean visit
+    vector, the mean over the input visits and the landmark visit's log(1 + days since the
+    previous visit) and log(1 + days before the landmark) (src/ehrseq/models/med2vec.py)."""
 
 
 class ModelParams(_Section):

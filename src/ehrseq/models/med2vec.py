@@ -56,6 +56,7 @@ class Med2VecConfig:
     model_class: str = "ehrseq.models.med2vec.Med2Vec"
     n_bins: int = 0           # > 0: Med2VecSurvival with this many time bins
     dropout: float = 0.1      # before the survival head
+    time: bool = True         # the survival head reads day-level time (model.med2vec.time)
 
     @property
     def n_demographics(self) -> int:
@@ -69,7 +70,7 @@ def med2vec_config(params: ModelParams, vocab_size: int) -> Med2VecConfig:
     return Med2VecConfig(vocab_size=vocab_size, code_dim=o.code_dim or code,
                          visit_dim=o.visit_dim or visit, window=o.window,
                          demographics=o.demographics, size=params.size,
-                         dropout=params.dropout)
+                         dropout=params.dropout, time=o.time)
 
 
 # --------------------------------------------------------------------------- batches
@@ -110,6 +111,8 @@ class Med2VecBatch:
     male: torch.Tensor     # float32 [N]
     visit: torch.Tensor    # int64 [N] visit row in the sequences arrays
     n_patients: int = 0
+    time: torch.Tensor | None = None          # float32 [N, 2] survival batches: log1p(days
+    # since the previous visit) / 5, log1p(days before the landmark visit) / 10
     rows: torch.Tensor | None = None          # int64 [B] dataset rows (survival batches)
     target_bin: torch.Tensor | None = None
     target_event: torch.Tensor | None = None
@@ -306,8 +309,16 @@ class Med2VecSurvivalDataset:
         n = self.lengths[rows]
         start = np.asarray(self.base.seqs.patient_offsets[p]) + lm - n
         visits, owner, _ = ranges(start, n)
-        b = build_visit_batch(self.base.seqs, visits, owner, self.male[p][owner])
+        seqs = self.base.seqs
+        b = build_visit_batch(seqs, visits, owner, self.male[p][owner])
         b.n_patients, b.rows = len(rows), torch.from_numpy(rows)
+        vt = np.asarray(seqs.visit_time, np.float64)
+        first = np.asarray(seqs.patient_offsets[p])[owner]
+        gap = np.where(visits > first, vt[visits] - vt[np.maximum(visits - 1, 0)], 0.0)
+        before = vt[(start + n - 1)[owner]] - vt[visits]
+        b.time = torch.from_numpy(np.stack([np.log1p(np.maximum(gap, 0)) / 5,
+                                            np.log1p(np.maximum(before, 0)) / 10],
+                                           1).astype(np.float32))
         if self.base.target_bin is not None:
             b.target_bin = torch.from_numpy(self.base.target_bin[rows])
             b.target_event = torch.from_numpy(self.base.target_event[rows])
@@ -316,8 +327,13 @@ class Med2VecSurvivalDataset:
 
 class Med2VecSurvival(nn.Module):
     """Med2Vec's code and visit layers, the mean of the visit vectors v_t over a patient's
-    input visits, and a logistic-hazard head: ``forward(batch)`` gives logits [B, K].
+    input visits, and a logistic-hazard head: ``forward(batch)`` gives logits [B, K]. With
+    ``config.time`` the head also reads day-level time: the mean over the input visits, and
+    the landmark visit's value, of log(1 + days since the previous visit) and log(1 + days
+    before the landmark) (a mean of visit vectors cannot see when the visits were).
     The visit-level output layer is not used (kept frozen, so checkpoints load both ways)."""
+
+    N_TIME = 4
 
     def __init__(self, config: Med2VecConfig):
         super().__init__()
@@ -327,7 +343,8 @@ class Med2VecSurvival(nn.Module):
         self.encoder = Med2Vec(config)
         self.encoder.output.requires_grad_(False)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.visit_dim, config.n_bins)
+        self.head = nn.Linear(config.visit_dim + (self.N_TIME if config.time else 0),
+                              config.n_bins)
 
     @classmethod
     def from_config(cls, config: dict | Med2VecConfig) -> Med2VecSurvival:
@@ -339,9 +356,18 @@ class Med2VecSurvival(nn.Module):
     def patient_vectors(self, b: Med2VecBatch) -> torch.Tensor:
         """Mean visit vector per patient of the batch [B, visit_dim]."""
         v = self.encoder.encode(b)
+        if self.config.time:
+            if b.time is None:
+                raise ValueError("Med2VecSurvival with config.time needs batch.time "
+                                 "(Med2VecSurvivalDataset writes it)")
+            v = torch.cat([v, b.time.to(v.dtype)], 1)
         out = v.new_zeros(b.n_patients, v.shape[1]).index_add_(0, b.patient, v)
         n = torch.bincount(b.patient, minlength=b.n_patients).clamp(min=1)
-        return out / n.unsqueeze(1).to(v.dtype)
+        mean = out / n.unsqueeze(1).to(v.dtype)
+        if not self.config.time:
+            return mean
+        last = torch.cumsum(n, 0) - 1      # visits come in order, patient by patient
+        return torch.cat([mean, v[last, -2:]], 1)
 
     def forward(self, b: Med2VecBatch) -> torch.Tensor:
         return self.head(self.drop(self.patient_vectors(b)))
