@@ -122,8 +122,7 @@ def save_checkpoint(run_dir: str | Path, name: str, groups: dict[str, Any],
         fd = os.open(run_dir, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    trim(run_dir, keep)
     return final
 
 
@@ -239,8 +238,9 @@ def incompatibility(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def trim(run_dir: str | Path, keep: int = 1) -> None:
-    """Keep the newest ``keep`` checkpoints of a run (a finished run needs only its last)."""
-    for old in list_checkpoints(run_dir)[:-keep]:
+    """Keep the newest ``keep`` checkpoints of a run (a finished run needs only its last;
+    ``keep`` <= 0 keeps every one)."""
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -114,12 +114,11 @@ class CheckpointMirror:
         files = sorted(p for p in ckpt.iterdir() if p.is_file())
         for p in [f for f in files if f.name != "manifest.json"] + [ckpt / "manifest.json"]:
             self.fs.put_file(str(p), f"{dest}/{p.name}")
-        for old in self._names(run_key)[:-self.keep] if self.keep > 0 else []:
-            self.fs.rm(f"{self.root}/{run_key}/{old}", recursive=True)
+        self.trim(run_key, self.keep)
 
     def trim(self, run_key: str, keep: int = 1) -> None:
-        """Keep the newest ``keep`` remote checkpoints of a run."""
-        for old in self._names(run_key)[:-keep]:
+        """Keep the newest ``keep`` remote checkpoints of a run (``keep`` <= 0: every one)."""
+        for old in self._names(run_key)[:-keep] if keep > 0 else []:
             self.fs.rm(f"{self.root}/{run_key}/{old}", recursive=True)
 
     def remove(self, run_key: str) -> bool:
