@@ -22,6 +22,20 @@ from ehrseq.io import InputError
 from ehrseq.params import ReportParams
 
 
+def outcomes(tmp_path, rng, index, landmark_visits, n_train):
+    """``tmp_path/outcomes/outcomes.parquet``: the first ``n_train`` rows train, the rest test,
+    exponential durations and coin-flip events; returns (its folder, the test rows)."""
+    n = len(index)
+    table = pd.DataFrame({"index": index, "landmark_visits": landmark_visits,
+                          "split": np.where(np.arange(n) < n_train, "train", "test"),
+                          "duration": rng.exponential(300, n) + 1,
+                          "event": rng.integers(0, 2, n)})
+    out = tmp_path / "outcomes"
+    out.mkdir()
+    table.to_parquet(out / "outcomes.parquet")
+    return out, table[table["split"] == "test"]
+
+
 def compare(pred_dir, outcomes, n_boot):
     """What the evaluate stage does: score every prediction under ``pred_dir``, then pair."""
     metrics, risks = score_all(pred_dir, outcomes, [30, 90, 365], ReportParams(bootstrap=n_boot))
@@ -53,15 +67,8 @@ def test_table_rows_come_from_the_metrics_keys():
 def test_paired_comparisons_align_predictions_by_patient(tmp_path):
     rng = np.random.default_rng(0)
     n = 120
-    table = pd.DataFrame({"index": np.repeat(np.arange(n // 2) * 3, 2),   # 2 landmarks each
-                          "landmark_visits": np.tile([2, 5], n // 2),
-                          "split": np.where(np.arange(n) < 80, "train", "test"),
-                          "duration": rng.exponential(300, n) + 1,
-                          "event": rng.integers(0, 2, n)})
-    out = tmp_path / "outcomes"
-    out.mkdir()
-    table.to_parquet(out / "outcomes.parquet")
-    test = table[table["split"] == "test"]
+    out, test = outcomes(tmp_path, rng, np.repeat(np.arange(n // 2) * 3, 2),
+                         np.tile([2, 5], n // 2), n_train=80)   # 2 landmarks each
     times = np.array([30.0, 90.0, 365.0, 2000.0])
     truth = -test["duration"].to_numpy() / 200                 # a perfect ranking
 
@@ -186,14 +193,7 @@ def test_a_collapsed_prediction_is_flagged(tmp_path):
 
     rng = np.random.default_rng(1)
     n = 160
-    table = pd.DataFrame({"index": np.arange(n), "landmark_visits": 1,
-                          "split": np.where(np.arange(n) < 80, "train", "test"),
-                          "duration": rng.exponential(300, n) + 1,
-                          "event": rng.integers(0, 2, n)})
-    out = tmp_path / "outcomes"
-    out.mkdir()
-    table.to_parquet(out / "outcomes.parquet")
-    test = table[table["split"] == "test"]
+    out, test = outcomes(tmp_path, rng, np.arange(n), np.ones(n, int), n_train=80)
     times = np.array([30.0, 90.0, 365.0, 2000.0])
     preds = tmp_path / "predictions"
     preds.mkdir()
