@@ -291,10 +291,10 @@ def forget_finished_runs() -> None:
     from ..params import load_params
     from ..train.checkpoint import finished_runs
 
-    if not load_params().runtime.mirror_checkpoints or (mirror := _mirror()) is None:
+    rt = load_params().runtime
+    if not rt.mirror_checkpoints or (mirror := _mirror()) is None:
         return
-    gone = [run for run in finished_runs(load_params().runtime.checkpoint_dir)
-            if mirror.remove(run)]
+    gone = [run for run in finished_runs(rt.checkpoint_dir) if mirror.remove(run)]
     if gone:
         say(f"checkpoint mirror: removed {len(gone)} finished run(s), their outputs are in the "
             f"remote: {', '.join(gone)}")
