@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
-from ehrseq.data.tensors import make_loader
+from ehrseq.data.tensors import make_loader, uses_values
 from ehrseq.io import InputError, run_stage
 from ehrseq.models.behrt import (
     BEHRTConfig,
@@ -47,10 +47,13 @@ def main(mode: str) -> None:
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
-    if cfg.time != params.model.behrt.time:
-        raise InputError(f"{PRETRAINED}/config.json: time {cfg.time!r}, but params.yaml "
-                         f"model.behrt.time is {params.model.behrt.time!r}; re-run "
-                         "pretrain_behrt (dvc repro) or set model.behrt.time to match")
+    for field, key, want in (("time", "model.behrt.time", params.model.behrt.time),
+                             ("values", "model.values",
+                              uses_values(params.model.values, task.seqs))):
+        if getattr(cfg, field) != want:
+            raise InputError(f"{PRETRAINED}/config.json: {field} {getattr(cfg, field)!r}, but "
+                             f"params.yaml {key} is {want!r}; re-run pretrain_behrt (dvc "
+                             f"repro) or set {key} to match")
     if cfg.vocab_size != task.seqs.vocab_size:
         raise InputError(f"{PRETRAINED}/config.json: vocab_size {cfg.vocab_size} differs from "
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")

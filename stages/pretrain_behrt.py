@@ -6,7 +6,7 @@ need no training (docs/behrt.md). Test patients are never read."""
 import logging
 
 from ehrseq.data.task import SEQUENCES
-from ehrseq.data.tensors import Sequences
+from ehrseq.data.tensors import Sequences, uses_values
 from ehrseq.io import run_stage
 from ehrseq.models.behrt import behrt_config
 from ehrseq.models.pretraining import (
@@ -29,7 +29,8 @@ def main() -> None:
     split = seqs.patients["split"].to_numpy()
     train_idx, val_idx = (split == "train").nonzero()[0], (split == "val").nonzero()[0]
     cfg = behrt_config(params.model, seqs.vocab_size,
-                       model_class="ehrseq.models.pretraining.BEHRTPretrain")
+                       model_class="ehrseq.models.pretraining.BEHRTPretrain",
+                       values=uses_values(params.model.values, seqs))
     log_freq = code_log_freq(seqs, train_idx)
     train = PretrainDataset(seqs, train_idx, cfg.max_len, pp.mask_prob, seed=tp.seed)
     val = PretrainDataset(seqs, val_idx, cfg.max_len, pp.mask_prob, seed=tp.seed + 1,

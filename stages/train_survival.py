@@ -8,7 +8,7 @@ labelled training patients (docs/learning_curves.md)."""
 import logging
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
-from ehrseq.data.tensors import make_loader
+from ehrseq.data.tensors import make_loader, uses_values
 from ehrseq.io import run_stage
 from ehrseq.models.losses import init_hazard_head
 from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
@@ -23,7 +23,8 @@ def main() -> None:
     if run.skip:
         return skip_stage(run.stage, run.skip, run.stats)
     task = run.task
-    cfg = lstm_config(params.model, task.seqs.vocab_size, len(bin_edges(task.cuts)) - 1)
+    cfg = lstm_config(params.model, task.seqs.vocab_size, len(bin_edges(task.cuts)) - 1,
+                      values=uses_values(params.model.values, task.seqs))
     train, test = task.dataset("train"), task.dataset("test")
 
     def build() -> DiscreteTimeSurvivalLSTM:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, SurvivalTask
-from ehrseq.data.tensors import make_loader
+from ehrseq.data.tensors import make_loader, uses_values
 from ehrseq.evaluate.multilabel_plots import plot_curves, plot_patient, plot_reliability
 from ehrseq.io import run_stage
 from ehrseq.models.classical import Featurizer, multilabel_baseline
@@ -68,7 +68,7 @@ def main() -> None:
     pre, pre_cfg = (load_pretrained(PRETRAINED_BEHRT, "pretrain_behrt", task.seqs.vocab)
                     if tp.encoder == "behrt" else (None, None))
     cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
-                            pre_cfg)
+                            pre_cfg, values=uses_values(params.model.values, task.seqs))
     initialised = str(PRETRAINED_BEHRT) if pre is not None else ""
 
     def build() -> DiseaseTrajectoryModel:

@@ -204,3 +204,39 @@ def test_pretraining_beats_the_no_training_baselines(tmp_path):
     loaded, _, _ = load_model(tmp_path / "pre")
     assert loaded.mlm_decoder.weight is loaded.encoder.tokens.weight
     assert evaluate_pretraining(loaded, val, log_freq, cpu) == pytest.approx(res)
+
+
+def test_values_enter_at_their_tokens_and_masked_values_are_hidden():
+    """model.values: each code position carries its token's value (0 at [CLS], [SEP] and
+    value-less codes); the value vectors start at zero (the same encoder as without values)
+    and, once learnt, a value changes the output; MLM hides a picked code's value."""
+    s = toy_sequences(30, vocab_size=40, max_visits=9, max_codes=5, seed=1)
+    rng = np.random.default_rng(0)
+    s.values = np.where(rng.random(len(s.codes)) < 0.4, rng.normal(size=len(s.codes)),
+                        np.nan).astype(np.float32)
+    idx, lm = np.arange(30), np.maximum(1, s.n_visits - 1)
+    x = behrt_inputs(build_batch(s, idx, lm), 13)
+    for i in idx:   # the values stream by hand, as reference_tokens builds the codes
+        stream = []
+        for v in range(s.patient_offsets[i], s.patient_offsets[i] + lm[i]):
+            stream += np.nan_to_num(s.values[s.visit_offsets[v]:s.visit_offsets[v + 1]]).tolist()
+            stream += [0.0]
+        ref = [0.0] + stream[-12:]
+        np.testing.assert_allclose(x.values[i, :len(ref)].numpy(), ref, atol=1e-6)
+        assert not x.values[i, len(ref):].any()
+    plain = BEHRT(BEHRTConfig(vocab_size=40, **TINY)).eval()
+    model = BEHRT(BEHRTConfig(vocab_size=40, values=True, **TINY)).eval()
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["value.weight"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x))
+        torch.nn.init.normal_(model.value.weight, std=0.5)
+        changed = x._map(lambda t: t.clone())
+        changed.values[x.values != 0] += 1.0
+        assert not torch.allclose(model(changed), model(x))
+
+    ds = PretrainDataset(s, idx, 64, mask_prob=0.5, seed=1)
+    b = ds[(0, idx)]
+    picked = b.mlm_labels != IGNORE
+    assert picked.any() and not b.values[picked].any()
+    assert b.values[~picked].abs().sum() > 0

@@ -138,3 +138,54 @@ def test_lstm_learns_a_planted_signal(tmp_path):
     model.eval()
     loaded.eval()
     assert torch.equal(model(batch), loaded(batch))
+
+
+def _value_cohort(n, seed):
+    """Every patient's landmark visit holds lab code 5; its value, not its presence, sets the
+    risk: a value above the mean gives events much earlier."""
+    s, landmark, _, _ = _planted_cohort(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    codes = np.where(s.codes == 5, 6, s.codes)
+    lab = s.visit_offsets[s.patient_offsets[:-1] + landmark - 1]
+    codes[lab] = 5
+    s.codes = codes.astype(np.int32)
+    z = rng.normal(size=n).astype(np.float32)
+    s.values = np.full(len(codes), np.nan, np.float32)
+    s.values[lab] = z
+    t = rng.exponential(np.where(z > 0, 40.0, 600.0))
+    c = rng.uniform(50, 1000, n)
+    return s, landmark, np.minimum(t, c), (t <= c).astype(float)
+
+
+@pytest.mark.parametrize("pool", ["sum", "attention"])
+def test_values_reach_the_lstm(tmp_path, pool):
+    """model.values: a risk carried by a lab value is learnt with values and not without (the
+    code alone is in every patient's input); value vectors start at zero, so before training
+    the model equals the one without values."""
+    s, landmark, dur, ev = _value_cohort(800, seed=7)
+    s.save(tmp_path / "seq")
+    s = Sequences.load(tmp_path / "seq")
+    cuts = np.quantile(dur[ev == 1], np.linspace(0, 1, 7)[1:]).tolist()
+    tr, va = np.arange(600), np.arange(600, 800)
+    train = SequenceDataset(s, tr, landmark[tr], dur[tr], ev[tr], cuts)
+    val = SequenceDataset(s, va, landmark[va], dur[va], ev[va], cuts)
+    val_loader = make_loader(val, 100)
+    c = {}
+    for values in (False, True):
+        seed_everything(0)
+        cfg = LSTMConfig(vocab_size=s.vocab_size, n_bins=6, embed_dim=16, hidden_dim=32,
+                         dropout=0.0, pool=pool, values=values)
+        model = DiscreteTimeSurvivalLSTM(cfg)
+        if values:   # zero value vectors: the same outputs as the model without them
+            plain.load_state_dict(model.state_dict(), strict=False)   # noqa: F821
+            b = val[np.arange(20)]
+            torch.testing.assert_close(model.eval()(b), plain.eval()(b))
+        plain = model
+        fit(model, make_loader(train, 32, shuffle=True), survival_loss,
+            TrainParams(epochs=8, lr=1e-2, warmup_frac=0.0, patience=8),
+            val_loader=val_loader, checkpoint=False, progress=False)
+        risk = predict(model, val_loader, lambda m, b: m.predict_risk(b), len(va))
+        c[values] = concordance_index(dur[va], -risk, ev[va])
+    lab = s.values[s.visit_offsets[s.patient_offsets[va] + landmark[va] - 1]]
+    oracle = concordance_index(dur[va], -(lab > 0).astype(float), ev[va])
+    assert c[True] > oracle - 0.05 and c[True] > c[False] + 0.12, (c, oracle)

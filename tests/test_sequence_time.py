@@ -164,9 +164,15 @@ def test_full_finetuning_trains_the_head_faster_and_starts_it_at_the_baseline(mo
     assert sum(n for *_, n in head) == 2   # head.weight and head.bias
 
 
-def test_finetuning_refuses_a_pretrained_model_of_another_time(tmp_path, monkeypatch):
-    """A pre-trained BEHRT whose time design differs from params.yaml's model.behrt.time is a
-    parameter error naming both, before any training (issue 26, bad input)."""
+@pytest.mark.parametrize("field, message", [
+    ({"time": "years"}, r"time 'years', but params.yaml model.behrt.time is 'days'"),
+    ({"values": True}, r"values True, but params.yaml model.values is False"),
+])
+def test_finetuning_refuses_a_pretrained_model_of_another_design(tmp_path, monkeypatch, field,
+                                                                  message):
+    """A pre-trained BEHRT whose time or value design differs from params.yaml's
+    model.behrt.time / model.values is a parameter error naming both, before any training
+    (issue 26, bad input)."""
     import importlib.util
     from pathlib import Path
 
@@ -182,14 +188,13 @@ def test_finetuning_refuses_a_pretrained_model_of_another_time(tmp_path, monkeyp
     seqs = Sequences.load(tmp_path / "data/processed/sequences")
     pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
     old = BEHRTConfig(vocab_size=seqs.vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
-                      max_len=64, time="years",
+                      max_len=64, **field,
                       model_class="ehrseq.models.pretraining.BEHRTPretrain")
     save_model(tmp_path / "models/pretrain_behrt", BEHRTPretrain(old), old, seqs.vocab)
     monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("ft_stage", root / "stages/finetune_behrt.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    with pytest.raises(InputError, match=r"time 'years', but params.yaml model.behrt.time is "
-                                         r"'days'"):
+    with pytest.raises(InputError, match=message):
         stage.main("full")
     assert not (tmp_path / "models/finetune_behrt").exists()   # nothing written

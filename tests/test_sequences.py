@@ -110,3 +110,50 @@ def test_deterministic(interim, tmp_path):
     build_sequences(interim, tmp_path / "a", SequencesParams(numeric_bins=3))
     build_sequences(interim, tmp_path / "b", SequencesParams(numeric_bins=3))
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_numeric_values_normalised_per_code_on_train(tmp_path):
+    """values.npy: each numeric observation's value as a z-score of its code's training-split
+    values (clipped), the visit's mean where a code repeats in a visit; NaN for every other
+    token. Recomputed here from the events with pandas."""
+    from ehrseq.data.sequences import VALUE_CLIP
+    from ehrseq.data.tensors import Sequences
+
+    interim = tmp_path / "interim"
+    interim.mkdir()
+    ingest(export_dir("dbt-synthea-v3.0"), interim)
+    out = tmp_path / "s"
+    res = build_sequences(interim, out, SequencesParams(numeric_bins=0, min_count=1))
+    seqs = Sequences.load(out)
+    tokens = np.array(seqs.vocab["tokens"])
+    values = seqs.values
+    assert values.dtype == np.float32 and len(values) == len(seqs.codes)
+    assert res.metrics["tokens_with_value"] == int(np.isfinite(values).sum()) > 0
+    assert np.nanmax(np.abs(values)) <= VALUE_CLIP
+    ev = pd.read_parquet(interim / "events.parquet")
+    num = ev[(ev["kind"] == "observation") & ev["value"].notna()]
+    numeric_tokens = set(num["system"] + "/" + num["code"])
+    has_value = np.isfinite(values)
+    assert set(tokens[seqs.codes[has_value]]) <= numeric_tokens
+    # one code, recomputed: z against the training split's mean and population SD
+    code = num["code"].value_counts().index[0]
+    split = dict(zip(seqs.patients["patient"], seqs.patients["split"], strict=True))
+    c = num[num["code"] == code]
+    train = c[c["patient"].map(split) == "train"]["value"]
+    mu, sd = train.mean(), train.std(ddof=0)
+    assert sd > 0
+    once = c[c["encounter"].notna()].groupby(["patient", "encounter"])["value"].agg(["mean", "size"])
+    visits = pd.read_parquet(out / "visits.parquet").reset_index(names="visit")
+    j = once.reset_index().merge(visits, left_on=["patient", "encounter"],
+                                 right_on=["patient", "visit_key"])
+    assert len(j) > 10
+    tid = seqs.vocab["tokens"].index(f"LOINC/{code}")
+    checked = 0
+    for v, mean_v in zip(j["visit"], j["mean"], strict=True):   # test-side loop
+        lo, hi = seqs.visit_offsets[v], seqs.visit_offsets[v + 1]
+        at = lo + np.flatnonzero(seqs.codes[lo:hi] == tid)
+        if len(at):
+            want = np.clip((mean_v - mu) / sd, -VALUE_CLIP, VALUE_CLIP)
+            assert values[at[0]] == pytest.approx(want, abs=1e-4)
+            checked += 1
+    assert checked > 10

@@ -137,3 +137,15 @@ def test_sampler_shards_by_rank(drop_last):
         assert len(rows) == len(set(rows.tolist()))
     else:
         assert set(rows.tolist()) == set(range(103))
+
+
+def test_values_asked_of_data_without_any_is_a_parameter_error():
+    from ehrseq.data.tensors import uses_values
+    from ehrseq.io import InputError
+
+    seqs = toy_sequences(10)                       # no token carries a value
+    assert uses_values(False, seqs) is False
+    with pytest.raises(InputError, match=r"model.values: true.*sequences.event_kinds"):
+        uses_values(True, seqs)
+    seqs.values[3] = 0.5
+    assert uses_values(True, seqs) is True

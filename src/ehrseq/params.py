@@ -253,6 +253,12 @@ class ModelParams(_Section):
     lstm: LSTMParams = Field(default_factory=LSTMParams)
     behrt: BEHRTParams = Field(default_factory=BEHRTParams)
     med2vec: Med2VecParams = Field(default_factory=Med2VecParams)
+    values: bool = False
+    """Lab values as values: BEHRT and the LSTM (and the trajectory model on them) add each
+    numeric token's value (``values.npy``: normalised per code on the training split, clipped
+    to ±5 SD) times a learnt vector of its code to the code's embedding (CEHR-BERT's value
+    concatenation in additive form; the vectors start at zero). Beside ``sequences.numeric_bins``
+    tokens, or alone with ``numeric_bins: 0``. Needs numeric observations in the data."""
 
 
 class PretrainParams(_Section):

@@ -19,6 +19,7 @@ from ..io import InputError
 from ..params import SequencesParams
 from .visits import events_sql, visit_events_sql
 
+VALUE_CLIP = 5.0   # normalised lab values are clipped to ±this many training SDs
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
@@ -67,7 +68,18 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
                e.kind, e.system, e.code, e.value, e.vkey
         FROM ({visit_events_sql(rel, p.event_kinds)}) e JOIN pat USING (patient)""")
 
-    # Numeric observations → quantile bins fitted on the training split only.
+    # Numeric observations → their value normalised per code on the training split (z-score,
+    # clipped to ±VALUE_CLIP; 0 for a code whose training values are constant or single) and,
+    # with numeric_bins > 0, quantile-bin tokens fitted on the training split.
+    con.execute("""
+        CREATE TEMP TABLE vstats AS
+        SELECT system, code, avg(value) AS mu, stddev_pop(value) AS sd
+        FROM ev WHERE split = 'train' AND kind = 'observation' AND value IS NOT NULL
+        GROUP BY system, code""")
+    z = (f"CASE WHEN e.kind <> 'observation' OR e.value IS NULL OR s.mu IS NULL THEN NULL "
+         f"WHEN s.sd > 0 THEN greatest(-{VALUE_CLIP}, least({VALUE_CLIP}, "
+         f"(e.value - s.mu) / s.sd)) ELSE 0.0 END")
+    join = "LEFT JOIN vstats s ON s.system = e.system AND s.code = e.code"
     token = "e.system || '/' || e.code"
     if p.numeric_bins > 0 and "observation" in p.event_kinds:
         qs = ", ".join(str(i / p.numeric_bins) for i in range(1, p.numeric_bins))
@@ -79,23 +91,23 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         token = (f"CASE WHEN e.kind = 'observation' AND e.value IS NOT NULL AND q.edges IS "
                  f"NOT NULL THEN {token} || ':q' || "
                  f"len(list_filter(q.edges, lambda x: x < e.value)) ELSE {token} END")
-        join = "LEFT JOIN edges q ON q.system = e.system AND q.code = e.code"
-    else:
-        join = ""
+        join += " LEFT JOIN edges q ON q.system = e.system AND q.code = e.code"
 
     # One row per (patient, visit, distinct token); a visit is dated when it was known.
     con.execute(f"""
         CREATE TEMP TABLE vt AS
-        WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, e.visit_time, {token} AS token
+        WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, e.visit_time, {token} AS token,
+                          {z} AS z
                    FROM ev e {join}),
              v AS (SELECT pidx, vkey, max(visit_time) AS vtime FROM t GROUP BY pidx, vkey),
              vr AS (SELECT pidx, vkey, vtime,
                            row_number() OVER (PARTITION BY pidx ORDER BY vtime DESC, vkey DESC)
                            AS recency FROM v)
-        SELECT t.pidx, t.split, vr.vtime, vr.vkey, t.token, min(t.time) AS first_time
+        SELECT t.pidx, t.split, vr.vtime, vr.vkey, t.token, min(t.time) AS first_time,
+               avg(t.z) AS value
         FROM t JOIN vr USING (pidx, vkey)
         WHERE vr.recency <= {p.max_visits}
-        GROUP BY ALL""")
+        GROUP BY t.pidx, t.split, vr.vtime, vr.vkey, t.token""")
     n_rows = con.execute("SELECT count(*) FROM vt").fetchone()[0]
     if n_rows == 0:
         raise InputError(f"{interim / 'events.parquet'}: no events of kinds {p.event_kinds}")
@@ -115,11 +127,11 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     rows = con.execute(f"""
         WITH r AS (
             SELECT vt.pidx, vt.vtime, vt.vkey, vt.split, COALESCE(vocab.id, {UNK}) AS id,
-                   vocab.id IS NULL AS oov,
+                   vocab.id IS NULL AS oov, vt.value,
                    row_number() OVER (PARTITION BY vt.pidx, vt.vkey
                                       ORDER BY vt.first_time, vt.token) AS k
             FROM vt LEFT JOIN vocab USING (token))
-        SELECT pidx, epoch_us(vtime) AS vtime_us, vkey, id, oov, split FROM r
+        SELECT pidx, epoch_us(vtime) AS vtime_us, vkey, id, oov, split, value FROM r
         WHERE k <= {p.max_codes_per_visit}
         ORDER BY pidx, vtime, vkey, k""").df()
     con.close()
@@ -142,6 +154,7 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
 
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "codes.npy", codes)
+    np.save(out / "values.npy", rows["value"].to_numpy(np.float32, na_value=np.nan))
     np.save(out / "visit_offsets.npy", visit_offsets)
     np.save(out / "patient_offsets.npy", patient_offsets)
     np.save(out / "visit_time.npy", visit_time)
@@ -170,6 +183,7 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         "patients_without_visits": int((visits_per_patient == 0).sum()),
         "vocab_size": len(tokens),
         "tokens": len(codes),
+        "tokens_with_value": int(rows["value"].notna().sum()),
         "visits": len(starts),
         **{f"oov_rate_{s}": float(oov[split == s].mean()) if (split == s).any() else None
            for s in ("val", "test")},

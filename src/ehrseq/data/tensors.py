@@ -33,6 +33,7 @@ ARRAYS = {
     "patient_offsets": np.int64,
     "visit_time": np.float64,
     "visit_age": np.float32,
+    "values": np.float32,
 }
 
 
@@ -47,6 +48,16 @@ class Sequences:
     visit_age: np.ndarray
     patients: pd.DataFrame
     vocab: dict
+    values: np.ndarray | None = None   # float32 per token; NaN = no value (None: all NaN)
+
+    def __post_init__(self):
+        if self.values is None:
+            self.values = np.full(len(self.codes), np.nan, np.float32)
+
+    @property
+    def has_values(self) -> bool:
+        """Whether any token carries a numeric value."""
+        return bool(np.isfinite(self.values).any())
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> Sequences:
@@ -89,6 +100,9 @@ class Sequences:
         for name in ("visit_time", "visit_age"):
             if len(getattr(self, name)) != n_vis:
                 bad(f"{name}.npy", f"has {len(getattr(self, name))} rows, expected {n_vis}")
+        if len(self.values) != len(self.codes):
+            bad("values.npy", f"has {len(self.values)} rows, expected one per token "
+                f"({len(self.codes)}, codes.npy)")
         if len(self.patients) != n_pat:
             bad("patients.parquet", f"has {len(self.patients)} rows, patient_offsets {n_pat}")
         if len(self.codes) and (int(self.codes.min()) < 0
@@ -116,6 +130,17 @@ class Sequences:
     def n_visits(self) -> np.ndarray:
         """Visits per patient."""
         return np.diff(self.patient_offsets)
+
+
+def uses_values(wanted: bool, seqs: Sequences) -> bool:
+    """``model.values`` checked against the data: an :class:`InputError` naming the keys when
+    values are asked for and no token carries one (no numeric observation)."""
+    if wanted and not seqs.has_values:
+        raise InputError("model.values: true, but no token of the sequences carries a numeric "
+                         "value (values.npy is all NaN): keep 'observation' in "
+                         "sequences.event_kinds, use data with numeric observations, or set "
+                         "model.values: false")
+    return bool(wanted)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,6 +173,7 @@ class Batch:
     lengths: torch.Tensor       # int64 [B] visits kept per patient (>= 1)
     age: torch.Tensor           # float32 [B, V] years
     gap_days: torch.Tensor      # float32 [B, V] days since the previous visit (0 for a first)
+    values: torch.Tensor        # float32 [T] each token's normalised value (0: none)
     index: torch.Tensor         # int64 [B] patient row in the sequences arrays
     rows: torch.Tensor          # int64 [B] row in the dataset (to put predictions back)
     duration: torch.Tensor | None = None    # float32 [B] days from the landmark
@@ -174,15 +200,17 @@ class Batch:
         """Called by DataLoader(pin_memory=True)."""
         return self._map(lambda t: t.pin_memory())
 
-    def padded_codes(self) -> torch.Tensor:
-        """Codes as ``[B, V, C]`` with 0 ([PAD]) padding, C = the longest visit."""
+    def padded_codes(self, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes (or ``flat``, any per-token tensor such as ``values``) as ``[B, V, C]`` with
+        0 padding, C = the longest visit."""
+        flat = self.tokens if flat is None else flat
         b, v = self.visit_counts.shape
         counts = self.visit_counts.reshape(-1)
         c = int(counts.max()) if counts.numel() else 0
-        out = torch.zeros(b * v, max(c, 1), dtype=self.tokens.dtype, device=self.tokens.device)
+        out = torch.zeros(b * v, max(c, 1), dtype=flat.dtype, device=flat.device)
         bag = torch.repeat_interleave(torch.arange(b * v, device=counts.device), counts)
         within = torch.arange(self.n_tokens, device=counts.device) - self.bag_offsets[bag]
-        out[bag, within] = self.tokens
+        out[bag, within] = flat
         return out.view(b, v, -1)
 
 
@@ -230,6 +258,7 @@ def build_batch(seqs: Sequences, index, landmark_visits, max_visits=None,
         lengths=t(keep),
         age=t(age),
         gap_days=t(gap),
+        values=t(np.nan_to_num(np.asarray(seqs.values[tok], dtype=np.float32), nan=0.0)),
         index=t(p),
         rows=t(np.arange(bsz, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)),
     )

@@ -13,6 +13,8 @@ the model reads time:
   embedding is added to every token: Time2Vec (a linear and K-1 periodic features, learnt
   frequencies) of log(1 + days before the landmark), log(1 + days since the previous visit)
   and age in decades, projected to the hidden size (:class:`TimeEmbedding`).
+With ``values`` (``model.values``) a numeric token also adds its normalised value times a
+learnt vector of its code (zero at the start): lab values as values, not only as bin tokens.
 Attention is our own module calling PyTorch's fused ``scaled_dot_product_attention`` through
 plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``; FFN ``fc1``,
 ``fc2``), so LoRA adapters that peft puts on those layers really sit in the forward path.
@@ -53,21 +55,25 @@ class BEHRTConfig:
     dropout: float = 0.1
     max_age: int = 120        # age embedding rows: whole years 0..max_age-1 (clipped)
     time: str = "days"        # "years" | "days" (module docstring; model.behrt.time)
+    values: bool = False      # add value x a learnt vector per code (model.values)
     n_bins: int = 0           # > 0: survival head with this many time bins
     size: str = "small"
     model_class: str = "ehrseq.models.behrt.BEHRTSurvival"
 
 
 def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
-                 model_class: str = "ehrseq.models.behrt.BEHRTSurvival") -> BEHRTConfig:
-    """The preset of ``params.size`` with every ``params.behrt`` field that is set on top."""
+                 model_class: str = "ehrseq.models.behrt.BEHRTSurvival",
+                 values: bool = False) -> BEHRTConfig:
+    """The preset of ``params.size`` with every ``params.behrt`` field that is set on top;
+    ``values``: ``params.values`` checked against the data
+    (:func:`ehrseq.data.tensors.uses_values`)."""
     dims = behrt_dims(params)   # validated by the params schema
     if dims["hidden"] % dims["heads"]:
         raise ValueError(f"model.behrt.heads: {dims['heads']} does not divide hidden "
                          f"{dims['hidden']}; accepted: a divisor of the hidden size")
     return BEHRTConfig(vocab_size=vocab_size, n_bins=n_bins, dropout=params.dropout,
                        size=params.size, model_class=model_class, time=params.behrt.time,
-                       **dims)
+                       values=values, **dims)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -86,6 +92,7 @@ class BEHRTBatch:
     time: torch.Tensor | None = None         # float32 [B, L, 3] log1p(days before the
     # landmark) / 10, log1p(days since the previous visit) / 10, age / 100 ([CLS]: 0, 0,
     # the landmark's age)
+    values: torch.Tensor | None = None       # float32 [B, L] normalised value (0: none)
     mlm_labels: torch.Tensor | None = None   # int64 [B, L], -100 where not masked
     next_visit: torch.Tensor | None = None   # float32 [B, vocab] multi-hot of the next visit
     has_next: torch.Tensor | None = None     # bool [B]
@@ -125,18 +132,21 @@ def behrt_inputs(batch: Batch, max_len: int) -> BEHRTBatch:
     within = torch.arange(n, device=dev) - (flat.cumsum(0) - flat)[bag]
     is_sep = within == batch.visit_counts.reshape(-1)[bag]
     codes = F.pad(batch.tokens, (0, 1))                           # index len(tokens) is valid
-    tok = torch.where(is_sep, SEP, codes[batch.bag_offsets[bag] + within])
+    at = batch.bag_offsets[bag] + within
+    tok = torch.where(is_sep, SEP, codes[at])
+    val = torch.where(is_sep, 0.0, F.pad(batch.values.float(), (0, 1))[at])
     row, vis = bag // v, bag % v
     length = per_visit.sum(1)
     keep = length.clamp(max=max_len - 1)
     col = 1 + torch.arange(n, device=dev) - (length.cumsum(0) - length)[row] - (length - keep)[row]
     sel = col >= 1
-    row, vis, col, tok = row[sel], vis[sel], col[sel], tok[sel]
+    row, vis, col, tok, val = row[sel], vis[sel], col[sel], tok[sel], val[sel]
     width = 1 + int(keep.max()) if b else 1
     tokens = torch.zeros(b, width, dtype=torch.long, device=dev)
     visit = torch.zeros(b, width, dtype=torch.long, device=dev)
     age = torch.zeros(b, width, dtype=torch.float32, device=dev)
-    tokens[row, col], visit[row, col] = tok, vis
+    values = torch.zeros(b, width, dtype=torch.float32, device=dev)
+    tokens[row, col], visit[row, col], values[row, col] = tok, vis, val
     age[row, col] = batch.age[row, vis].float()
     # day-level time: days from each visit to the landmark visit (the batch's last) and since
     # the visit before it, from the visits' gaps
@@ -157,7 +167,7 @@ def behrt_inputs(batch: Batch, max_len: int) -> BEHRTBatch:
     position[:, 0] = 0
     segment = torch.where(position > 0, (position - 1) % 2, 0)
     return BEHRTBatch(tokens=tokens, age=age, segment=segment, position=position, mask=mask,
-                      rows=batch.rows, visit_back=back, time=time)
+                      rows=batch.rows, visit_back=back, time=time, values=values)
 
 
 def token_lengths(seqs, index, landmark_visits, max_len: int, input_visits=None) -> np.ndarray:
@@ -281,10 +291,14 @@ class BEHRT(nn.Module):
         self.position = nn.Embedding(c.max_len, c.hidden)
         if c.time == "days":
             self.time = TimeEmbedding(3, c.hidden)
+        if c.values:
+            self.value = nn.Embedding(c.vocab_size, c.hidden)
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.hidden)
         self.apply(init_weights)
+        if c.values:   # after init_weights: value vectors start at zero (values add nothing)
+            nn.init.zeros_(self.value.weight)
 
     def forward(self, x: BEHRTBatch) -> torch.Tensor:
         age = x.age.long().clamp(0, self.config.max_age - 1)
@@ -296,6 +310,8 @@ class BEHRT(nn.Module):
             extra = self.time(x.time) * x.mask.unsqueeze(-1)
         else:
             position, segment, extra = x.position, x.segment, 0
+        if self.config.values:
+            extra = extra + x.values.unsqueeze(-1) * self.value(x.tokens)
         h = self.drop(self.tokens(x.tokens) + self.age(age) + self.segment(segment)
                       + self.position(position) + extra)
         for layer in self.layers:
@@ -362,7 +378,7 @@ class BEHRTProbe(BEHRTSurvival):
         again (the probe trained 32 epochs per learning rate on the default cohort)."""
         n = batch.mask.sum(1).tolist()
         parts = [t.detach().cpu().numpy() for t in (batch.tokens, batch.age, batch.position,
-                                                    batch.visit_back, batch.time)
+                                                    batch.visit_back, batch.time, batch.values)
                  if t is not None]
         keys = [b"".join(a[i, :k].tobytes() for a in parts) for i, k in enumerate(n)]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]

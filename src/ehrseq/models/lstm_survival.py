@@ -5,7 +5,9 @@ Each visit becomes one vector of its code embeddings (``pool``, ``model.lstm.poo
 code gives, softmax within the visit, so one blood-pressure code among 17 vitals can carry the
 visit), concatenated with its time features: log1p of the gap in days since the previous visit,
 age / 100 and, with ``time: days`` (``model.lstm.time``), log1p of the days before the landmark
-(BEHRT's day-level inputs). An LSTM reads the visits in order; its state at the last visit (the
+(BEHRT's day-level inputs). With ``values`` (``model.values``) a numeric token's vector is its
+code's embedding plus its normalised value times a learnt vector of the code (zero at the
+start), pooled like the rest. An LSTM reads the visits in order; its state at the last visit (the
 landmark) gives one hazard logit per time bin, trained with
 :func:`ehrseq.models.losses.nll_logistic_hazard`.
 """
@@ -42,18 +44,22 @@ class LSTMConfig:
     size: str = "small"
     pool: str = "sum"         # "mean" | "sum" | "attention" (model.lstm.pool)
     time: str = "days"        # "gap" | "days" (model.lstm.time)
+    values: bool = False      # add value x a learnt vector per code (model.values)
     model_class: str = "ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM"
 
 
-def lstm_config(params: ModelParams, vocab_size: int, n_bins: int) -> LSTMConfig:
-    """The size preset of ``params.size`` with any ``params.lstm`` field that is set on top."""
+def lstm_config(params: ModelParams, vocab_size: int, n_bins: int,
+                values: bool = False) -> LSTMConfig:
+    """The size preset of ``params.size`` with any ``params.lstm`` field that is set on top;
+    ``values``: ``params.values`` checked against the data
+    (:func:`ehrseq.data.tensors.uses_values`)."""
     embed, hidden, layers = SIZE_PRESETS[params.size]
     o = params.lstm
     return LSTMConfig(
         vocab_size=vocab_size, n_bins=n_bins,
         embed_dim=o.embed_dim or embed, hidden_dim=o.hidden_dim or hidden,
         layers=o.layers or layers, dropout=params.dropout, size=params.size, pool=o.pool,
-        time=o.time,
+        time=o.time, values=values,
     )
 
 
@@ -75,6 +81,9 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
             self.score = nn.Linear(c.embed_dim, 1, bias=False)   # softmax ignores a bias
         else:
             self.embed = nn.EmbeddingBag(c.vocab_size, c.embed_dim, mode=c.pool, padding_idx=0)
+        if c.values:
+            self.value = nn.Embedding(c.vocab_size, c.embed_dim)
+            nn.init.zeros_(self.value.weight)
         self.drop = nn.Dropout(c.dropout)
         self.lstm = nn.LSTM(c.embed_dim + self.TIMES[c.time], c.hidden_dim, c.layers,
                             batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
@@ -90,10 +99,20 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
     def pool_codes(self, batch: Batch) -> torch.Tensor:
         """One vector per visit ``[B, V, embed_dim]`` (``config.pool``)."""
         b, v = batch.visit_mask.shape
-        if self.config.pool != "attention":
-            return self.embed(batch.tokens, batch.bag_offsets).view(b, v, -1)
+        c = self.config
+        if c.pool != "attention":
+            x = self.embed(batch.tokens, batch.bag_offsets)
+            if c.values:   # sum of value x vector over the visit's codes (mean: / codes)
+                vx = F.embedding_bag(batch.tokens, self.value.weight, batch.bag_offsets,
+                                     mode="sum", per_sample_weights=batch.values.to(x.dtype))
+                if c.pool == "mean":
+                    vx = vx / batch.visit_counts.reshape(-1, 1).clamp(min=1).to(vx.dtype)
+                x = x + vx
+            return x.view(b, v, -1)
         codes = batch.padded_codes()                           # [B, V, C], 0 = padding
         e = self.embed(codes)
+        if c.values:
+            e = e + batch.padded_codes(batch.values).unsqueeze(-1) * self.value(codes)
         score = self.score(e).squeeze(-1).masked_fill(codes == 0, float("-inf"))
         w = torch.softmax(score, -1).nan_to_num(0.0)           # an empty visit: all zero
         return (w.unsqueeze(-1) * e).sum(-2)

@@ -4,7 +4,8 @@ Each batch cuts every patient's history after visit ``k`` (one cut fraction ``u`
 ``k = ceil(u * n_visits)``, so a length bucket stays one); the input is visits ``1..k``:
 
 - MLM: code tokens are picked with probability ``mask_prob``; of those 80% become ``[MASK]``,
-  10% a random code, 10% stay; the model predicts the original code (cross-entropy).
+  10% a random code, 10% stay; the model predicts the original code (cross-entropy). A picked
+  code's value (``model.values``) is hidden too.
 - Next visit: from the ``[CLS]`` state (what the survival head reads later) the model predicts
   the set of codes of visit ``k + 1``: a softmax over codes against the visit's codes spread
   evenly (multi-label cross-entropy, as in Doctor AI / Med2Vec). Per-code binary cross-entropy
@@ -118,6 +119,7 @@ class PretrainDataset:
         x = behrt_inputs(build_batch(self.seqs, p, cut, self.max_len - 1, rows=rows),
                          self.max_len)
         x.tokens, x.mlm_labels = mask_tokens(x.tokens, self.seqs.vocab_size, self.mask_prob, rng)
+        x.values = x.values * (x.mlm_labels == IGNORE)   # a picked code's value is hidden too
         nxt = self.seqs.patient_offsets[p] + cut
         x.next_visit = multi_hot(self.seqs, nxt, cut < n_vis)
         x.has_next = x.next_visit.sum(1) > 0

@@ -56,6 +56,7 @@ class TrajectoryConfig:
     size: str = "small"
     pool: str = "sum"           # the LSTM encoder's visit pooling and time (model.lstm.*)
     time: str = "days"
+    values: bool = False        # model.values (both encoders)
     model_class: str = "ehrseq.models.trajectory.DiseaseTrajectoryModel"
     behrt: dict | None = None   # BEHRTConfig fields (encoder ``behrt``)
 
@@ -70,13 +71,13 @@ class TrajectoryConfig:
 
 def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
                       encoder: str = "lstm", behrt: BEHRTConfig | dict | None = None,
-                      ) -> TrajectoryConfig:
+                      values: bool = False) -> TrajectoryConfig:
     """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides; for the
     ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the ``model.behrt``
-    preset."""
-    c = lstm_config(params, vocab_size, n_bins=1)
+    preset; ``values``: ``params.values`` checked against the data."""
+    c = lstm_config(params, vocab_size, n_bins=1, values=values)
     if encoder == "behrt":
-        behrt = behrt or behrt_config(params, vocab_size)
+        behrt = behrt or behrt_config(params, vocab_size, values=values)
         behrt = {**(asdict(behrt) if isinstance(behrt, BEHRTConfig) else behrt),
                  "n_bins": 0, "model_class": "ehrseq.models.behrt.BEHRT"}
     else:
@@ -85,7 +86,7 @@ def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
                             horizons=tuple(sorted(int(h) for h in horizons)), encoder=encoder,
                             embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, layers=c.layers,
                             dropout=c.dropout, size=c.size, pool=c.pool, time=c.time,
-                            behrt=behrt)
+                            values=values, behrt=behrt)
 
 
 class LSTMEncoder(nn.Module):
@@ -96,7 +97,8 @@ class LSTMEncoder(nn.Module):
         super().__init__()
         self.net = DiscreteTimeSurvivalLSTM(LSTMConfig(
             vocab_size=c.vocab_size, n_bins=1, embed_dim=c.embed_dim, hidden_dim=c.hidden_dim,
-            layers=c.layers, dropout=c.dropout, size=c.size, pool=c.pool, time=c.time))
+            layers=c.layers, dropout=c.dropout, size=c.size, pool=c.pool, time=c.time,
+            values=c.values))
         self.net.head = nn.Identity()
         self.out_dim = c.hidden_dim
 
