@@ -1,9 +1,11 @@
-"""Stage `pretrain_behrt`: BEHRT pre-trained with masked codes and next-visit codes on the
-training patients' whole records, by the one recipe (checkpoints mirrored to the DVC remote:
-a lost pod resumes on a new one), validated on the validation patients beside baselines that
-need no training (docs/behrt.md). Test patients are never read."""
+"""Stage `pretrain_behrt`: BEHRT pre-trained on the training patients' whole records by the one
+recipe (checkpoints mirrored to the DVC remote: a lost pod resumes on a new one), with
+``pretrain.objective``: masked codes and next-visit codes (``mlm``), MOTOR's time to the next
+occurrence of frequent codes (``tte``), or both; validated on the validation patients beside
+baselines that need no training (docs/behrt.md). Test patients are never read."""
 
 import logging
+from dataclasses import replace
 
 from ehrseq.data.task import SEQUENCES
 from ehrseq.data.tensors import Sequences, uses_values
@@ -14,8 +16,11 @@ from ehrseq.models.pretraining import (
     PretrainDataset,
     code_log_freq,
     evaluate_pretraining,
+    init_tte_rates,
     pretrain_loader,
     pretrain_loss,
+    tte_edges,
+    tte_task_codes,
 )
 from ehrseq.params import load_params
 from ehrseq.train.recipe import train_stage
@@ -28,37 +33,64 @@ def main() -> None:
     seqs = Sequences.load(SEQUENCES)
     split = seqs.patients["split"].to_numpy()
     train_idx, val_idx = (split == "train").nonzero()[0], (split == "val").nonzero()[0]
+    mlm, tte = pp.objective != "tte", pp.objective != "mlm"
+    tasks = tte_task_codes(seqs, train_idx, pp.tte_codes) if tte else None
+    edges = tte_edges(pp.tte_pieces)
     cfg = behrt_config(params.model, seqs.vocab_size,
                        model_class="ehrseq.models.pretraining.BEHRTPretrain",
                        values=uses_values(params.model.values, seqs))
+    if tte:
+        cfg = replace(cfg, tte_tasks=len(tasks), tte_pieces=len(edges) - 1)
     log_freq = code_log_freq(seqs, train_idx)
-    train = PretrainDataset(seqs, train_idx, cfg.max_len, pp.mask_prob, seed=tp.seed)
-    val = PretrainDataset(seqs, val_idx, cfg.max_len, pp.mask_prob, seed=tp.seed + 1,
-                          last_visit=True)
+    mask_prob = pp.mask_prob if mlm else 0.0
+    train = PretrainDataset(seqs, train_idx, cfg.max_len, mask_prob, seed=tp.seed,
+                            tte_tasks=tasks)
+    val = PretrainDataset(seqs, val_idx, cfg.max_len, mask_prob, seed=tp.seed + 1,
+                          last_visit=True, tte_tasks=tasks)
     val_loader = pretrain_loader(val, tp.batch_size, num_workers=params.runtime.num_workers)
-    weights = {"mlm_weight": pp.mlm_weight, "next_visit_weight": pp.next_visit_weight}
+    weights = {"mlm_weight": pp.mlm_weight if mlm else 0.0,
+               "next_visit_weight": pp.next_visit_weight if mlm else 0.0,
+               "tte_weight": pp.tte_weight if tte else 0.0, "edges": edges}
+
+    def build() -> BEHRTPretrain:
+        model = BEHRTPretrain(cfg)
+        if tte:   # MOTOR: the biases start at the training split's log event rates
+            init_tte_rates(model.tte, train, edges)
+        return model
 
     def val_fn(m, device):
         res = evaluate_pretraining(m, val_loader, log_freq, device, **weights)
-        return {"val_loss": res["loss"], "val_mlm_accuracy": res["mlm_accuracy"],
-                "val_next_visit_recall_at_10": res["next_visit_recall_at_10"]}
+        out = {"val_loss": res["loss"]}
+        if mlm:
+            out |= {"val_mlm_accuracy": res["mlm_accuracy"],
+                    "val_next_visit_recall_at_10": res["next_visit_recall_at_10"]}
+        if tte:
+            out["val_tte_nll"] = res["tte_nll"]
+        return out
 
     def finish(model, out) -> dict:
         res = evaluate_pretraining(model, val_loader, log_freq, next(model.parameters()).device,
                                    **weights)
-        m = {f"val.{k}": v for k, v in res.items()}
-        m["val.mlm_accuracy_margin"] = res["mlm_accuracy"] - res["mlm_accuracy_freq"]
-        m["val.mlm_perplexity_ratio"] = res["mlm_perplexity"] / res["mlm_perplexity_freq"]
-        for k in ("next_visit_recall_at_10", "next_visit_auprc"):
-            m[f"val.{k}_margin"] = res[k] - max(res[f"{k}_freq"], res[f"{k}_prev"])
+        m = {"val.loss": res["loss"]}
+        if mlm:   # an objective not trained is not reported (its head is untrained)
+            m |= {f"val.{k}": v for k, v in res.items() if not k.startswith("tte_")}
+            m["val.mlm_accuracy_margin"] = res["mlm_accuracy"] - res["mlm_accuracy_freq"]
+            m["val.mlm_perplexity_ratio"] = res["mlm_perplexity"] / res["mlm_perplexity_freq"]
+            for k in ("next_visit_recall_at_10", "next_visit_auprc"):
+                m[f"val.{k}_margin"] = res[k] - max(res[f"{k}_freq"], res[f"{k}_prev"])
+        if tte:
+            m |= {"val.tte_nll": res["tte_nll"], "val.tte_nll_rate": res["tte_nll_rate"],
+                  "val.tte_nll_margin": res["tte_nll_rate"] - res["tte_nll"],
+                  "tte_tasks": len(tasks)}
         return m
 
     train_stage(
-        "pretrain_behrt", "behrt", params=params, train=tp, build=lambda: BEHRTPretrain(cfg),
+        "pretrain_behrt", "behrt", params=params, train=tp, build=build,
         loss_fn=lambda m, b: pretrain_loss(m, b, **weights), train_data=train,
         loader=pretrain_loader, val_fn=val_fn, monitor="val_loss", lrs=[tp.lr],
         inputs=(SEQUENCES,), key=(cfg, pp), config=cfg, vocab=seqs.vocab, finish=finish,
-        extra_stats={"train_patients": len(train_idx), "val_patients": len(val_idx)})
+        extra_stats={"train_patients": len(train_idx), "val_patients": len(val_idx),
+                     "objective": pp.objective})
 
 
 if __name__ == "__main__":

@@ -170,17 +170,17 @@ def test_values_reach_the_lstm(tmp_path, pool):
     train = SequenceDataset(s, tr, landmark[tr], dur[tr], ev[tr], cuts)
     val = SequenceDataset(s, va, landmark[va], dur[va], ev[va], cuts)
     val_loader = make_loader(val, 100)
-    c = {}
+    c, models = {}, {}
     for values in (False, True):
         seed_everything(0)
         cfg = LSTMConfig(vocab_size=s.vocab_size, n_bins=6, embed_dim=16, hidden_dim=32,
                          dropout=0.0, pool=pool, values=values)
-        model = DiscreteTimeSurvivalLSTM(cfg)
+        model = models[values] = DiscreteTimeSurvivalLSTM(cfg)
         if values:   # zero value vectors: the same outputs as the model without them
-            plain.load_state_dict(model.state_dict(), strict=False)   # noqa: F821
+            plain = DiscreteTimeSurvivalLSTM(models[False].config)
+            plain.load_state_dict(model.state_dict(), strict=False)
             b = val[np.arange(20)]
             torch.testing.assert_close(model.eval()(b), plain.eval()(b))
-        plain = model
         fit(model, make_loader(train, 32, shuffle=True), survival_loss,
             TrainParams(epochs=8, lr=1e-2, warmup_frac=0.0, patience=8),
             val_loader=val_loader, checkpoint=False, progress=False)

@@ -271,15 +271,38 @@ class PretrainParams(_Section):
     mask_prob: float = Field(0.15, gt=0, lt=1)
     epochs: int | None = Field(None, ge=1)
     """Overrides ``train.epochs`` for pre-training."""
+    objective: Literal["mlm", "tte", "mlm+tte"] = "mlm"
+    """``mlm``: masked codes and next-visit codes (the two weights above). ``tte``: MOTOR's
+    time-to-event objective alone (no masking): from the ``[CLS]`` state, a piecewise-
+    exponential hazard of the next occurrence of each of the ``tte_codes`` most frequent
+    training codes, censored at the end of the record, biases at the training split's log
+    event rates (src/ehrseq/models/pretraining.py). ``mlm+tte``: both, the time-to-event loss
+    times ``tte_weight``."""
+    tte_weight: float = Field(1.0, gt=0)
+    tte_codes: int = Field(256, ge=1, le=100_000)
+    """Time-to-event tasks: the most frequent codes of the training split (at most the
+    vocabulary)."""
+    tte_pieces: list[float] = Field(default_factory=lambda: [30.0, 90.0, 180.0, 365.0, 730.0,
+                                                             1825.0])
+    """Days where the piecewise-constant hazard changes (increasing; the last piece is open)."""
+
+    @field_validator("tte_pieces")
+    @classmethod
+    def _pieces(cls, v: list[float]) -> list[float]:
+        if not v or any(x <= 0 for x in v) or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"tte_pieces {v}: accepted: at least one day count, each > 0, "
+                             "strictly increasing")
+        return v
 
     @model_validator(mode="after")
     def _some_objective(self):
         if self.contrastive_weight != 0:
             raise ValueError("contrastive_weight: the contrastive objective is not "
                              "implemented; accepted: 0")
-        if self.mlm_weight + self.next_visit_weight + self.contrastive_weight <= 0:
-            raise ValueError("at least one of mlm_weight, next_visit_weight, "
-                             "contrastive_weight must be > 0")
+        if self.objective != "tte" and \
+                self.mlm_weight + self.next_visit_weight + self.contrastive_weight <= 0:
+            raise ValueError(f"objective {self.objective!r}: at least one of mlm_weight, "
+                             "next_visit_weight must be > 0 (or objective: tte)")
         return self
 
 

@@ -57,6 +57,8 @@ class BEHRTConfig:
     time: str = "days"        # "years" | "days" (module docstring; model.behrt.time)
     values: bool = False      # add value x a learnt vector per code (model.values)
     n_bins: int = 0           # > 0: survival head with this many time bins
+    tte_tasks: int = 0        # pre-training: MOTOR time-to-event tasks (codes); 0 = none
+    tte_pieces: int = 0       # ... and the pieces of their piecewise-exponential hazards
     size: str = "small"
     model_class: str = "ehrseq.models.behrt.BEHRTSurvival"
 
@@ -97,6 +99,9 @@ class BEHRTBatch:
     next_visit: torch.Tensor | None = None   # float32 [B, vocab] multi-hot of the next visit
     has_next: torch.Tensor | None = None     # bool [B]
     last_visit: torch.Tensor | None = None   # float32 [B, vocab] multi-hot of the last input visit
+    tte_time: torch.Tensor | None = None     # float32 [B, tasks] years to each task code's next
+    # occurrence after the input, or to the end of the record (censored)
+    tte_event: torch.Tensor | None = None    # bool [B, tasks] the code occurred
     target_bin: torch.Tensor | None = None
     target_event: torch.Tensor | None = None
 

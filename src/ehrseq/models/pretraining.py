@@ -13,6 +13,13 @@ Each batch cuts every patient's history after visit ``k`` (one cut fraction ``u`
   against MLM's 7 with ~900 codes) and spiked during training; the softmax form is on MLM's
   scale, so the two weights mean what they say. The input stops before that visit, so nothing
   leaks; when ``k`` is the last visit there is no target.
+- Time to event (``pretrain.objective: tte`` or ``mlm+tte``; MOTOR, Steinberg et al. 2023, as
+  in femr's MOTOR task head): from the ``[CLS]`` state, for each of the most frequent training
+  codes (the tasks), a piecewise-exponential hazard of its next occurrence after visit ``k``
+  (days to it, or to the end of the record: censored). The head maps ``[CLS]`` to one vector
+  per time piece and scores it against a learnt vector per task (low rank), plus a bias per
+  (piece, task) that starts at the training split's log event rate; the loss is the negative
+  log-likelihood per (patient, task), time in years.
 
 Masks and cuts come from ``(seed, epoch, rows)``: new every epoch, reproducible, and resumable
 without touching the global RNG. The validation loader never changes epoch, so its masks and
@@ -41,6 +48,38 @@ from .behrt import (
 )
 
 IGNORE = -100
+TTE_RANK = 32          # the time-to-event head's task vectors (MOTOR's low-rank task layer)
+MIN_TTE_DAYS = 1.0     # an event on the cut's own day counts as one day later (no zero times)
+
+
+class TTEHead(nn.Module):
+    """Log hazards per year ``[B, pieces, tasks]`` from ``[CLS]`` ``[B, hidden]``: one vector per
+    piece (a linear map), dotted with each task's vector (zero at the start), plus a bias per
+    (piece, task).
+    ``log_rate`` (a buffer) keeps the biases' starting point: the marginal-rate baseline."""
+
+    def __init__(self, hidden: int, tasks: int, pieces: int, rank: int = TTE_RANK):
+        super().__init__()
+        self.pieces, self.rank = pieces, rank
+        self.time = nn.Linear(hidden, pieces * rank)
+        self.task = nn.Linear(rank, tasks, bias=False)
+        nn.init.zeros_(self.task.weight)   # at the start: the marginal rates exactly
+        self.bias = nn.Parameter(torch.zeros(pieces, tasks))
+        self.register_buffer("log_rate", torch.zeros(pieces, tasks))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.time(h).view(h.shape[0], self.pieces, self.rank)
+        return self.task(z) + self.bias
+
+    @torch.no_grad()
+    def init_rates(self, events: torch.Tensor, exposure: torch.Tensor) -> None:
+        """Biases (and ``log_rate``) at the log event rate per (piece, task), shrunk towards
+        the task's rate over all pieces (a gamma prior of half an event): ``(events + 0.5) /
+        (exposure + 0.5 / overall)``, so a piece nobody reaches gets the overall rate."""
+        overall = (events.sum(0) + 0.5) / exposure.sum(0).clamp(min=1e-3)
+        rate = torch.log((events + 0.5) / (exposure + 0.5 / overall))
+        self.bias.copy_(rate)
+        self.log_rate.copy_(rate)
 
 
 class BEHRTPretrain(nn.Module):
@@ -57,15 +96,21 @@ class BEHRTPretrain(nn.Module):
         self.mlm_decoder = nn.Linear(h, config.vocab_size)
         self.mlm_decoder.weight = self.encoder.tokens.weight
         self.next_visit = nn.Linear(h, config.vocab_size)
+        if config.tte_tasks:
+            self.tte = TTEHead(h, config.tte_tasks, config.tte_pieces)
 
     @classmethod
     def from_config(cls, config: dict | BEHRTConfig) -> BEHRTPretrain:
         return cls(config if isinstance(config, BEHRTConfig) else BEHRTConfig(**config))
 
-    def forward(self, batch: BEHRTBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: BEHRTBatch
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(MLM logits [M, vocab], next-visit logits [B, vocab], time-to-event log hazards
+        [B, pieces, tasks] or None without tasks)."""
         h = self.encoder(batch)
         masked = h[batch.mlm_labels != IGNORE] if batch.mlm_labels is not None else h[:, :0]
-        return self.mlm_decoder(self.mlm_transform(masked)), self.next_visit(h[:, 0])
+        tte = self.tte(h[:, 0]) if self.config.tte_tasks else None
+        return self.mlm_decoder(self.mlm_transform(masked)), self.next_visit(h[:, 0]), tte
 
 
 def mask_tokens(tokens: torch.Tensor, vocab_size: int, prob: float,
@@ -92,15 +137,105 @@ def multi_hot(seqs: Sequences, visits: np.ndarray, valid: np.ndarray) -> torch.T
     return out
 
 
+def code_counts(seqs: Sequences, index) -> np.ndarray:
+    """Occurrences of every token id in patients ``index`` (their whole records)."""
+    po, vo = seqs.patient_offsets, seqs.visit_offsets
+    index = np.asarray(index, dtype=np.int64)
+    start = np.asarray(vo[po[index]])
+    tok, _, _ = ranges(start, np.asarray(vo[po[index + 1]]) - start)
+    return np.bincount(np.asarray(seqs.codes[tok], np.int64), minlength=seqs.vocab_size)
+
+
+def tte_task_codes(seqs: Sequences, index, n: int) -> np.ndarray:
+    """The time-to-event tasks: the ``n`` most frequent codes of patients ``index`` (no
+    specials; ties: the lower id), most frequent first."""
+    counts = code_counts(seqs, index)
+    counts[:N_SPECIAL] = 0
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return order[:min(n, int((counts > 0).sum()))]
+
+
+def tte_edges(pieces_days) -> torch.Tensor:
+    """Piece edges in years: ``[0, pieces..., inf]``."""
+    return torch.tensor([0.0, *pieces_days, float("inf")], dtype=torch.float32) / 365.25
+
+
+def tte_targets(seqs: Sequences, p: np.ndarray, cut: np.ndarray, lut: np.ndarray,
+                n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Years from visit ``cut`` of patients ``p`` to each task's next occurrence (``lut``:
+    token id -> task, -1 if none), or to the end of the record (the later of the last visit
+    and ``end_of_record``) where it does not recur: (time [B, tasks], event [B, tasks])."""
+    po, vo = np.asarray(seqs.patient_offsets), seqs.visit_offsets
+    vt = np.asarray(seqs.visit_time, np.float64)
+    t0 = vt[po[p] + cut - 1]
+    end = vt[po[p + 1] - 1]
+    if "end_of_record" in seqs.patients:
+        eor = seqs.patients["end_of_record"].to_numpy(np.float64)[p]
+        end = np.where(np.isfinite(eor), np.maximum(end, eor), end)
+    vis, row, _ = ranges(po[p] + cut, po[p + 1] - po[p] - cut)        # the visits after
+    start = np.asarray(vo[vis])
+    tok, which, _ = ranges(start, np.asarray(vo[vis + 1]) - start)
+    task = lut[np.asarray(seqs.codes[tok], np.int64)]
+    hit = task >= 0
+    first = np.full((len(p), n_tasks), np.inf)
+    np.minimum.at(first, (row[which][hit], task[hit]), vt[vis[which][hit]] - t0[row[which][hit]])
+    event = np.isfinite(first)
+    days = np.where(event, first, (end - t0)[:, None])
+    years = np.maximum(days, MIN_TTE_DAYS) / 365.25
+    return torch.from_numpy(years.astype(np.float32)), torch.from_numpy(event)
+
+
+def tte_terms(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+              edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (patient, piece, task): exposure in years, the event's piece (0/1) and the
+    negative log-likelihood ``exp(log h) * exposure - event * log h``."""
+    edges = edges.to(time.device)
+    lo, hi = edges[:-1][None, :, None], edges[1:][None, :, None]
+    t = time[:, None, :]
+    exposure = (t - lo).clamp(min=0).minimum(hi - lo)
+    hit = (event[:, None, :] & (t >= lo) & (t < hi)).float()
+    lh = log_hazard.float()
+    return exposure, hit, lh.exp() * exposure - lh * hit
+
+
+def tte_loss(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+             edges: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Piecewise-exponential negative log-likelihood per (patient, task), averaged (or
+    summed)."""
+    nll = tte_terms(log_hazard, time, event, edges)[2].sum(1)
+    return nll.mean() if reduction == "mean" else nll.sum()
+
+
+@torch.no_grad()
+def init_tte_rates(head: TTEHead, dataset: PretrainDataset, edges: torch.Tensor,
+                   batch_size: int = 32) -> None:
+    """Start the head's biases at the log event rate per (piece, task) of ``dataset`` (the
+    training split, in batches of ``batch_size`` rows: one cut fraction per batch, as in
+    training), MOTOR's initialisation."""
+    events = exposure = 0.0
+    for start in range(0, len(dataset), batch_size):
+        b = dataset[(0, np.arange(start, min(start + batch_size, len(dataset))))]
+        zero = torch.zeros(b.tte_time.shape[0], len(edges) - 1, b.tte_time.shape[1])
+        e, h, _ = tte_terms(zero, b.tte_time, b.tte_event, edges)
+        exposure, events = exposure + e.sum(0), events + h.sum(0)
+    head.init_rates(events, exposure)
+
+
 class PretrainDataset:
     """Patients' records as masked, cut :class:`BEHRTBatch`; keys are (epoch, rows).
     ``last_visit`` adds the last input visit's codes (the ``prev`` baseline); ``cut=False``
-    keeps whole records (no next-visit targets: benchmarks)."""
+    keeps whole records (no next-visit targets: benchmarks). ``tte_tasks`` (token ids) adds
+    the time-to-event targets; ``mask_prob`` 0 masks nothing."""
 
     def __init__(self, seqs: Sequences, index, max_len: int, mask_prob: float = 0.15,
-                 seed: int = 0, last_visit: bool = False, cut: bool = True):
+                 seed: int = 0, last_visit: bool = False, cut: bool = True,
+                 tte_tasks: np.ndarray | None = None):
         self.seqs, self.max_len, self.mask_prob, self.seed = seqs, max_len, mask_prob, seed
         self.cut = cut
+        self.n_tasks = 0 if tte_tasks is None else len(tte_tasks)
+        self.tte_lut = np.full(seqs.vocab_size, -1, np.int64)
+        if self.n_tasks:
+            self.tte_lut[np.asarray(tte_tasks, np.int64)] = np.arange(self.n_tasks)
         self.index = np.asarray(index, dtype=np.int64)
         self.n_visits = seqs.n_visits[self.index]
         self.last_visit = last_visit
@@ -125,6 +260,8 @@ class PretrainDataset:
         x.has_next = x.next_visit.sum(1) > 0
         if self.last_visit:
             x.last_visit = multi_hot(self.seqs, nxt - 1, np.ones(len(rows), bool))
+        if self.n_tasks:
+            x.tte_time, x.tte_event = tte_targets(self.seqs, p, cut, self.tte_lut, self.n_tasks)
         return x
 
 
@@ -159,10 +296,14 @@ def next_visit_loss(logits: torch.Tensor, target: torch.Tensor,
 
 
 def pretrain_loss(model: nn.Module, batch: BEHRTBatch, mlm_weight: float = 1.0,
-                  next_visit_weight: float = 1.0) -> torch.Tensor:
-    """``mlm_weight * CE(masked codes) + next_visit_weight * next_visit_loss``."""
-    mlm, nxt = model(batch)
+                  next_visit_weight: float = 1.0, tte_weight: float = 0.0,
+                  edges: torch.Tensor | None = None) -> torch.Tensor:
+    """``mlm_weight * CE(masked codes) + next_visit_weight * next_visit_loss + tte_weight *
+    tte_loss`` (``edges``: the time pieces, :func:`tte_edges`)."""
+    mlm, nxt, tte = model(batch)
     loss = nxt.float().sum() * 0.0
+    if tte_weight and tte is not None:
+        loss = loss + tte_weight * tte_loss(tte, batch.tte_time, batch.tte_event, edges)
     labels = batch.mlm_labels[batch.mlm_labels != IGNORE]
     if mlm_weight and labels.numel():
         loss = loss + mlm_weight * F.cross_entropy(mlm.float(), labels)
@@ -174,11 +315,7 @@ def pretrain_loss(model: nn.Module, batch: BEHRTBatch, mlm_weight: float = 1.0,
 
 def code_log_freq(seqs: Sequences, index) -> torch.Tensor:
     """Log training frequency of every code (add-one smoothed; specials -inf)."""
-    po, vo = seqs.patient_offsets, seqs.visit_offsets
-    index = np.asarray(index, dtype=np.int64)
-    start = np.asarray(vo[po[index]])
-    tok, _, _ = ranges(start, np.asarray(vo[po[index + 1]]) - start)
-    counts = np.bincount(np.asarray(seqs.codes[tok], np.int64), minlength=seqs.vocab_size) + 1.0
+    counts = code_counts(seqs, index) + 1.0
     counts[:N_SPECIAL] = 0.0
     with np.errstate(divide="ignore"):
         return torch.from_numpy(np.log(counts / counts.sum())).float()
@@ -197,17 +334,26 @@ def ranking_sums(scores: torch.Tensor, target: torch.Tensor, k: int = 10) -> tup
 @torch.no_grad()
 def evaluate_pretraining(model: nn.Module, loader, log_freq: torch.Tensor,
                          device: torch.device, mlm_weight: float = 1.0,
-                         next_visit_weight: float = 1.0) -> dict[str, float]:
+                         next_visit_weight: float = 1.0, tte_weight: float = 0.0,
+                         edges: torch.Tensor | None = None) -> dict[str, float]:
     """Model and baseline metrics over ``loader`` (a :class:`PretrainDataset` with
-    ``last_visit=True``): MLM accuracy and perplexity, next-visit recall@10 and AUPRC, loss."""
+    ``last_visit=True``): MLM accuracy and perplexity, next-visit recall@10 and AUPRC, the
+    time-to-event NLL per (patient, task) against the marginal rates' (``tte_nll_rate``),
+    loss."""
     was = model.training
     model.eval()
     lf = log_freq.to(device)
     s = dict.fromkeys(["nll", "acc", "nll_freq", "acc_freq", "n_mask", "nv", "n_next", "r10",
-                       "ap", "r10_freq", "ap_freq", "r10_prev", "ap_prev"], 0.0)
+                       "ap", "r10_freq", "ap_freq", "r10_prev", "ap_prev", "tte", "tte_rate",
+                       "n_tte"], 0.0)
     for batch in loader:
         batch = batch.to(device)
-        mlm, nxt = model(batch)
+        mlm, nxt, tte = model(batch)
+        if tte is not None:
+            s["tte"] += float(tte_loss(tte, batch.tte_time, batch.tte_event, edges, "sum"))
+            base = model.tte.log_rate.expand_as(tte)
+            s["tte_rate"] += float(tte_loss(base, batch.tte_time, batch.tte_event, edges, "sum"))
+            s["n_tte"] += batch.tte_time.numel()
         labels = batch.mlm_labels[batch.mlm_labels != IGNORE]
         s["nll"] += float(F.cross_entropy(mlm.float(), labels, reduction="sum"))
         s["acc"] += float((mlm.argmax(1) == labels).sum())
@@ -227,9 +373,12 @@ def evaluate_pretraining(model: nn.Module, loader, log_freq: torch.Tensor,
             s["r10" + name] += r10
             s["ap" + name] += ap
     model.train(was)
-    m, n = max(s["n_mask"], 1), max(s["n_next"], 1)
-    out = {"loss": mlm_weight * s["nll"] / m + next_visit_weight * s["nv"] / n,
+    m, n, k = max(s["n_mask"], 1), max(s["n_next"], 1), max(s["n_tte"], 1)
+    out = {"loss": mlm_weight * s["nll"] / m + next_visit_weight * s["nv"] / n
+           + tte_weight * s["tte"] / k,
            "mlm_masked_tokens": s["n_mask"], "next_visit_patients": s["n_next"]}
+    if s["n_tte"]:
+        out["tte_nll"], out["tte_nll_rate"] = s["tte"] / k, s["tte_rate"] / k
     for sfx in ("", "_freq"):
         out[f"mlm_accuracy{sfx}"] = s["acc" + sfx] / m
         out[f"mlm_perplexity{sfx}"] = float(np.exp(s["nll" + sfx] / m))
