@@ -113,9 +113,9 @@ def test_deterministic(interim, tmp_path):
 
 
 def test_numeric_values_normalised_per_code_on_train(tmp_path):
-    """values.npy: each numeric observation's value as a z-score of its code's training-split
-    values (clipped), the visit's mean where a code repeats in a visit; NaN for every other
-    token. Recomputed here from the events with pandas."""
+    """values.npy: each numeric observation's value (as float32) as a z-score of its code's
+    training-split values (clipped), the visit's median where a code repeats in a visit; NaN
+    for every other token. Recomputed here from the events with pandas."""
     from ehrseq.data.sequences import VALUE_CLIP
     from ehrseq.data.tensors import Sequences
 
@@ -131,7 +131,8 @@ def test_numeric_values_normalised_per_code_on_train(tmp_path):
     assert res.metrics["tokens_with_value"] == int(np.isfinite(values).sum()) > 0
     assert np.nanmax(np.abs(values)) <= VALUE_CLIP
     ev = pd.read_parquet(interim / "events.parquet")
-    num = ev[(ev["kind"] == "observation") & ev["value"].notna()]
+    num = ev[(ev["kind"] == "observation") & ev["value"].notna()].copy()
+    num["value"] = num["value"].astype(np.float32).astype(np.float64)
     numeric_tokens = set(num["system"] + "/" + num["code"])
     has_value = np.isfinite(values)
     assert set(tokens[seqs.codes[has_value]]) <= numeric_tokens
@@ -142,14 +143,14 @@ def test_numeric_values_normalised_per_code_on_train(tmp_path):
     train = c[c["patient"].map(split) == "train"]["value"]
     mu, sd = train.mean(), train.std(ddof=0)
     assert sd > 0
-    once = c[c["encounter"].notna()].groupby(["patient", "encounter"])["value"].agg(["mean", "size"])
+    once = c[c["encounter"].notna()].groupby(["patient", "encounter"])["value"].agg(["median"])
     visits = pd.read_parquet(out / "visits.parquet").reset_index(names="visit")
     j = once.reset_index().merge(visits, left_on=["patient", "encounter"],
                                  right_on=["patient", "visit_key"])
     assert len(j) > 10
     tid = seqs.vocab["tokens"].index(f"LOINC/{code}")
     checked = 0
-    for v, mean_v in zip(j["visit"], j["mean"], strict=True):   # test-side loop
+    for v, mean_v in zip(j["visit"], j["median"], strict=True):   # test-side loop
         lo, hi = seqs.visit_offsets[v], seqs.visit_offsets[v + 1]
         at = lo + np.flatnonzero(seqs.codes[lo:hi] == tid)
         if len(at):

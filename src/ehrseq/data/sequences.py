@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,29 @@ def split_of(patient_ids, fractions: tuple[float, float, float], salt: str) -> n
                   for p in patient_ids], dtype=np.float64) / 2.0**64
     train, val, _ = fractions
     return np.where(u < train, "train", np.where(u < train + val, "val", "test"))
+
+
+def normalise_values(value: np.ndarray, vid: np.ndarray, train_vid: np.ndarray,
+                     train_value: np.ndarray) -> np.ndarray:
+    """float32 z-scores of ``value`` (the visit's median of a token's values) against its
+    code's (``vid``) training values ``train_value`` (sorted by ``train_vid``): mean and
+    population SD summed by ``math.fsum`` (a fixed order: the same bits on every machine),
+    clipped to ±VALUE_CLIP; 0 for a code whose training values are all equal; NaN where
+    ``value`` is NaN. One loop over the codes, none over events."""
+    n_codes = int(train_vid.max()) + 1 if len(train_vid) else 0
+    mu, sd = np.zeros(n_codes), np.zeros(n_codes)
+    bounds = np.searchsorted(train_vid, np.arange(n_codes + 1))
+    for k in range(n_codes):
+        x = np.asarray(train_value[bounds[k]:bounds[k + 1]], np.float64)
+        mu[k] = math.fsum(x.tolist()) / len(x)
+        sd[k] = math.sqrt(math.fsum(((x - mu[k]) ** 2).tolist()) / len(x))
+    z = np.full(len(value), np.nan)
+    has = np.isfinite(value) & (vid >= 0)
+    k = vid[has]
+    scale = np.where(sd[k] > 0, sd[k], 1.0)
+    z[has] = np.where(sd[k] > 0, np.clip((value[has] - mu[k]) / scale, -VALUE_CLIP, VALUE_CLIP),
+                      0.0)
+    return z.astype(np.float32)
 
 
 @dataclass
@@ -68,18 +92,21 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
                e.kind, e.system, e.code, e.value, e.vkey
         FROM ({visit_events_sql(rel, p.event_kinds)}) e JOIN pat USING (patient)""")
 
-    # Numeric observations → their value normalised per code on the training split (z-score,
-    # clipped to ±VALUE_CLIP; 0 for a code whose training values are constant or single) and,
+    # Numeric observations → their value (as float32: the same number whether it came from a
+    # CSV or a MEDS export) normalised per code on the training split, in NumPy below, and,
     # with numeric_bins > 0, quantile-bin tokens fitted on the training split.
     con.execute("""
-        CREATE TEMP TABLE vstats AS
-        SELECT system, code, avg(value) AS mu, stddev_pop(value) AS sd
-        FROM ev WHERE split = 'train' AND kind = 'observation' AND value IS NOT NULL
-        GROUP BY system, code""")
-    z = (f"CASE WHEN e.kind <> 'observation' OR e.value IS NULL OR s.mu IS NULL THEN NULL "
-         f"WHEN s.sd > 0 THEN greatest(-{VALUE_CLIP}, least({VALUE_CLIP}, "
-         f"(e.value - s.mu) / s.sd)) ELSE 0.0 END")
-    join = "LEFT JOIN vstats s ON s.system = e.system AND s.code = e.code"
+        CREATE TEMP TABLE vcodes AS
+        SELECT system, code, row_number() OVER (ORDER BY system, code) - 1 AS vid
+        FROM (SELECT DISTINCT system, code FROM ev
+              WHERE split = 'train' AND kind = 'observation' AND value IS NOT NULL)""")
+    v32 = "CAST(CAST(e.value AS FLOAT) AS DOUBLE)"
+    train_values = con.execute(f"""
+        SELECT s.vid, {v32} AS v FROM ev e JOIN vcodes s USING (system, code)
+        WHERE e.split = 'train' AND e.kind = 'observation' AND e.value IS NOT NULL
+        ORDER BY s.vid, v""").fetchnumpy()
+    value = (f"CASE WHEN e.kind = 'observation' AND s.vid IS NOT NULL THEN {v32} END")
+    join = "LEFT JOIN vcodes s ON s.system = e.system AND s.code = e.code"
     token = "e.system || '/' || e.code"
     if p.numeric_bins > 0 and "observation" in p.event_kinds:
         qs = ", ".join(str(i / p.numeric_bins) for i in range(1, p.numeric_bins))
@@ -97,14 +124,14 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     con.execute(f"""
         CREATE TEMP TABLE vt AS
         WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, e.visit_time, {token} AS token,
-                          {z} AS z
+                          {value} AS value, s.vid
                    FROM ev e {join}),
              v AS (SELECT pidx, vkey, max(visit_time) AS vtime FROM t GROUP BY pidx, vkey),
              vr AS (SELECT pidx, vkey, vtime,
                            row_number() OVER (PARTITION BY pidx ORDER BY vtime DESC, vkey DESC)
                            AS recency FROM v)
         SELECT t.pidx, t.split, vr.vtime, vr.vkey, t.token, min(t.time) AS first_time,
-               avg(t.z) AS value
+               quantile_cont(t.value, 0.5) AS value, max(t.vid) AS vid
         FROM t JOIN vr USING (pidx, vkey)
         WHERE vr.recency <= {p.max_visits}
         GROUP BY t.pidx, t.split, vr.vtime, vr.vkey, t.token""")
@@ -127,11 +154,11 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     rows = con.execute(f"""
         WITH r AS (
             SELECT vt.pidx, vt.vtime, vt.vkey, vt.split, COALESCE(vocab.id, {UNK}) AS id,
-                   vocab.id IS NULL AS oov, vt.value,
+                   vocab.id IS NULL AS oov, vt.value, vt.vid,
                    row_number() OVER (PARTITION BY vt.pidx, vt.vkey
                                       ORDER BY vt.first_time, vt.token) AS k
             FROM vt LEFT JOIN vocab USING (token))
-        SELECT pidx, epoch_us(vtime) AS vtime_us, vkey, id, oov, split, value FROM r
+        SELECT pidx, epoch_us(vtime) AS vtime_us, vkey, id, oov, split, value, vid FROM r
         WHERE k <= {p.max_codes_per_visit}
         ORDER BY pidx, vtime, vkey, k""").df()
     con.close()
@@ -154,7 +181,10 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
 
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "codes.npy", codes)
-    np.save(out / "values.npy", rows["value"].to_numpy(np.float32, na_value=np.nan))
+    np.save(out / "values.npy", normalise_values(
+        rows["value"].to_numpy(np.float64, na_value=np.nan),
+        rows["vid"].to_numpy(np.float64, na_value=-1).astype(np.int64),
+        train_values["vid"], train_values["v"]))
     np.save(out / "visit_offsets.npy", visit_offsets)
     np.save(out / "patient_offsets.npy", patient_offsets)
     np.save(out / "visit_time.npy", visit_time)
