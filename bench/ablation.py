@@ -8,8 +8,9 @@ split is never scored here).
         --out docs/ablation-lstm-500.md
 
 ``--from`` is a checkout that ran ``dvc repro`` (its data/processed and params.yaml are copied
-into a scratch folder, ``--work``); every stage of ``--stage`` (``NAME`` or ``NAME:ARG``, run in
-order as ``python stages/NAME.py ARG`` with the code of ``--code``, default this checkout) runs
+into a scratch folder, ``--work``); every stage of ``--stage`` (``NAME`` or ``NAME:ARGS``, run in
+order as ``python stages/NAME.py ARGS`` with the code of ``--code``, default this checkout;
+a learning-curve point ``NAME:MODE --labelled N`` reports its metrics as ``n<N>.<key>``) runs
 once per point of the grid and seed (``train.seed``), and the ``--metric`` keys are read from
 the stage's metrics file. Rows are the grid points; columns each metric's mean over the seeds
 and its range.
@@ -42,6 +43,19 @@ def set_key(params: dict, key: str, value) -> None:
     node[leaf] = value
 
 
+def stage_metrics(stage: str) -> tuple[str, str, str]:
+    """``NAME[:ARGS]`` -> (script name, its metrics file under metrics/, the prefix of its
+    ``--metric`` keys: ``n<N>.`` for a learning-curve point ``--labelled N``, else none)."""
+    name, _, args = stage.partition(":")
+    words = args.split()
+    pos = words[0] if words and not words[0].startswith("--") else ""
+    if "--labelled" in words:
+        n = words[words.index("--labelled") + 1]
+        r = words[words.index("--replicate") + 1] if "--replicate" in words else "0"
+        return name, f"curve/{name}/{pos + '/' if pos else ''}n{n}_r{r}.json", f"n{n}."
+    return name, f"{name}/{pos}.json" if pos else f"{name}.json", ""
+
+
 def run(a: argparse.Namespace) -> list[dict]:
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -63,15 +77,15 @@ def run(a: argparse.Namespace) -> list[dict]:
             row = {"point": dict(zip((k for k, _ in grid), point, strict=True)), "seed": seed}
             t0 = time.monotonic()
             for stage in a.stage:
-                name, _, arg = stage.partition(":")
+                name, mfile, prefix = stage_metrics(stage)
                 r = subprocess.run([sys.executable, str(Path(a.code) / f"stages/{name}.py"),
-                                    *([arg] if arg else [])], cwd=work, env=env,
+                                    *stage.partition(":")[2].split()], cwd=work, env=env,
                                    capture_output=True, text=True)
                 if r.returncode:
                     raise SystemExit(f"{stage} failed at {row}:\n{r.stderr[-3000:]}")
-                mfile = work / "metrics" / (f"{name}/{arg}.json" if arg else f"{name}.json")
-                m = json.loads(mfile.read_text())
-                row.update({k: m[k] for k in a.metric if k in m})
+                m = json.loads((work / "metrics" / mfile).read_text())
+                row.update({k: m[k.removeprefix(prefix)] for k in a.metric
+                            if k.startswith(prefix) and k.removeprefix(prefix) in m})
             row["seconds"] = time.monotonic() - t0
             print(json.dumps(row), flush=True)
             rows.append(row)
