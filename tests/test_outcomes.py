@@ -409,6 +409,20 @@ def test_sequential_scenario_features_by_hand():
     np.testing.assert_allclose(X, [[1, 3, -np.log(101), 0], [1, -2, -np.log(201), 0],
                                    [1, 1, -np.log(11), 1]])
     assert not any(absent.values())
+    # outcome.synthetic.effects: one mechanism alone is its standardised feature; one that
+    # does not vary over the landmarks (the order is +1 in all three) is an error
+    from ehrseq.outcomes.synthetic import subtypes_and_risk
+    from ehrseq.params import SyntheticParams
+    from ehrseq.repro import round_decimals, standardise
+
+    seqs.patients["birth_date"] = pd.Timestamp("1970-01-01")
+    risk = subtypes_and_risk(seqs, lm, SyntheticParams(scenario="sequential",
+                                                       effects=["short_gap"]))[1]
+    np.testing.assert_array_equal(risk, round_decimals(standardise(X[:, 2])))
+    with pytest.raises(InputError, match=r"effects \['high_bmi_first'\]: the planted risk is "
+                                         "the same for every landmark"):
+        subtypes_and_risk(seqs, lm, SyntheticParams(scenario="sequential",
+                                                    effects=["high_bmi_first"]))
     seqs.vocab["tokens"] = specials + [f"LOINC/8480-6/{i}" for i in range(10)] + ["S/1"]
     with pytest.raises(InputError, match="sequences.numeric_bins > 0"):
         sequential_effects(seqs, lm)
@@ -425,3 +439,24 @@ def test_synthetic_outcome_without_synthea_codes_names_them(cohort, tmp_path):
     with pytest.raises(InputError, match=r"SNOMED-CT/59621000.*use outcome.name mortality"):
         build_outcomes(cohort / "interim", tmp_path / "seq", tmp_path / "out", OutcomeParams())
     assert not (tmp_path / "out" / "outcomes.parquet").exists()
+
+
+def test_effects_subset_plants_one_mechanism(cohort, synth, tmp_path):
+    """outcome.synthetic.effects (issue 27): only the named effects enter the risk; every
+    effect listed explicitly is the default; an unknown name lists the scenario's effects."""
+    from ehrseq.outcomes.synthetic import scenario_effects
+
+    t = synth.table
+    every = outcomes(cohort, tmp_path, synthetic={"effects": scenario_effects("additive")})
+    assert (every.table["true_risk"] == t["true_risk"]).all()
+    one = outcomes(cohort, tmp_path, synthetic={"effects": ["hypertension"]})
+    x = one.table["true_risk"].to_numpy()
+    assert len(np.unique(x)) == 2                  # hypertension recorded or not
+    assert abs(x.std() - 1.0) < 1e-6 and (one.table["subtype"] == t["subtype"]).all()
+    assert one.metrics["synthetic_effects"] == "hypertension"
+    assert one.metrics["effect_diabetes_beta"] == 0.0
+    assert one.metrics["effect_hypertension_beta"] == 0.7
+    assert one.metrics["oracle_cindex_all"] < synth.metrics["oracle_cindex_all"]
+    with pytest.raises(InputError, match=r"\['gap'\] not an effect of scenario 'additive'; "
+                                         r"accepted: \['hypertension', 'prediabetes', "):
+        outcomes(cohort, tmp_path, synthetic={"effects": ["gap"]})

@@ -126,6 +126,18 @@ class SyntheticParams(_Section):
     censoring_days: float = Field(730.0, gt=0)
     """Mean of the exponential random censoring time (administrative censoring applies too)."""
     seed: int = 0
+    effects: list[str] | None = None
+    """A subset of the scenario's named effects (one mechanism at a time, e.g. ``[short_gap]``);
+    null = every effect. additive also accepts ``subtype_offset`` (the planted subtypes'
+    offsets). Unknown names stop the outcomes stage, listing the scenario's effects."""
+
+    @field_validator("effects")
+    @classmethod
+    def _effects(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"got {v}; accepted: null (every effect) or a non-empty list of "
+                             "distinct effect names of the scenario")
+        return v
 
     @field_validator("n_subtypes")
     @classmethod

@@ -307,22 +307,54 @@ class SyntheticResult:
     metrics: dict = field(default_factory=dict)
 
 
+SUBTYPE_OFFSET = "subtype_offset"   # additive: the planted subtypes' offsets, as an effect
+
+
+def scenario_effects(scenario: str) -> list[str]:
+    """The names ``outcome.synthetic.effects`` may select for ``scenario``."""
+    if scenario == "sequential":
+        return [e.name for e in SEQUENTIAL_EFFECTS]
+    return [e.name for e in EFFECTS] + [SUBTYPE_OFFSET]
+
+
+def selected_effects(p: SyntheticParams) -> list[str]:
+    """``outcome.synthetic.effects`` checked against the scenario (every effect when null);
+    an :class:`InputError` lists the scenario's effects for an unknown name."""
+    names = scenario_effects(p.scenario)
+    if p.effects is None:
+        return names
+    unknown = [e for e in p.effects if e not in names]
+    if unknown:
+        raise InputError(f"outcome.synthetic.effects: {unknown} not an effect of scenario "
+                         f"{p.scenario!r}; accepted: {names}")
+    return list(p.effects)
+
+
 def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(subtype, true_risk, X, absent) for the eligible landmarks; the subtype is a function
     of the additive named effects alone (:func:`planted_subtypes`), whatever the scenario.
     ``additive``: the named effects plus the subtype offset; ``sequential``: the
-    :data:`SEQUENTIAL_EFFECTS` alone, each standardised (no count-visible offset)."""
+    :data:`SEQUENTIAL_EFFECTS` alone, each standardised (no count-visible offset). Only the
+    effects of ``outcome.synthetic.effects`` enter the risk (an effect left out has beta 0)."""
+    use = set(selected_effects(p))
     X, absent = named_effects(seqs, lm)
     beta = np.array([e.beta for e in EFFECTS])
-    score = weighted_sum(X, beta)      # not X @ beta: BLAS kernels differ between CPUs
-    subtype, _ = planted_subtypes(X, p.n_subtypes, score)
+    subtype, _ = planted_subtypes(X, p.n_subtypes, weighted_sum(X, beta))
     if p.scenario == "sequential":
         X, absent = sequential_effects(seqs, lm)
         Z = np.stack([standardise(X[:, j]) for j in range(X.shape[1])], axis=1)
-        raw = weighted_sum(Z, np.array([e.beta for e in SEQUENTIAL_EFFECTS]))
-    else:
-        raw = score + subtype_offsets(max(int(subtype.max(initial=0)) + 1, 1))[subtype]
+        raw = weighted_sum(Z, np.array([e.beta if e.name in use else 0.0
+                                        for e in SEQUENTIAL_EFFECTS]))
+    else:   # not X @ beta: BLAS kernels differ between CPUs
+        raw = weighted_sum(X, np.array([e.beta if e.name in use else 0.0 for e in EFFECTS]))
+        if SUBTYPE_OFFSET in use:
+            raw = raw + subtype_offsets(max(int(subtype.max(initial=0)) + 1, 1))[subtype]
+    if p.effects is not None and len(raw) and np.ptp(raw) == 0:
+        raise InputError(f"outcome.synthetic.effects {sorted(use)}: the planted risk is the "
+                         "same for every landmark (the effects are absent from this cohort's "
+                         f"inputs); accepted: effects of {scenario_effects(p.scenario)} that "
+                         "vary here (metrics/outcomes.json effect_*_nonzero)")
     return subtype, round_decimals(p.signal * standardise(raw)), X, absent
 
 
@@ -369,8 +401,10 @@ def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
                      "synthetic_censored_administrative":
                          int(((event == 0) & (t_cens >= admin)).sum())}
     metrics["synthetic_scenario"] = p.scenario
+    use = selected_effects(p)
+    metrics["synthetic_effects"] = ",".join(use)
     for j, e in enumerate(SEQUENTIAL_EFFECTS if p.scenario == "sequential" else EFFECTS):
-        metrics[f"effect_{e.name}_beta"] = e.beta
+        metrics[f"effect_{e.name}_beta"] = e.beta if e.name in use else 0.0
         metrics[f"effect_{e.name}_absent"] = int(absent[e.name])
         metrics[f"effect_{e.name}_nonzero"] = float((X[:, j] != 0).mean()) if len(X) else 0.0
     metrics["oracle_cindex_test"] = oracle_cindex(duration[split == "test"],
