@@ -109,12 +109,16 @@ class LandmarkParams(_Section):
 
 
 class SyntheticParams(_Section):
-    scenario: Literal["additive", "sequential"] = "additive"
+    scenario: Literal["additive", "sequential", "custom"] = "additive"
     """``additive`` (negative control): risk additive in the presence of codes, which counts
     reach (the best count model should sit at the oracle). ``sequential`` (positive control):
     risk in the order of events, a lab value's trend, the gap between visits and a
     within-visit interaction, which counts do not reach (needs sequences.numeric_bins > 0).
-    The math: docs/outcomes.md."""
+    ``custom``: the raw risk of ``function``, written by the user. The math: docs/outcomes.md."""
+    function: str | None = None
+    """``custom``: ``scenarios/<file>.py:<name>``, called once as ``name(history, landmarks)``
+    and returning one raw risk per landmark (docs/outcomes.md). Files live under scenarios/,
+    a dependency of the outcomes stage."""
     signal: float = Field(1.0, ge=0.0, le=10.0)
     """Multiplies every effect on the log-hazard; 0 gives pure noise (oracle C = 0.5)."""
     n_subtypes: int = 4
@@ -138,6 +142,18 @@ class SyntheticParams(_Section):
             raise ValueError(f"got {v}; accepted: null (every effect) or a non-empty list of "
                              "distinct effect names of the scenario")
         return v
+
+    @model_validator(mode="after")
+    def _custom(self):
+        if (self.scenario == "custom") != (self.function is not None):
+            raise ValueError(f"scenario {self.scenario!r} with function {self.function!r}; "
+                             "accepted: scenario custom with function "
+                             "'scenarios/<file>.py:<name>', or another scenario with function "
+                             "null")
+        if self.scenario == "custom" and self.effects is not None:
+            raise ValueError("effects selects named effects of a built-in scenario; a custom "
+                             "scenario's function is its one effect (accepted: null)")
+        return self
 
     @field_validator("n_subtypes")
     @classmethod

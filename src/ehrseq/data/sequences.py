@@ -35,13 +35,13 @@ def split_of(patient_ids, fractions: tuple[float, float, float], salt: str) -> n
 
 
 def normalise_values(value: np.ndarray, vid: np.ndarray, train_vid: np.ndarray,
-                     train_value: np.ndarray) -> np.ndarray:
+                     train_value: np.ndarray, n_codes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """float32 z-scores of ``value`` (the visit's median of a token's values) against its
     code's (``vid``) training values ``train_value`` (sorted by ``train_vid``): mean and
     population SD summed by ``math.fsum`` (a fixed order: the same bits on every machine),
     clipped to ±VALUE_CLIP; 0 for a code whose training values are all equal; NaN where
-    ``value`` is NaN. One loop over the codes, none over events."""
-    n_codes = int(train_vid.max()) + 1 if len(train_vid) else 0
+    ``value`` is NaN. One loop over the codes, none over events. Returns (z, mean, sd)."""
     mu, sd = np.zeros(n_codes), np.zeros(n_codes)
     bounds = np.searchsorted(train_vid, np.arange(n_codes + 1))
     for k in range(n_codes):
@@ -54,7 +54,7 @@ def normalise_values(value: np.ndarray, vid: np.ndarray, train_vid: np.ndarray,
     scale = np.where(sd[k] > 0, sd[k], 1.0)
     z[has] = np.where(sd[k] > 0, np.clip((value[has] - mu[k]) / scale, -VALUE_CLIP, VALUE_CLIP),
                       0.0)
-    return z.astype(np.float32)
+    return z.astype(np.float32), mu, sd
 
 
 @dataclass
@@ -105,6 +105,8 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         SELECT s.vid, {v32} AS v FROM ev e JOIN vcodes s USING (system, code)
         WHERE e.split = 'train' AND e.kind = 'observation' AND e.value IS NOT NULL
         ORDER BY s.vid, v""").fetchnumpy()
+    value_codes = [r[0] for r in con.execute(
+        "SELECT system || '/' || code FROM vcodes ORDER BY vid").fetchall()]
     value = (f"CASE WHEN e.kind = 'observation' AND s.vid IS NOT NULL THEN {v32} END")
     join = "LEFT JOIN vcodes s ON s.system = e.system AND s.code = e.code"
     token = "e.system || '/' || e.code"
@@ -181,10 +183,12 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
 
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "codes.npy", codes)
-    np.save(out / "values.npy", normalise_values(
-        rows["value"].to_numpy(np.float64, na_value=np.nan),
-        rows["vid"].to_numpy(np.float64, na_value=-1).astype(np.int64),
-        train_values["vid"], train_values["v"]))
+    z, mu, sd = normalise_values(rows["value"].to_numpy(np.float64, na_value=np.nan),
+                                 rows["vid"].to_numpy(np.float64, na_value=-1).astype(np.int64),
+                                 train_values["vid"], train_values["v"], len(value_codes))
+    np.save(out / "values.npy", z)
+    (out / "values.json").write_text(json.dumps(
+        {"codes": value_codes, "mean": mu.tolist(), "sd": sd.tolist()}, indent=1) + "\n")
     np.save(out / "visit_offsets.npy", visit_offsets)
     np.save(out / "patient_offsets.npy", patient_offsets)
     np.save(out / "visit_time.npy", visit_time)

@@ -49,6 +49,7 @@ class Sequences:
     patients: pd.DataFrame
     vocab: dict
     values: np.ndarray | None = None   # float32 per token; NaN = no value (None: all NaN)
+    value_stats: dict | None = None    # values.json: per numeric code its training mean, sd
 
     def __post_init__(self):
         if self.values is None:
@@ -76,8 +77,10 @@ class Sequences:
         for name in ("patients.parquet", "vocab.json"):
             if not (path / name).exists():
                 raise InputError(f"{path / name}: missing (the sequences stage writes it)")
+        stats = path / "values.json"
         seqs = cls(**arrays, patients=pd.read_parquet(path / "patients.parquet"),
-                   vocab=json.loads((path / "vocab.json").read_text()))
+                   vocab=json.loads((path / "vocab.json").read_text()),
+                   value_stats=json.loads(stats.read_text()) if stats.exists() else None)
         seqs.check(path)
         return seqs
 
@@ -117,6 +120,8 @@ class Sequences:
             np.save(path / f"{name}.npy", np.asarray(getattr(self, name), dtype=dtype))
         self.patients.to_parquet(path / "patients.parquet", index=False)
         (path / "vocab.json").write_text(json.dumps(self.vocab))
+        if self.value_stats is not None:
+            (path / "values.json").write_text(json.dumps(self.value_stats))
 
     @property
     def vocab_size(self) -> int:

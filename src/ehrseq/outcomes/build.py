@@ -18,7 +18,7 @@ from ..repro import km_median, round_days
 from ..survival.bins import fit_horizons, time_bins
 from .landmarks import COLUMNS, MIN_DURATION, choose_landmarks, days_since_epoch, input_window
 from .real import lab, mortality, onset
-from .synthetic import SyntheticResult, subtypes_and_risk, synthetic
+from .synthetic import SyntheticResult, named_effects, planted_subtype_ids, synthetic
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
         if why:
             lm.excluded[why] = int((~keep).sum())
         lm = lm.subset(keep)
-        subtype = subtypes_and_risk(seqs, lm, p.synthetic)[0]
+        subtype = planted_subtype_ids(named_effects(seqs, lm)[0], p.synthetic.n_subtypes)
         res = SyntheticResult(dur[keep], ev[keep], np.full(len(lm.index), np.nan), subtype)
 
     split = pats["split"].to_numpy()[lm.index]

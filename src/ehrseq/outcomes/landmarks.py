@@ -187,14 +187,23 @@ def records_by_landmark(record_patient, landmark_patient) -> tuple[np.ndarray, n
     return rec, order[pos]
 
 
-def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visits,
-                    input_visits=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model inputs, flat: (token id, row in ``index``, global visit) of every token in
-    each patient's first ``landmark_visits`` visits (of those, the last ``input_visits``)."""
+def landmark_positions(visit_offsets, patient_offsets, index, landmark_visits,
+                       input_visits=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model inputs, flat: (token position in codes.npy, row in ``index``, global visit)
+    of every token in each patient's first ``landmark_visits`` visits (of those, the last
+    ``input_visits``)."""
     po = np.asarray(patient_offsets)
     vo = np.asarray(visit_offsets)
     lm = np.asarray(landmark_visits, np.int64)
     iv = lm if input_visits is None else np.asarray(input_visits, np.int64)
     vis, row, _ = ranges(po[np.asarray(index)] + lm - iv, iv)
     pos, which, _ = ranges(vo[vis], vo[vis + 1] - vo[vis])
-    return np.asarray(codes)[pos].astype(np.int64), row[which], vis[which]
+    return pos, row[which], vis[which]
+
+
+def landmark_tokens(codes, visit_offsets, patient_offsets, index, landmark_visits,
+                    input_visits=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`landmark_positions` with the token ids instead of their positions."""
+    pos, row, vis = landmark_positions(visit_offsets, patient_offsets, index, landmark_visits,
+                                       input_visits)
+    return np.asarray(codes)[pos].astype(np.int64), row, vis

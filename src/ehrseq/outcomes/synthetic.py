@@ -45,6 +45,7 @@ from ..repro import (
     standardise,
     weighted_sum,
 )
+from .custom import custom_risk
 from .landmarks import Landmarks, days_since_epoch, landmark_ids, landmark_tokens
 
 N_SPECIALS = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]: never features
@@ -314,6 +315,8 @@ def scenario_effects(scenario: str) -> list[str]:
     """The names ``outcome.synthetic.effects`` may select for ``scenario``."""
     if scenario == "sequential":
         return [e.name for e in SEQUENTIAL_EFFECTS]
+    if scenario == "custom":   # the function is its one effect
+        return []
     return [e.name for e in EFFECTS] + [SUBTYPE_OFFSET]
 
 
@@ -330,6 +333,12 @@ def selected_effects(p: SyntheticParams) -> list[str]:
     return list(p.effects)
 
 
+def planted_subtype_ids(X: np.ndarray, n_subtypes: int) -> np.ndarray:
+    """The planted subtype of each landmark from its named-effect features ``X``."""
+    beta = np.array([e.beta for e in EFFECTS])
+    return planted_subtypes(X, n_subtypes, weighted_sum(X, beta))[0]
+
+
 def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(subtype, true_risk, X, absent) for the eligible landmarks; the subtype is a function
@@ -339,9 +348,10 @@ def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
     effects of ``outcome.synthetic.effects`` enter the risk (an effect left out has beta 0)."""
     use = set(selected_effects(p))
     X, absent = named_effects(seqs, lm)
-    beta = np.array([e.beta for e in EFFECTS])
-    subtype, _ = planted_subtypes(X, p.n_subtypes, weighted_sum(X, beta))
-    if p.scenario == "sequential":
+    subtype = planted_subtype_ids(X, p.n_subtypes)
+    if p.scenario == "custom":
+        raw = custom_risk(seqs, lm, p.function)
+    elif p.scenario == "sequential":
         X, absent = sequential_effects(seqs, lm)
         Z = np.stack([standardise(X[:, j]) for j in range(X.shape[1])], axis=1)
         raw = weighted_sum(Z, np.array([e.beta if e.name in use else 0.0
@@ -402,8 +412,9 @@ def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
                          int(((event == 0) & (t_cens >= admin)).sum())}
     metrics["synthetic_scenario"] = p.scenario
     use = selected_effects(p)
-    metrics["synthetic_effects"] = ",".join(use)
-    for j, e in enumerate(SEQUENTIAL_EFFECTS if p.scenario == "sequential" else EFFECTS):
+    metrics["synthetic_effects"] = ",".join(use) if use else p.function
+    for j, e in enumerate({"sequential": SEQUENTIAL_EFFECTS, "custom": ()}.get(p.scenario,
+                                                                              EFFECTS)):
         metrics[f"effect_{e.name}_beta"] = e.beta if e.name in use else 0.0
         metrics[f"effect_{e.name}_absent"] = int(absent[e.name])
         metrics[f"effect_{e.name}_nonzero"] = float((X[:, j] != 0).mean()) if len(X) else 0.0
