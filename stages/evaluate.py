@@ -13,6 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
 from ehrseq.evaluate.curve import learning_curve, split_outputs  # noqa: E402
+from ehrseq.evaluate.probes import (  # noqa: E402
+    load_representations,
+    probe_scores,
+    probes_markdown,
+)
 from ehrseq.evaluate.report import (  # noqa: E402
     ORACLE_NOTE,
     calibration_markdown,
@@ -39,6 +44,7 @@ from ehrseq.survival.bins import read_bins  # noqa: E402
 
 PLOTS = Path("plots/evaluate")
 OUTCOMES = Path("data/processed/outcomes")
+EMBEDDINGS = Path("data/processed/embeddings")
 OUTCOMES_METRICS = Path("metrics/outcomes.json")
 PRETRAIN_METRICS = {"behrt": Path("metrics/pretrain_behrt.json"),
                     "med2vec": Path("metrics/train_med2vec.json")}
@@ -99,6 +105,21 @@ def params_vs_c(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def probes() -> tuple[dict, str]:
+    """Representation probes of the scenario's planted features (a synthetic outcome with
+    features and an embed stage's outputs), as metrics and a report section."""
+    import pandas as pd
+
+    feats = OUTCOMES / "features.parquet"
+    reps = load_representations(EMBEDDINGS) if EMBEDDINGS.is_dir() else {}
+    if not feats.is_file() or not reps:
+        return {}, ""
+    split = pd.read_parquet(OUTCOMES / "outcomes.parquet", columns=["split"])["split"]
+    rows = probe_scores(pd.read_parquet(feats), split, reps)
+    flat = {f"probe.{r['representation']}.{r['feature']}": r["score"] for r in rows}
+    return flat, probes_markdown(rows)
+
+
 def main() -> None:
     params = load_params()
     rep, horizons = params.report, read_bins(OUTCOMES)[1]
@@ -128,6 +149,8 @@ def main() -> None:
             for k in ("delta", "lo", "hi", "p_not_better"):
                 flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
         flat.update(headroom(pairs, flat.get("best_count.model")))
+        probe_flat, probe_md = probes()
+        flat.update(probe_flat)
         forest(rows, out / "cindex.png")
         params_vs_c(rows, out / "params_vs_cindex.png")
         best_name = "" if best is None else \
@@ -156,7 +179,9 @@ def main() -> None:
                + comparisons_markdown(pairs) if pairs else "")
             + ("\n## Label efficiency (ΔC per labelled training patients, paired)\n\n"
                + curve_md + "\n![learning curve](learning_curve.png)\n"
-               "![C against cost](learning_curve_cost.png)\n" if curve_md else ""))
+               "![C against cost](learning_curve_cost.png)\n" if curve_md else "")
+            + ("\n## Which representation carries which planted feature (probes)\n\n"
+               + probe_md if probe_md else ""))
     write_json("metrics/evaluate.json", flat)
     write_json("metrics/learning_curve.json", curve)
     print(to_markdown(rows))

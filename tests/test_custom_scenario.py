@@ -106,7 +106,7 @@ def test_missing_file_name_or_place_and_parameters(tmp_path, monkeypatch):
     (tmp_path / "scenarios/ok.py").write_text("def g(h, l):\n    return range(len(l))\n")
     (tmp_path / "elsewhere.py").write_text("def g(h, l):\n    return range(len(l))\n")
     monkeypatch.chdir(tmp_path)
-    assert list(custom_risk(seqs, lm, "scenarios/ok.py:g")) == [0, 1, 2, 3, 4]
+    assert list(custom_risk(seqs, lm, "scenarios/ok.py:g")[0]) == [0, 1, 2, 3, 4]
     for spec, message in (("scenarios/none.py:g", "scenarios/none.py: missing"),
                           ("scenarios/ok.py:h", r"no function 'h'.*functions there: \['g'\]"),
                           ("elsewhere.py:g", "a file under scenarios/"),

@@ -111,6 +111,8 @@ def build_outcomes(interim: str | Path, sequences: str | Path, out: str | Path,
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / "outcomes.parquet", index=False)
+    if res.features is not None and len(res.features.columns):   # the probes' targets
+        res.features.to_parquet(out / "features.parquet", index=False)
     (out / "time_bins.json").write_text(json.dumps(
         {"cuts": [float(c) for c in cuts], "scheme": p.time_bins.scheme,
          "horizons": [float(h) for h in horizons],

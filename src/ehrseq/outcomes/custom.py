@@ -12,8 +12,11 @@ reads at each landmark (the window of ``outcome.history``):
   and ``value`` (the observation's value in its own unit, NaN where none; a visit's median
   where a code repeats, outliers beyond 5 training SDs at that bound).
 
-It returns one finite raw risk per landmark; :func:`ehrseq.outcomes.synthetic.subtypes_and_risk`
-standardises it and scales it by ``signal``. The file must lie under ``scenarios/`` (a
+It returns one finite raw risk per landmark, or ``(risk, features)`` with ``features`` a
+DataFrame of the planted features by name (numeric columns, one row per landmark: what the
+evaluate stage's representation probes try to read from each model);
+:func:`ehrseq.outcomes.synthetic.subtypes_and_risk` standardises the risk and scales it by
+``signal``. The file must lie under ``scenarios/`` (a
 dependency of the outcomes stage: editing it re-runs outcomes and what follows). Every failure
 (file, name, an exception inside the function, a wrong length, a non-numeric, non-finite or
 constant risk) is an :class:`InputError` naming the file, the function and what was wrong.
@@ -102,16 +105,26 @@ def scenario_frames(seqs, lm: Landmarks) -> tuple[pd.DataFrame, pd.DataFrame]:
     return history, landmarks
 
 
-def custom_risk(seqs, lm: Landmarks, spec: str) -> np.ndarray:
-    """The raw risk of ``spec`` (``outcome.synthetic.function``) for the landmarks ``lm``."""
+def custom_risk(seqs, lm: Landmarks, spec: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """The raw risk of ``spec`` (``outcome.synthetic.function``) for the landmarks ``lm``, and
+    its features (an empty DataFrame when the function returns the risk alone)."""
     label, fn = load_function(spec)
     history, landmarks = scenario_frames(seqs, lm)
     try:
         out = fn(history, landmarks)
     except Exception as e:  # the user's code: report it, named, as bad input
         raise InputError(f"{label} raised {type(e).__name__}: {e}") from e
-    risk = np.asarray(out)
     m = len(landmarks)
+    features = pd.DataFrame(index=range(m))
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], pd.DataFrame):
+        out, features = out
+        bad = [c for c in features if not pd.api.types.is_numeric_dtype(features[c])]
+        if len(features) != m or bad:
+            raise InputError(f"{label} returned features of {len(features)} rows with "
+                             f"non-numeric columns {bad}; accepted: {m} rows, numeric columns")
+        features = features.reset_index(drop=True).astype(np.float64)
+        features.columns = [str(c) for c in features.columns]
+    risk = np.asarray(out)
     if risk.shape != (m,):
         raise InputError(f"{label} returned shape {risk.shape}; accepted: one risk per "
                          f"landmark, shape ({m},)")
@@ -127,4 +140,4 @@ def custom_risk(seqs, lm: Landmarks, spec: str) -> np.ndarray:
     if m and np.ptp(risk) == 0:
         raise InputError(f"{label} returned the same risk ({risk[0]}) for every landmark; "
                          "accepted: a risk that varies (it is standardised)")
-    return risk
+    return risk, features

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from ..io import InputError
 from ..params import SyntheticParams
@@ -306,6 +307,7 @@ class SyntheticResult:
     true_risk: np.ndarray
     subtype: np.ndarray
     metrics: dict = field(default_factory=dict)
+    features: pd.DataFrame | None = None   # the scenario's planted features, one row each
 
 
 SUBTYPE_OFFSET = "subtype_offset"   # additive: the planted subtypes' offsets, as an effect
@@ -341,7 +343,9 @@ def planted_subtype_ids(X: np.ndarray, n_subtypes: int) -> np.ndarray:
 
 def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(subtype, true_risk, X, absent) for the eligible landmarks; the subtype is a function
+    """(subtype, true_risk, features, absent) for the eligible landmarks: ``features`` one
+    column per planted feature of the scenario (named effects; a custom function's own
+    DataFrame, or none), one row per landmark. The subtype is a function
     of the additive named effects alone (:func:`planted_subtypes`), whatever the scenario.
     ``additive``: the named effects plus the subtype offset; ``sequential``: the
     :data:`SEQUENTIAL_EFFECTS` alone, each standardised (no count-visible offset). Only the
@@ -349,10 +353,12 @@ def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
     use = set(selected_effects(p))
     X, absent = named_effects(seqs, lm)
     subtype = planted_subtype_ids(X, p.n_subtypes)
+    names = [e.name for e in EFFECTS]
     if p.scenario == "custom":
-        raw = custom_risk(seqs, lm, p.function)
+        raw, features = custom_risk(seqs, lm, p.function)
     elif p.scenario == "sequential":
         X, absent = sequential_effects(seqs, lm)
+        names = [e.name for e in SEQUENTIAL_EFFECTS]
         Z = np.stack([standardise(X[:, j]) for j in range(X.shape[1])], axis=1)
         raw = weighted_sum(Z, np.array([e.beta if e.name in use else 0.0
                                         for e in SEQUENTIAL_EFFECTS]))
@@ -365,7 +371,9 @@ def subtypes_and_risk(seqs, lm: Landmarks, p: SyntheticParams
                          "same for every landmark (the effects are absent from this cohort's "
                          f"inputs); accepted: effects of {scenario_effects(p.scenario)} that "
                          "vary here (metrics/outcomes.json effect_*_nonzero)")
-    return subtype, round_decimals(p.signal * standardise(raw)), X, absent
+    if p.scenario != "custom":
+        features = pd.DataFrame(X, columns=names)
+    return subtype, round_decimals(p.signal * standardise(raw)), features, absent
 
 
 def oracle_cindex(duration, event, true_risk) -> float | None:
@@ -383,7 +391,7 @@ def oracle_cindex(duration, event, true_risk) -> float | None:
 
 def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
     """Draw the synthetic outcome for the landmarked patients ``lm``."""
-    subtype, risk, X, absent = subtypes_and_risk(seqs, lm, p)
+    subtype, risk, features, absent = subtypes_and_risk(seqs, lm, p)
     if p.scenario == "additive" and not any(_group_token_ids(seqs.vocab).values()):
         missing = ", ".join(f"SNOMED-CT/{c}" for codes in CODES.values() for c in codes)
         raise InputError(f"outcome.name 'synthetic' (scenario additive) plants risk on Synthea's "
@@ -413,12 +421,12 @@ def synthetic(seqs, lm: Landmarks, p: SyntheticParams) -> SyntheticResult:
     metrics["synthetic_scenario"] = p.scenario
     use = selected_effects(p)
     metrics["synthetic_effects"] = ",".join(use) if use else p.function
-    for j, e in enumerate({"sequential": SEQUENTIAL_EFFECTS, "custom": ()}.get(p.scenario,
-                                                                              EFFECTS)):
+    for e in {"sequential": SEQUENTIAL_EFFECTS, "custom": ()}.get(p.scenario, EFFECTS):
         metrics[f"effect_{e.name}_beta"] = e.beta if e.name in use else 0.0
         metrics[f"effect_{e.name}_absent"] = int(absent[e.name])
-        metrics[f"effect_{e.name}_nonzero"] = float((X[:, j] != 0).mean()) if len(X) else 0.0
+        metrics[f"effect_{e.name}_nonzero"] = float((features[e.name] != 0).mean()) \
+            if len(features) else 0.0
     metrics["oracle_cindex_test"] = oracle_cindex(duration[split == "test"],
                                                   event[split == "test"], risk[split == "test"])
     metrics["oracle_cindex_all"] = oracle_cindex(duration, event, risk)
-    return SyntheticResult(duration, event, risk, subtype, metrics)
+    return SyntheticResult(duration, event, risk, subtype, metrics, features)
