@@ -47,13 +47,15 @@ def main(mode: str) -> None:
     pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
-    for field, key, want in (("time", "model.behrt.time", params.model.behrt.time),
-                             ("values", "model.values",
-                              uses_values(params.model.values, task.seqs))):
+    for field, key, given, want in (
+            ("time", "model.behrt.time", params.model.behrt.time, params.model.behrt.time),
+            ("values", "model.values", params.model.values,
+             uses_values(params.model.values, task.seqs))):
         if getattr(cfg, field) != want:
+            here = f" ({want!r} on these sequences)" if given != want else ""
             raise InputError(f"{PRETRAINED}/config.json: {field} {getattr(cfg, field)!r}, but "
-                             f"params.yaml {key} is {want!r}; re-run pretrain_behrt (dvc "
-                             f"repro) or set {key} to match")
+                             f"params.yaml {key} is {given!r}{here}; re-run pretrain_behrt "
+                             f"(dvc repro) or set {key} to match")
     if cfg.vocab_size != task.seqs.vocab_size:
         raise InputError(f"{PRETRAINED}/config.json: vocab_size {cfg.vocab_size} differs from "
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")

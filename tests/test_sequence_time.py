@@ -105,6 +105,7 @@ def test_attention_pool_can_weight_one_code_over_many():
         m.score.weight[0, 0] = 1.0
     s = toy_sequences(1, vocab_size=20, max_visits=1, max_codes=1, seed=0)
     s.codes = np.array([7] + [3] * 16, dtype=s.codes.dtype)  # one visit: code 7 and 16 others
+    s.values = np.full(len(s.codes), np.nan, np.float32)   # no values: one per token
     s.visit_offsets = np.array([0, 17], dtype=np.int64)
     v = m.pool_codes(build_batch(s, [0], [1]))[0, 0]
     assert float(v[0].detach()) > 49.0   # a mean would give 50/17
@@ -166,7 +167,8 @@ def test_full_finetuning_trains_the_head_faster_and_starts_it_at_the_baseline(mo
 
 @pytest.mark.parametrize("field, message", [
     ({"time": "years"}, r"time 'years', but params.yaml model.behrt.time is 'days'"),
-    ({"values": True}, r"values True, but params.yaml model.values is False"),
+    ({"values": True}, r"values True, but params.yaml model.values is 'auto' \(False on these "
+                       r"sequences\)"),
 ])
 def test_finetuning_refuses_a_pretrained_model_of_another_design(tmp_path, monkeypatch, field,
                                                                   message):

@@ -281,12 +281,13 @@ class ModelParams(_Section):
     lstm: LSTMParams = Field(default_factory=LSTMParams)
     behrt: BEHRTParams = Field(default_factory=BEHRTParams)
     med2vec: Med2VecParams = Field(default_factory=Med2VecParams)
-    values: bool = False
+    values: Literal["auto"] | bool = "auto"
     """Lab values as values: BEHRT and the LSTM (and the trajectory model on them) add each
     numeric token's value (``values.npy``: normalised per code on the training split, clipped
     to ±5 SD) times a learnt vector of its code to the code's embedding (CEHR-BERT's value
     concatenation in additive form; the vectors start at zero). Beside ``sequences.numeric_bins``
-    tokens, or alone with ``numeric_bins: 0``. Needs numeric observations in the data."""
+    tokens, or alone with ``numeric_bins: 0``. ``auto``: whenever the data has numeric values;
+    ``true`` requires them (an error otherwise); ``false`` never."""
 
 
 class PretrainParams(_Section):

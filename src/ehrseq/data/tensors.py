@@ -137,9 +137,12 @@ class Sequences:
         return np.diff(self.patient_offsets)
 
 
-def uses_values(wanted: bool, seqs: Sequences) -> bool:
-    """``model.values`` checked against the data: an :class:`InputError` naming the keys when
-    values are asked for and no token carries one (no numeric observation)."""
+def uses_values(wanted: bool | str, seqs: Sequences) -> bool:
+    """``model.values`` checked against the data: ``auto`` reads values when a token carries
+    one; ``true`` with no token carrying one (no numeric observation) is an
+    :class:`InputError` naming the keys."""
+    if wanted == "auto":
+        return seqs.has_values
     if wanted and not seqs.has_values:
         raise InputError("model.values: true, but no token of the sequences carries a numeric "
                          "value (values.npy is all NaN): keep 'observation' in "
