@@ -26,6 +26,7 @@ from ehrseq.evaluate.report import (  # noqa: E402
     comparisons_markdown,
     headroom,
     machine,
+    onset_markdown,
     paired_comparisons,
     to_markdown,
     window_note,
@@ -180,6 +181,8 @@ def main() -> None:
             + ("\n## Label efficiency (ΔC per labelled training patients, paired)\n\n"
                + curve_md + "\n![learning curve](learning_curve.png)\n"
                "![C against cost](learning_curve_cost.png)\n" if curve_md else "")
+            + ("\n## Disease trajectories: onset AUROC per target and horizon\n\n"
+               + onset_markdown(flat) if onset_markdown(flat) else "")
             + ("\n## Which representation carries which planted feature (probes)\n\n"
                + probe_md if probe_md else ""))
     write_json("metrics/evaluate.json", flat)

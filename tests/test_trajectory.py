@@ -352,7 +352,14 @@ def test_evaluate_multilabel_skips_and_averages():
     prob = np.maximum.accumulate(prob, axis=2)
     res = evaluate_multilabel(y, prob, ["a", "b", "c"], [30, 90], n_boot=50, seed=0)
     m = res["metrics"]
-    assert math.isnan(m["auroc_30.c"]) and "no positive" in res["skipped"]["30.c"]
+    assert math.isnan(m["auroc_30.c"]) and "0 positives among" in res["skipped"]["30.c"]
+    assert res["n"]["pos_30.c"] == 0 and res["n"]["pos_90.a"] == int(np.nansum(y[:, 0, 1]))
+    few = y.copy()
+    few[:, 1, 1] = np.where(np.isnan(y[:, 1, 1]), np.nan, 0.0)
+    few[np.flatnonzero(~np.isnan(y[:, 1, 1]))[:4], 1, 1] = 1.0   # 4 positives: too few to rank
+    r4 = evaluate_multilabel(few, prob, ["a", "b", "c"], [30, 90], n_boot=0, seed=0)
+    assert math.isnan(r4["metrics"]["auroc_90.b"])
+    assert r4["skipped"]["90.b"].startswith("4 positives among")
     assert m["auroc_30.macro"] == pytest.approx((m["auroc_30.a"] + m["auroc_30.b"]) / 2)
     assert m["auroc_30.n_targets"] == 2 and m["auroc_90.n_targets"] == 3
     k = ~np.isnan(y[:, 0, 1])
@@ -396,3 +403,17 @@ def test_stage_params_section(tmp_path):
     y[:5, 0, 1] = 1
     out = multilabel_baseline("lr", X, y, X, 0, 1)
     assert (out[..., 1] >= out[..., 0]).all() and np.allclose(out[:, 0, 0], 0.0)
+
+
+def test_report_shows_test_positives_beside_each_onset_score():
+    from ehrseq.evaluate.report import onset_markdown
+
+    flat = {"onset.test.pos_365.death": 12, "onset.test.n_365.death": 150,
+            "onset.test.pos_365.44054006": 3, "onset.test.n_365.44054006": 140,
+            "onset.skipped.365.44054006": "3 positives among 140 known test patients",
+            "onset.trajectory.auroc_365.death": 0.71, "onset.trajectory.auroc_365.death_lo": 0.6,
+            "onset.trajectory.auroc_365.death_hi": 0.8, "onset.lr.auroc_365.death": 0.65}
+    md = onset_markdown(flat)
+    assert "| 365d | death | 12 / 150 | 0.650 | 0.710 [0.600, 0.800] |" in md
+    assert "| 365d | 44054006 | 3 / 140 | n/a (3 positives among 140 known test patients)" in md
+    assert onset_markdown({}) == ""

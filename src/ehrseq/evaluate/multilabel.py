@@ -17,9 +17,9 @@ all weights 1, and every bootstrap resample, with multinomial multiplicities as 
 - ``ece``: 10 equal-width bins of p on [0, 1] (the last closed),
   :math:`\sum_b \frac{n_b}{n}\,|\bar p_b - \bar y_b|`.
 
-A cell with no positive or no negative among its known test patients is skipped: every metric
-NaN, and a reason in ``skipped`` (the AUROC is undefined; the others would be computed on one
-class and be misleading beside evaluable cells). Bootstrap: ``n_boot`` resamples of test
+A cell with fewer than :data:`MIN_CLASS` positives or negatives among its known test patients
+is skipped: every metric NaN, and a reason in ``skipped`` (with none the AUROC is undefined;
+with a few it ranks nothing, and the others would be misleading beside evaluable cells). Bootstrap: ``n_boot`` resamples of test
 patients (seeded), shared by all targets and horizons (so macro averages resample patients
 jointly); 95 % percentile intervals over the resamples where the metric is defined. One
 ``[1 + n_boot, n]`` weight matrix and matrix products: no loop over resamples.
@@ -37,6 +37,9 @@ from .survival import _interval as percentile_interval  # one bootstrap interval
 from .survival import bootstrap_weights
 
 METRICS = ("auroc", "auprc", "brier", "ece")
+MIN_CLASS = 5
+"""A cell is scored only with at least this many test positives and negatives: fewer cannot
+rank models (a 95% interval of AUROC spans most of [0, 1])."""
 N_BINS = 10
 
 
@@ -141,10 +144,10 @@ def evaluate_multilabel(labels, prob, targets: Sequence[str], horizons: Sequence
             n_pos, n_known = int(y.sum()), int(m.sum())
             counts[f"n_{h}.{name}"], counts[f"pos_{h}.{name}"] = n_known, n_pos
             reason = None
-            if n_pos == 0:
-                reason = f"no positive among {n_known} known test patients"
-            elif n_pos == n_known:
-                reason = f"no negative among {n_known} known test patients"
+            if n_pos < MIN_CLASS:
+                reason = f"{n_pos} positives among {n_known} known test patients"
+            elif n_known - n_pos < MIN_CLASS:
+                reason = f"{n_known - n_pos} negatives among {n_known} known test patients"
             for metric, fn in FUNCS.items():
                 key = f"{metric}_{h}.{name}"
                 boot = np.full(w_all.shape[0], np.nan) if reason else fn(y, p, w)

@@ -195,6 +195,29 @@ def calibration_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def onset_markdown(flat: dict) -> str:
+    """The trajectory models' AUROC per (horizon, target) beside the cell's test positives
+    (``onset.test.pos_<h>.<target>`` of ``n_<h>...`` known), n/a with the reason where a cell
+    has too few positives or negatives to rank models; empty without trajectory scores."""
+    cells = sorted({k[len("onset.test.pos_"):] for k in flat if k.startswith("onset.test.pos_")},
+                   key=lambda c: (int(c.split(".", 1)[0]), c))
+    models = sorted({k.split(".")[1] for k in flat if k.startswith("onset.")
+                     and k.split(".")[1] not in ("test", "skipped")})
+    if not cells or not models:
+        return ""
+    lines = ["| horizon | target | test positives / known | "
+             + " | ".join(f"{m} AUROC" for m in models) + " |",
+             "|---|---|---|" + "---|" * len(models)]
+    for cell in cells:
+        h, target = cell.split(".", 1)
+        why = flat.get(f"onset.skipped.{cell}")
+        scores = [f"n/a ({why})" if why else _ci(flat, f"onset.{m}.auroc_{cell}")
+                  for m in models]
+        lines.append(f"| {int(h)}d | {target} | {flat[f'onset.test.pos_{cell}']} / "
+                     f"{flat[f'onset.test.n_{cell}']} | " + " | ".join(scores) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def collapse_markdown(rows: list[dict]) -> str:
     """A paragraph naming every model flagged collapsed (``<model>.collapsed`` in
     metrics/evaluate.json, :func:`ehrseq.evaluate.scoring.collapse`) and why; empty if none."""

@@ -259,4 +259,5 @@ def score_all(root: str | Path, outcomes_dir: str | Path, horizons, report: Repo
             res = evaluate_multilabel(y, p, targets, hz, report.bootstrap, report.seed, groups)
             metrics.update({f"onset.{name}.{k}": v for k, v in res["metrics"].items()})
             metrics.update({f"onset.skipped.{k}": v for k, v in res["skipped"].items()})
+            metrics.update({f"onset.test.{k}": v for k, v in res["n"].items()})   # per cell
     return metrics, risks
