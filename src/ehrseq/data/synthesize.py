@@ -138,15 +138,77 @@ def _generate_shard(task: tuple[int, int, str]) -> Counter:
     return fhir.write_batch(_generated_bundles(start, stop), part_dir)
 
 
+_SHARD_KEY = None   # the generator settings this worker's Generator was built for
+
+
+def _shard_files(task: tuple[int, int], seed: int, reference_date: dt.date, state: str,
+                 city: str | None) -> tuple[Counter, dict[str, bytes]]:
+    """A shard made on a cluster worker, which shares no disk with the client: the skipped
+    rows and the bytes of every file of its part, by relative path. The worker builds its
+    Generator once per settings."""
+    global _SHARD_KEY
+    start, stop = task
+    with tempfile.TemporaryDirectory(prefix="ehrseq-shard-") as tmp:
+        if _SHARD_KEY != (seed, reference_date, state, city):
+            _init_generator(seed, reference_date, state, city, str(Path(tmp) / "scratch"))
+            _SHARD_KEY = (seed, reference_date, state, city)
+        part = Path(tmp) / "part"
+        skipped = _generate_shard((start, stop, str(part)))
+        files = {str(f.relative_to(part)): f.read_bytes()
+                 for f in sorted(part.rglob("*")) if f.is_file()}
+    return skipped, files
+
+
+CONNECT_TIMEOUT_S = 5
+SHARD_RETRIES = 2
+
+
+def _run_on_cluster(address: str, tasks: list[tuple[int, int, str]], bar: tqdm,
+                    initargs: tuple) -> Counter:
+    """``tasks`` on the Dask cluster at ``address``: each shard's files come back to this
+    process and are written to its part directory. A shard whose worker dies is computed
+    again on another (the scheduler's own recovery), one whose code fails is retried
+    :data:`SHARD_RETRIES` times; nothing is written outside the parts, so a failed run leaves
+    no cohort."""
+    from distributed import Client, as_completed
+
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as e:
+        raise InputError(f"runtime.cluster {address!r}: no Dask scheduler answered within "
+                         f"{CONNECT_TIMEOUT_S} s ({type(e).__name__}: {e}); start one "
+                         "(docs/pod.md, 'Generating on a cluster') or set runtime.cluster: "
+                         "null") from e
+    seed, reference_date, state, city, _ = initargs
+    skipped: Counter = Counter()
+    try:
+        futures = {client.submit(_shard_files, (start, stop), seed, reference_date, state, city,
+                                 key=f"ehrseq-shard-{seed}-{start}-{stop}", pure=False,
+                                 retries=SHARD_RETRIES): (start, stop, part)
+                   for start, stop, part in tasks}
+        for future, (shard_skipped, files) in as_completed(futures, with_results=True):
+            start, stop, part = futures[future]
+            for rel, data in files.items():
+                path = Path(part) / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            skipped.update(shard_skipped)
+            bar.update(stop - start)
+    finally:
+        client.close()
+    return skipped
+
+
 def generate_cohort(
     out_csv_dir: str | Path, patients: int, seed: int, reference_date: dt.date,
     state: str, city: str | None, workers: int = 0, progress: bool = True,
-    shard_size: int = SHARD_SIZE,
+    shard_size: int = SHARD_SIZE, cluster: str | None = None,
 ) -> fhir.FlattenStats:
     """Generate ``patients`` Synthea patients into Synthea CSV files in ``out_csv_dir``.
 
-    ``workers=0`` uses every core. The same (patients, seed, reference_date, state, city)
-    give byte-identical files whatever ``workers`` and ``shard_size`` are.
+    ``workers=0`` uses every core; ``cluster`` (a Dask scheduler address) sends the shards to
+    its workers instead. The same (patients, seed, reference_date, state, city) give
+    byte-identical files whatever ``workers``, ``cluster`` and ``shard_size`` are.
     """
     _check_location(state, city)
     out_csv_dir = Path(out_csv_dir)
@@ -155,12 +217,14 @@ def generate_cohort(
         root = Path(tmp)
         tasks = [(start, min(start + shard_size, patients), str(root / f"part-{start:09d}"))
                  for start in range(0, patients, shard_size)]
+        initargs = (seed, reference_date, state, city, str(root / "scratch"))
         with tqdm(total=patients, unit="patient", desc="synthesize",
                   disable=not progress) as bar:
-            skipped = _run_parallel(
-                tasks, _generate_shard, lambda t: t[1] - t[0], workers, bar,
-                initializer=_init_generator,
-                initargs=(seed, reference_date, state, city, str(root / "scratch")))
+            if cluster:
+                skipped = _run_on_cluster(cluster, tasks, bar, initargs)
+            else:
+                skipped = _run_parallel(tasks, _generate_shard, lambda t: t[1] - t[0], workers,
+                                        bar, initializer=_init_generator, initargs=initargs)
         stats = _merge(root, out_csv_dir, skipped)
     # The export's own end: living patients are followed up to the simulation's end date.
     end = dt.datetime.combine(reference_date, dt.time(), tzinfo=dt.timezone.utc)
