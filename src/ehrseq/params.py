@@ -300,7 +300,7 @@ class PretrainParams(_Section):
     mask_prob: float = Field(0.15, gt=0, lt=1)
     epochs: int | None = Field(None, ge=1)
     """Overrides ``train.epochs`` for pre-training."""
-    objective: Literal["mlm", "tte", "mlm+tte"] = "mlm"
+    objective: Literal["mlm", "tte", "mlm+tte"] = "tte"
     """``mlm``: masked codes and next-visit codes (the two weights above). ``tte``: MOTOR's
     time-to-event objective alone (no masking): from the ``[CLS]`` state, a piecewise-
     exponential hazard of the next occurrence of each of the ``tte_codes`` most frequent
