@@ -72,7 +72,7 @@ def test_repro_runs_every_stage(repo):
     # representation probes: every embedding x every planted feature of the scenario
     assert "## Which representation carries" in (repo / "plots/evaluate/report.md").read_text()
     assert "probe.lstm.hypertension" in ev and "probe.tfidf_svd.age" in ev
-    assert ev["probe.tfidf_svd.age"] is None or -1 < ev["probe.tfidf_svd.age"] <= 1
+    assert ev["probe.tfidf_svd.age"] is None or ev["probe.tfidf_svd.age"] <= 1   # R²
     # values, not ranges: KM cannot rank, the truth and Cox do, nobody beats the truth
     assert ev["km.c_harrell"] == 0.5
     assert ev["oracle.c_harrell"] > 0.7 and ev["cox.c_harrell"] > 0.6
