@@ -49,8 +49,8 @@ def main(mode: str) -> None:
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
     for field, key, given, want in (
             ("time", "model.behrt.time", params.model.behrt.time, params.model.behrt.time),
-            ("values", "model.values", params.model.values,
-             uses_values(params.model.values, task.seqs))):
+            ("values", "model.behrt.values", params.model.behrt.values,
+             uses_values(params.model.behrt.values, task.seqs, "model.behrt.values"))):
         if getattr(cfg, field) != want:
             here = f" ({want!r} on these sequences)" if given != want else ""
             raise InputError(f"{PRETRAINED}/config.json: {field} {getattr(cfg, field)!r}, but "

@@ -38,7 +38,7 @@ def main() -> None:
     edges = tte_edges(pp.tte_pieces)
     cfg = behrt_config(params.model, seqs.vocab_size,
                        model_class="ehrseq.models.pretraining.BEHRTPretrain",
-                       values=uses_values(params.model.values, seqs))
+                       values=uses_values(params.model.behrt.values, seqs, "model.behrt.values"))
     if tte:
         cfg = replace(cfg, tte_tasks=len(tasks), tte_pieces=len(edges) - 1)
     log_freq = code_log_freq(seqs, train_idx)

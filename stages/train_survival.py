@@ -24,7 +24,7 @@ def main() -> None:
         return skip_stage(run.stage, run.skip, run.stats)
     task = run.task
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(bin_edges(task.cuts)) - 1,
-                      values=uses_values(params.model.values, task.seqs))
+                      values=uses_values(params.model.lstm.values, task.seqs, "model.lstm.values"))
     train, test = task.dataset("train"), task.dataset("test")
 
     def build() -> DiscreteTimeSurvivalLSTM:

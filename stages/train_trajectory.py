@@ -68,7 +68,8 @@ def main() -> None:
     pre, pre_cfg = (load_pretrained(PRETRAINED_BEHRT, "pretrain_behrt", task.seqs.vocab)
                     if tp.encoder == "behrt" else (None, None))
     cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
-                            pre_cfg, values=uses_values(params.model.values, task.seqs))
+                            pre_cfg, values=uses_values(getattr(params.model, tp.encoder).values,
+                                                        task.seqs, f"model.{tp.encoder}.values"))
     initialised = str(PRETRAINED_BEHRT) if pre is not None else ""
 
     def build() -> DiseaseTrajectoryModel:

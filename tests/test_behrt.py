@@ -207,7 +207,7 @@ def test_pretraining_beats_the_no_training_baselines(tmp_path):
 
 
 def test_values_enter_at_their_tokens_and_masked_values_are_hidden():
-    """model.values: each code position carries its token's value (0 at [CLS], [SEP] and
+    """model.behrt.values: each code position carries its token's value (0 at [CLS], [SEP] and
     value-less codes); the value vectors start at zero (the same encoder as without values)
     and, once learnt, a value changes the output; MLM hides a picked code's value."""
     s = toy_sequences(30, vocab_size=40, max_visits=9, max_codes=5, seed=1)

@@ -159,7 +159,7 @@ def _value_cohort(n, seed):
 
 @pytest.mark.parametrize("pool", ["sum", "attention"])
 def test_values_reach_the_lstm(tmp_path, pool):
-    """model.values: a risk carried by a lab value is learnt with values and not without (the
+    """model.lstm.values: a risk carried by a lab value is learnt with values and not without (the
     code alone is in every patient's input); value vectors start at zero, so before training
     the model equals the one without values."""
     s, landmark, dur, ev = _value_cohort(800, seed=7)

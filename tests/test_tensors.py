@@ -144,9 +144,10 @@ def test_values_asked_of_data_without_any_is_a_parameter_error():
     from ehrseq.io import InputError
 
     seqs = toy_sequences(10)                       # no token carries a value
-    assert uses_values(False, seqs) is False and uses_values("auto", seqs) is False
-    with pytest.raises(InputError, match=r"model.values: true.*sequences.event_kinds"):
-        uses_values(True, seqs)
+    key = "model.lstm.values"
+    assert uses_values(False, seqs, key) is False and uses_values("auto", seqs, key) is False
+    with pytest.raises(InputError, match=r"model.lstm.values: true.*sequences.event_kinds"):
+        uses_values(True, seqs, key)
     seqs.values[3] = 0.5
-    assert uses_values(True, seqs) is True and uses_values("auto", seqs) is True
-    assert uses_values(False, seqs) is False
+    assert uses_values(True, seqs, key) is True and uses_values("auto", seqs, key) is True
+    assert uses_values(False, seqs, key) is False

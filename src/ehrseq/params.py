@@ -233,6 +233,11 @@ class LSTMParams(_Section):
     over seeds (docs/sequence-models.md)."""
     time: Literal["gap", "days"] = "days"
     """``gap``: days since the previous visit and age; ``days``: also days before the landmark."""
+    values: Literal["auto"] | bool = False
+    """Lab values as values: a numeric token's vector adds its value (``values.npy``: normalised
+    per code on the training split, clipped to ±5 SD) times a learnt vector of its code (zero at
+    the start). ``auto``: whenever the data has numeric values; ``true`` requires them (an error
+    otherwise); ``false`` (default: no gain on validation, docs/sequence-models.md) never."""
 
 
 class BEHRTParams(_Section):
@@ -245,6 +250,13 @@ class BEHRTParams(_Section):
     """``years``: age in whole years, positions counted forward (the original BEHRT);
     ``days``: positions counted back from the landmark plus Time2Vec of days before the
     landmark, days since the previous visit and age (src/ehrseq/models/behrt.py)."""
+    values: Literal["auto"] | bool = "auto"
+    """Lab values as values: every numeric token adds its value (``values.npy``: normalised per
+    code on the training split, clipped to ±5 SD) times a learnt vector of its code to the
+    code's embedding (CEHR-BERT's value concatenation in additive form; the vectors start at
+    zero), beside the ``sequences.numeric_bins`` tokens or alone with ``numeric_bins: 0``.
+    ``auto`` (default: lower validation loss, docs/sequence-models.md): whenever the data has
+    numeric values; ``true`` requires them (an error otherwise); ``false`` never."""
 
 
 BEHRT_SIZES = {  # size: (hidden, layers, heads, intermediate, max_len)
@@ -281,13 +293,6 @@ class ModelParams(_Section):
     lstm: LSTMParams = Field(default_factory=LSTMParams)
     behrt: BEHRTParams = Field(default_factory=BEHRTParams)
     med2vec: Med2VecParams = Field(default_factory=Med2VecParams)
-    values: Literal["auto"] | bool = "auto"
-    """Lab values as values: BEHRT and the LSTM (and the trajectory model on them) add each
-    numeric token's value (``values.npy``: normalised per code on the training split, clipped
-    to ±5 SD) times a learnt vector of its code to the code's embedding (CEHR-BERT's value
-    concatenation in additive form; the vectors start at zero). Beside ``sequences.numeric_bins``
-    tokens, or alone with ``numeric_bins: 0``. ``auto``: whenever the data has numeric values;
-    ``true`` requires them (an error otherwise); ``false`` never."""
 
 
 class PretrainParams(_Section):

@@ -137,17 +137,17 @@ class Sequences:
         return np.diff(self.patient_offsets)
 
 
-def uses_values(wanted: bool | str, seqs: Sequences) -> bool:
-    """``model.values`` checked against the data: ``auto`` reads values when a token carries
-    one; ``true`` with no token carrying one (no numeric observation) is an
-    :class:`InputError` naming the keys."""
+def uses_values(wanted: bool | str, seqs: Sequences, key: str) -> bool:
+    """A model's ``values`` parameter (``key``: ``model.behrt.values``, ``model.lstm.values``)
+    checked against the data: ``auto`` reads values when a token carries one; ``true`` with no
+    token carrying one (no numeric observation) is an :class:`InputError` naming the keys."""
     if wanted == "auto":
         return seqs.has_values
     if wanted and not seqs.has_values:
-        raise InputError("model.values: true, but no token of the sequences carries a numeric "
+        raise InputError(f"{key}: true, but no token of the sequences carries a numeric "
                          "value (values.npy is all NaN): keep 'observation' in "
                          "sequences.event_kinds, use data with numeric observations, or set "
-                         "model.values: false")
+                         f"{key}: false")
     return bool(wanted)
 
 

@@ -13,7 +13,7 @@ the model reads time:
   embedding is added to every token: Time2Vec (a linear and K-1 periodic features, learnt
   frequencies) of log(1 + days before the landmark), log(1 + days since the previous visit)
   and age in decades, projected to the hidden size (:class:`TimeEmbedding`).
-With ``values`` (``model.values``) a numeric token also adds its normalised value times a
+With ``values`` (``model.behrt.values``) a numeric token also adds its normalised value times a
 learnt vector of its code (zero at the start): lab values as values, not only as bin tokens.
 Attention is our own module calling PyTorch's fused ``scaled_dot_product_attention`` through
 plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``; FFN ``fc1``,
@@ -55,7 +55,7 @@ class BEHRTConfig:
     dropout: float = 0.1
     max_age: int = 120        # age embedding rows: whole years 0..max_age-1 (clipped)
     time: str = "days"        # "years" | "days" (module docstring; model.behrt.time)
-    values: bool = False      # add value x a learnt vector per code (model.values)
+    values: bool = False      # add value x a learnt vector per code (model.<lstm|behrt>.values)
     n_bins: int = 0           # > 0: survival head with this many time bins
     tte_tasks: int = 0        # pre-training: MOTOR time-to-event tasks (codes); 0 = none
     tte_pieces: int = 0       # ... and the pieces of their piecewise-exponential hazards
@@ -67,7 +67,7 @@ def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
                  model_class: str = "ehrseq.models.behrt.BEHRTSurvival",
                  values: bool = False) -> BEHRTConfig:
     """The preset of ``params.size`` with every ``params.behrt`` field that is set on top;
-    ``values``: ``params.values`` checked against the data
+    ``values``: the model's ``values`` param checked against the data
     (:func:`ehrseq.data.tensors.uses_values`)."""
     dims = behrt_dims(params)   # validated by the params schema
     if dims["hidden"] % dims["heads"]:

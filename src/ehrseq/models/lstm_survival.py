@@ -5,7 +5,7 @@ Each visit becomes one vector of its code embeddings (``pool``, ``model.lstm.poo
 code gives, softmax within the visit, so one blood-pressure code among 17 vitals can carry the
 visit), concatenated with its time features: log1p of the gap in days since the previous visit,
 age / 100 and, with ``time: days`` (``model.lstm.time``), log1p of the days before the landmark
-(BEHRT's day-level inputs). With ``values`` (``model.values``) a numeric token's vector is its
+(BEHRT's day-level inputs). With ``values`` (``model.lstm.values``) a numeric token's vector is its
 code's embedding plus its normalised value times a learnt vector of the code (zero at the
 start), pooled like the rest. An LSTM reads the visits in order; its state at the last visit (the
 landmark) gives one hazard logit per time bin, trained with
@@ -44,14 +44,14 @@ class LSTMConfig:
     size: str = "small"
     pool: str = "sum"         # "mean" | "sum" | "attention" (model.lstm.pool)
     time: str = "days"        # "gap" | "days" (model.lstm.time)
-    values: bool = False      # add value x a learnt vector per code (model.values)
+    values: bool = False      # add value x a learnt vector per code (model.<lstm|behrt>.values)
     model_class: str = "ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM"
 
 
 def lstm_config(params: ModelParams, vocab_size: int, n_bins: int,
                 values: bool = False) -> LSTMConfig:
     """The size preset of ``params.size`` with any ``params.lstm`` field that is set on top;
-    ``values``: ``params.values`` checked against the data
+    ``values``: the model's ``values`` param checked against the data
     (:func:`ehrseq.data.tensors.uses_values`)."""
     embed, hidden, layers = SIZE_PRESETS[params.size]
     o = params.lstm

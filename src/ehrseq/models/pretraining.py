@@ -5,7 +5,7 @@ Each batch cuts every patient's history after visit ``k`` (one cut fraction ``u`
 
 - MLM: code tokens are picked with probability ``mask_prob``; of those 80% become ``[MASK]``,
   10% a random code, 10% stay; the model predicts the original code (cross-entropy). A picked
-  code's value (``model.values``) is hidden too.
+  code's value (``model.behrt.values``) is hidden too.
 - Next visit: from the ``[CLS]`` state (what the survival head reads later) the model predicts
   the set of codes of visit ``k + 1``: a softmax over codes against the visit's codes spread
   evenly (multi-label cross-entropy, as in Doctor AI / Med2Vec). Per-code binary cross-entropy

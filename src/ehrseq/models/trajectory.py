@@ -56,7 +56,7 @@ class TrajectoryConfig:
     size: str = "small"
     pool: str = "sum"           # the LSTM encoder's visit pooling and time (model.lstm.*)
     time: str = "days"
-    values: bool = False        # model.values (both encoders)
+    values: bool = False        # model.<encoder>.values
     model_class: str = "ehrseq.models.trajectory.DiseaseTrajectoryModel"
     behrt: dict | None = None   # BEHRTConfig fields (encoder ``behrt``)
 
@@ -74,7 +74,7 @@ def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
                       values: bool = False) -> TrajectoryConfig:
     """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides; for the
     ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the ``model.behrt``
-    preset; ``values``: ``params.values`` checked against the data."""
+    preset; ``values``: the model's ``values`` param checked against the data."""
     c = lstm_config(params, vocab_size, n_bins=1, values=values)
     if encoder == "behrt":
         behrt = behrt or behrt_config(params, vocab_size, values=values)
