@@ -301,7 +301,10 @@ def pretrain_loss(model: nn.Module, batch: BEHRTBatch, mlm_weight: float = 1.0,
     """``mlm_weight * CE(masked codes) + next_visit_weight * next_visit_loss + tte_weight *
     tte_loss`` (``edges``: the time pieces, :func:`tte_edges`)."""
     mlm, nxt, tte = model(batch)
-    loss = nxt.float().sum() * 0.0
+    # every head in the graph, at weight 0 when its objective is off (DDP needs each
+    # parameter to take part in every step)
+    loss = (nxt.float().sum() + mlm.float().sum()
+            + (tte.float().sum() if tte is not None else 0.0)) * 0.0
     if tte_weight and tte is not None:
         loss = loss + tte_weight * tte_loss(tte, batch.tte_time, batch.tte_event, edges)
     labels = batch.mlm_labels[batch.mlm_labels != IGNORE]
