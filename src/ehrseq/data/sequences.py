@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..io import InputError
 from ..params import SequencesParams
 from .visits import events_sql, visit_events_sql
 
+MEMORY_LIMIT = "2GB"   # DuckDB's working memory; past it, it spills to a temporary folder
 VALUE_CLIP = 5.0   # normalised lab values are clipped to ±this many training SDs
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
@@ -72,8 +74,11 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     for f in ("events.parquet", "patients.parquet"):
         if not (interim / f).is_file():
             raise InputError(f"{interim / f}: missing; run the ingest stage first")
+    spill = tempfile.TemporaryDirectory(prefix="ehrseq-duckdb-")   # DuckDB past its limit
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
+    con.execute(f"SET memory_limit={_lit(MEMORY_LIMIT)}")
+    con.execute(f"SET temp_directory={_lit(spill.name)}")
     patients = con.execute(
         f"SELECT * FROM read_parquet({_lit(interim / 'patients.parquet')}) ORDER BY patient"
     ).df()
@@ -153,39 +158,55 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     vocab = pd.DataFrame({"token": counts["token"], "id": np.arange(len(SPECIALS), len(tokens))})
     con.register("vocab", vocab)
 
-    rows = con.execute(f"""
+    # Visits numbered in array order; tokens fetched as numeric arrays only (no per-token
+    # strings in Python: the stage's memory stays near the arrays' own size).
+    con.execute("""
+        CREATE TEMP TABLE vis AS
+        SELECT pidx, vkey, vtime, row_number() OVER (ORDER BY pidx, vtime, vkey) - 1 AS vno
+        FROM (SELECT DISTINCT pidx, vkey, vtime FROM vt)""")
+    tok = con.execute(f"""
         WITH r AS (
-            SELECT vt.pidx, vt.vtime, vt.vkey, vt.split, COALESCE(vocab.id, {UNK}) AS id,
-                   vocab.id IS NULL AS oov, vt.value, vt.vid,
+            SELECT vt.pidx, vt.vkey, COALESCE(vocab.id, {UNK}) AS id, vt.value, vt.vid,
                    row_number() OVER (PARTITION BY vt.pidx, vt.vkey
                                       ORDER BY vt.first_time, vt.token) AS k
             FROM vt LEFT JOIN vocab USING (token))
-        SELECT pidx, epoch_us(vtime) AS vtime_us, vkey, id, oov, split, value, vid FROM r
-        WHERE k <= {p.max_codes_per_visit}
-        ORDER BY pidx, vtime, vkey, k""").df()
+        SELECT vis.vno, r.id, COALESCE(r.value, 'NaN'::DOUBLE) AS value,
+               COALESCE(r.vid, -1) AS vid
+        FROM r JOIN vis USING (pidx, vkey)
+        WHERE r.k <= {p.max_codes_per_visit}
+        ORDER BY vis.vno, r.k""").fetchnumpy()
+    oov_counts = dict(((s, o), n) for s, o, n in con.execute(f"""
+        WITH r AS (
+            SELECT vt.split, vocab.id IS NULL AS oov,
+                   row_number() OVER (PARTITION BY vt.pidx, vt.vkey
+                                      ORDER BY vt.first_time, vt.token) AS k
+            FROM vt LEFT JOIN vocab USING (token))
+        SELECT split, oov, count(*) FROM r WHERE k <= {p.max_codes_per_visit}
+        GROUP BY split, oov""").fetchall())
+    visits = con.execute("""
+        SELECT pidx, vkey, epoch_us(vtime) AS vtime_us FROM vis ORDER BY vno""").df()
     con.close()
+    spill.cleanup()
 
-    # Arrays: a visit starts wherever (pidx, vkey) changes in the sorted rows.
-    pidx = rows["pidx"].to_numpy(np.int64)
-    vkey = rows["vkey"].to_numpy()
-    new_visit = np.ones(len(rows), dtype=bool)
-    new_visit[1:] = (pidx[1:] != pidx[:-1]) | (vkey[1:] != vkey[:-1])
-    starts = np.flatnonzero(new_visit)
-    visit_offsets = np.append(starts, len(rows)).astype(np.int64)
-    visit_pidx = pidx[starts]
+    # Arrays: offsets from the tokens per visit and the visits per patient.
+    vno = np.asarray(tok["vno"], np.int64)
+    per_visit = np.bincount(vno, minlength=len(visits))
+    visit_offsets = np.concatenate([[0], np.cumsum(per_visit)]).astype(np.int64)
+    visit_pidx = visits["pidx"].to_numpy(np.int64)
     visits_per_patient = np.bincount(visit_pidx, minlength=len(patients))
     patient_offsets = np.concatenate([[0], np.cumsum(visits_per_patient)]).astype(np.int64)
-    visit_time = rows["vtime_us"].to_numpy(np.float64)[starts] / 86_400e6
+    visit_time = visits["vtime_us"].to_numpy(np.float64) / 86_400e6
     birth_days = ((pd.to_datetime(patients["birth_date"]).dt.tz_localize("UTC") - EPOCH)
                   .dt.days.to_numpy(np.float64))
     visit_age = ((visit_time - birth_days[visit_pidx]) / 365.25).astype(np.float32)
-    codes = rows["id"].to_numpy(np.int32)
+    codes = np.asarray(tok["id"]).astype(np.int32)
+    raw_value = np.asarray(tok["value"], np.float64)
 
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "codes.npy", codes)
-    z, mu, sd = normalise_values(rows["value"].to_numpy(np.float64, na_value=np.nan),
-                                 rows["vid"].to_numpy(np.float64, na_value=-1).astype(np.int64),
+    z, mu, sd = normalise_values(raw_value, np.asarray(tok["vid"], np.int64),
                                  train_values["vid"], train_values["v"], len(value_codes))
+    del tok
     np.save(out / "values.npy", z)
     (out / "values.json").write_text(json.dumps(
         {"codes": value_codes, "mean": mu.tolist(), "sd": sd.tolist()}, indent=1) + "\n")
@@ -195,7 +216,7 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     np.save(out / "visit_age.npy", visit_age)
     # One row per visit, in array order: which encounter (or day) each visit is (audits).
     pd.DataFrame({"patient": patients["patient"].to_numpy()[visit_pidx],
-                  "visit_key": vkey[starts].astype(str),
+                  "visit_key": visits["vkey"].to_numpy().astype(str),
                   "visit_time": visit_time}).to_parquet(out / "visits.parquet", index=False)
     pat_out = patients[["patient", "split", "gender", "birth_date", "death_date"]].copy()
     pat_out["end_of_record"] = (pd.to_datetime(patients["end_of_record"], utc=True) - EPOCH) \
@@ -208,19 +229,22 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         "specials": {s: i for i, s in enumerate(SPECIALS)},
     }, indent=1) + "\n")
 
-    tokens_per_patient = np.bincount(pidx, minlength=len(patients))
-    split = rows["split"].to_numpy()
-    oov = rows["oov"].to_numpy(bool)
+    tokens_per_patient = np.bincount(visit_pidx, weights=per_visit,
+                                     minlength=len(patients)).astype(np.int64)
+
+    def oov_rate(split: str) -> float | None:
+        n_oov, n_in = oov_counts.get((split, True), 0), oov_counts.get((split, False), 0)
+        return n_oov / (n_oov + n_in) if n_oov + n_in else None
+
     metrics = {
         "patients": len(patients),
         **{f"patients_{s}": int((patients["split"] == s).sum()) for s in ("train", "val", "test")},
         "patients_without_visits": int((visits_per_patient == 0).sum()),
         "vocab_size": len(tokens),
         "tokens": len(codes),
-        "tokens_with_value": int(rows["value"].notna().sum()),
-        "visits": len(starts),
-        **{f"oov_rate_{s}": float(oov[split == s].mean()) if (split == s).any() else None
-           for s in ("val", "test")},
+        "tokens_with_value": int(np.isfinite(raw_value).sum()),
+        "visits": len(visits),
+        **{f"oov_rate_{s}": oov_rate(s) for s in ("val", "test")},
     }
     for name, arr in (("visits_per_patient", visits_per_patient),
                       ("tokens_per_patient", tokens_per_patient)):
