@@ -152,6 +152,7 @@ def main() -> None:
         flat.update(headroom(pairs, flat.get("best_count.model")))
         probe_flat, probe_md = probes()
         flat.update(probe_flat)
+        onset_md = onset_markdown(flat)
         forest(rows, out / "cindex.png")
         params_vs_c(rows, out / "params_vs_cindex.png")
         best_name = "" if best is None else \
@@ -182,7 +183,7 @@ def main() -> None:
                + curve_md + "\n![learning curve](learning_curve.png)\n"
                "![C against cost](learning_curve_cost.png)\n" if curve_md else "")
             + ("\n## Disease trajectories: onset AUROC per target and horizon\n\n"
-               + onset_markdown(flat) if onset_markdown(flat) else "")
+               + onset_md if onset_md else "")
             + ("\n## Which representation carries which planted feature (probes)\n\n"
                + probe_md if probe_md else ""))
     write_json("metrics/evaluate.json", flat)

@@ -175,14 +175,6 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         FROM r JOIN vis USING (pidx, vkey)
         WHERE r.k <= {p.max_codes_per_visit}
         ORDER BY vis.vno, r.k""").fetchnumpy()
-    oov_counts = dict(((s, o), n) for s, o, n in con.execute(f"""
-        WITH r AS (
-            SELECT vt.split, vocab.id IS NULL AS oov,
-                   row_number() OVER (PARTITION BY vt.pidx, vt.vkey
-                                      ORDER BY vt.first_time, vt.token) AS k
-            FROM vt LEFT JOIN vocab USING (token))
-        SELECT split, oov, count(*) FROM r WHERE k <= {p.max_codes_per_visit}
-        GROUP BY split, oov""").fetchall())
     visits = con.execute("""
         SELECT pidx, vkey, epoch_us(vtime) AS vtime_us FROM vis ORDER BY vno""").df()
     con.close()
@@ -231,10 +223,14 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
 
     tokens_per_patient = np.bincount(visit_pidx, weights=per_visit,
                                      minlength=len(patients)).astype(np.int64)
+    # out of vocabulary = [UNK] (no vocabulary token has its id); counted per patient, then split
+    oov_per_patient = np.bincount(visit_pidx[vno[codes == UNK]], minlength=len(patients))
+    split_of_patient = patients["split"].to_numpy()
 
     def oov_rate(split: str) -> float | None:
-        n_oov, n_in = oov_counts.get((split, True), 0), oov_counts.get((split, False), 0)
-        return n_oov / (n_oov + n_in) if n_oov + n_in else None
+        mine = split_of_patient == split
+        n = int(tokens_per_patient[mine].sum())
+        return int(oov_per_patient[mine].sum()) / n if n else None
 
     metrics = {
         "patients": len(patients),
