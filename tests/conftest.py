@@ -20,6 +20,19 @@ def export_dir(name: str) -> Path:
     return d
 
 
+def ingested(export: str, root: Path) -> Path:
+    """The real export ``export`` through ingest (``root/interim``) and sequences with the
+    default params (``root/seq``); returns ``root``."""
+    from ehrseq.data.ingest import ingest
+    from ehrseq.data.sequences import build_sequences
+    from ehrseq.params import SequencesParams
+
+    (root / "interim").mkdir()
+    ingest(export_dir(export), root / "interim")
+    build_sequences(root / "interim", root / "seq", SequencesParams())
+    return root
+
+
 @pytest.fixture(params=EXPORTS)
 def real_export(request) -> Path:
     return export_dir(request.param)

@@ -10,26 +10,20 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, export_dir
+from conftest import ROOT, ingested
 
-from ehrseq.data.ingest import ingest
-from ehrseq.data.sequences import build_sequences
 from ehrseq.data.tensors import Sequences
 from ehrseq.io import InputError
 from ehrseq.outcomes.build import build_outcomes
 from ehrseq.outcomes.custom import custom_risk, scenario_frames
 from ehrseq.outcomes.landmarks import Landmarks
-from ehrseq.params import OutcomeParams, SequencesParams, SyntheticParams
+from ehrseq.params import OutcomeParams, SyntheticParams
 
 
 @pytest.fixture(scope="module")
 def labs(tmp_path_factory):
     """dbt-synthea-v3.0 (real Synthea patients with vitals) through ingest and sequences."""
-    root = tmp_path_factory.mktemp("labs")
-    (root / "interim").mkdir()
-    ingest(export_dir("dbt-synthea-v3.0"), root / "interim")
-    build_sequences(root / "interim", root / "seq", SequencesParams())
-    return root
+    return ingested("dbt-synthea-v3.0", tmp_path_factory.mktemp("labs"))
 
 
 def synthetic(root, out, **kw):

@@ -4,17 +4,15 @@ landmark's visits, never to all of a patient's visits."""
 
 import numpy as np
 import pytest
-from conftest import export_dir
+from conftest import ingested
 
-from ehrseq.data.ingest import ingest
-from ehrseq.data.sequences import build_sequences
 from ehrseq.data.task import SurvivalTask
 from ehrseq.data.tensors import Sequences, build_batch
 from ehrseq.models.behrt import BEHRTDataset
 from ehrseq.models.med2vec import Med2VecSurvivalDataset
 from ehrseq.outcomes.build import build_outcomes
 from ehrseq.outcomes.landmarks import input_window, landmark_tokens
-from ehrseq.params import OutcomeParams, ParamsError, SequencesParams, parse_params
+from ehrseq.params import OutcomeParams, ParamsError, parse_params
 
 SPECIAL = 5
 HISTORY = {"max_visits": 6, "max_tokens": 60}
@@ -22,10 +20,7 @@ HISTORY = {"max_visits": 6, "max_tokens": 60}
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("history")
-    (root / "interim").mkdir()
-    ingest(export_dir("unmc-v3.2"), root / "interim")
-    build_sequences(root / "interim", root / "seq", SequencesParams())
+    root = ingested("unmc-v3.2", tmp_path_factory.mktemp("history"))
     build_outcomes(root / "interim", root / "seq", root / "out",
                    OutcomeParams(history=HISTORY))
     return SurvivalTask.load(root / "seq", root / "out")

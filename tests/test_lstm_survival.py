@@ -94,14 +94,21 @@ def _planted_cohort(n, seed, fast=40.0, slow=600.0):
     return s, landmark, np.minimum(t, c), (t <= c).astype(float)
 
 
-def test_lstm_learns_a_planted_signal(tmp_path):
-    s, landmark, dur, ev = _planted_cohort(800, seed=4)
+def _split(cohort, tmp_path):
+    """A toy cohort through the sequences contract on disk, six time bins from its event
+    times, the first 600 rows to train and the rest to validate."""
+    s, landmark, dur, ev = cohort
     s.save(tmp_path / "seq")
     s = Sequences.load(tmp_path / "seq")
     cuts = np.quantile(dur[ev == 1], np.linspace(0, 1, 7)[1:]).tolist()
-    tr, va = np.arange(600), np.arange(600, 800)
+    tr, va = np.arange(600), np.arange(600, len(dur))
     train = SequenceDataset(s, tr, landmark[tr], dur[tr], ev[tr], cuts)
     val = SequenceDataset(s, va, landmark[va], dur[va], ev[va], cuts)
+    return s, landmark, dur, ev, tr, va, train, val
+
+
+def test_lstm_learns_a_planted_signal(tmp_path):
+    s, landmark, dur, ev, tr, va, train, val = _split(_planted_cohort(800, seed=4), tmp_path)
     batch = val[np.arange(len(va))]  # the oracle: does the input hold the planted code?
     n_vis = batch.visit_mask.shape[1]
     owner = torch.repeat_interleave(torch.arange(batch.visit_counts.numel()),
@@ -162,13 +169,7 @@ def test_values_reach_the_lstm(tmp_path, pool):
     """model.lstm.values: a risk carried by a lab value is learnt with values and not without (the
     code alone is in every patient's input); value vectors start at zero, so before training
     the model equals the one without values."""
-    s, landmark, dur, ev = _value_cohort(800, seed=7)
-    s.save(tmp_path / "seq")
-    s = Sequences.load(tmp_path / "seq")
-    cuts = np.quantile(dur[ev == 1], np.linspace(0, 1, 7)[1:]).tolist()
-    tr, va = np.arange(600), np.arange(600, 800)
-    train = SequenceDataset(s, tr, landmark[tr], dur[tr], ev[tr], cuts)
-    val = SequenceDataset(s, va, landmark[va], dur[va], ev[va], cuts)
+    s, landmark, dur, ev, tr, va, train, val = _split(_value_cohort(800, seed=7), tmp_path)
     val_loader = make_loader(val, 100)
     c, models = {}, {}
     for values in (False, True):

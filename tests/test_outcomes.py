@@ -7,10 +7,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, export_dir
+from conftest import ROOT, ingested
 
-from ehrseq.data.ingest import ingest
-from ehrseq.data.sequences import build_sequences
 from ehrseq.data.tensors import Sequences, build_batch
 from ehrseq.io import InputError
 from ehrseq.outcomes.build import build_outcomes
@@ -23,11 +21,7 @@ from ehrseq.survival.bins import time_bins
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """unmc-v3.2 (111 real Synthea patients) through ingest and sequences."""
-    root = tmp_path_factory.mktemp("cohort")
-    (root / "interim").mkdir()
-    ingest(export_dir("unmc-v3.2"), root / "interim")
-    build_sequences(root / "interim", root / "seq", SequencesParams())
-    return root
+    return ingested("unmc-v3.2", tmp_path_factory.mktemp("cohort"))
 
 
 @pytest.fixture(scope="module")
