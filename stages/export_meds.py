@@ -68,9 +68,9 @@ def predictions() -> None:
     from ehrseq.evaluate.scoring import check_present, prediction_outputs
 
     outcome = load_params().outcome.name
-    # every prediction output of the DAG on disk first: `dvc repro --pull --allow-missing`
-    # does not restore a directory dependency that spans several stages' outputs
-    # (treeverse/dvc#11099), and exporting without them wrote an empty data/meds_predictions
+    # every prediction output of the DAG on disk first: DVC cannot pull a directory dependency
+    # that spans several stages' outputs (treeverse/dvc#11099), and exporting without them
+    # would write an empty data/meds_predictions
     check_present(prediction_outputs(PREDICTIONS))
     surv = survival_predictions()
     counts = write_predictions(surv, OUTCOMES / "outcomes.parquet", horizons(), PRED_OUT, OUT,

@@ -82,10 +82,9 @@ def prediction_outputs(root: str | Path = PREDICTIONS, repo: str | Path = ".") -
 
 
 def check_present(outputs: list[Path]) -> None:
-    """Every prediction output of the DAG must be on disk before scoring: `dvc exp run
-    --allow-missing` neither pulls nor restores the contents of a directory dependency that
-    spans several stages' outputs (treeverse/dvc#11099), and scoring without them would give a
-    report with models silently missing."""
+    """Every prediction output of the DAG must be on disk before scoring: DVC cannot pull a
+    directory dependency that spans several stages' outputs (treeverse/dvc#11099), and scoring
+    without them would give a report with models silently missing."""
     missing = [str(o) for o in outputs if not o.exists()]
     if missing:
         raise InputError(f"{', '.join(missing)}: missing; run `python -m ehrseq.ops.pod "

@@ -318,9 +318,10 @@ def prune_mirror(older_than: float | None) -> None:
 
 
 def pull_predictions() -> None:
-    """`dvc pull` every model's test predictions (the outputs under data/predictions), so that
-    `dvc exp run --pull --allow-missing` on a machine that pulled nothing finds `evaluate`'s
-    directory dependency unchanged (DVC does not pull it: treeverse/dvc#11099)."""
+    """`dvc pull` every model's test predictions (the outputs under data/predictions): what a
+    machine that pulled nothing needs before `evaluate` runs again (a changed `report` param).
+    `dvc repro --pull` cannot pull that dependency itself: it spans several stages' outputs and
+    is the output of none (treeverse/dvc#11099); an unchanged `evaluate` is skipped anyway."""
     from ..evaluate.scoring import prediction_outputs
 
     here = Path.cwd().resolve()
