@@ -1,7 +1,9 @@
 """Stage `evaluate`: the only place test metrics are computed. Scores every model's test
 predictions found under data/predictions (no list of models: :mod:`ehrseq.evaluate.scoring`),
-compares them pairwise on the same test patients, and writes metrics/evaluate.json (for `dvc
-metrics diff`), a Markdown report and figures."""
+compares them pairwise on the same test patients, and writes metrics/summary.json (the
+headline: the only DVC metric, what `dvc exp show` and `dvc metrics diff` print),
+metrics/evaluate.json and metrics/learning_curve.json (every number), a Markdown report and
+figures."""
 
 import logging
 from pathlib import Path
@@ -24,6 +26,7 @@ from ehrseq.evaluate.report import (  # noqa: E402
     collapse_markdown,
     collect,
     comparisons_markdown,
+    headline,
     headroom,
     machine,
     onset_markdown,
@@ -187,6 +190,7 @@ def main() -> None:
             + ("\n## Which representation carries which planted feature (probes)\n\n"
                + probe_md if probe_md else ""))
     write_json("metrics/evaluate.json", flat)
+    write_json("metrics/summary.json", headline(flat))
     write_json("metrics/learning_curve.json", curve)
     print(to_markdown(rows))
     if pairs:

@@ -55,6 +55,19 @@ def test_repro_runs_every_stage(repo):
         stats = json.loads((repo / f"metrics/{f}.json").read_text())
         assert {f"{name}.{k}" for k in RUN_STATS} <= set(stats), f
     assert ev["test.landmarks"] > ev["test.patients"] > 0 and ev["lstm.n_params"] > 0
+    # the headline, the only DVC metric: a few numbers per sequence model, read from the detail
+    head = json.loads((repo / "metrics/summary.json").read_text())
+    from ehrseq.evaluate.report import HEADLINE_MODEL_KEYS
+    models = {k.split(".")[0] for k in head} - {"test", "oracle", "best_count", "headroom",
+                                                 "headroom_lo", "headroom_hi"}
+    assert models == {"lstm", "med2vec", "behrt_full", "behrt_lora", "behrt_probe",
+                      "behrt_scratch"}, models       # no count model, no curve point
+    assert len(head) <= 13 + len(models) * len(HEADLINE_MODEL_KEYS)
+    assert head["lstm.c"] == ev["lstm.c_harrell"] and head["oracle.c"] == ev["oracle.c_harrell"]
+    assert head["lstm.vs_best_count"] == ev["delta.lstm-best_count.delta"]
+    assert head["best_count.model"] == ev["best_count.model"]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo))
+    assert set(next(iter(shown.values()))["data"]) == {"metrics/summary.json"}, shown
     # the label-efficiency curve: every family at 8 labelled patients and the main run
     lc = json.loads((repo / "metrics/learning_curve.json").read_text())
     n_all = lc["curve.n_all"]
@@ -107,8 +120,7 @@ def test_queue_sweep_runs_each_point_once(repo):
     param does not reach come from the run-cache instead of being trained again. The swept
     param (trajectory.pos_weight) reaches one training stage: the mechanism is the same for
     any param, and this one keeps the test to one training per point."""
-    base = {f: json.loads((repo / f).read_text()) for f in
-            ("metrics/train_survival.json", "metrics/finetune_behrt/full.json")}
+    base = json.loads((repo / "metrics/summary.json").read_text())
     run(["dvc", "exp", "run", "--queue", "-S", "trajectory.pos_weight=2,5"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo)
     status = queue_wait(repo)
@@ -121,22 +133,19 @@ def test_queue_sweep_runs_each_point_once(repo):
             w = d["params"]["params.yaml"]["data"]["trajectory"]["pos_weight"]
             points[w] = {k: v["data"] for k, v in d["metrics"].items()}
     assert set(points) == {2, 5}, points
-    full = [p["metrics/evaluate.json"]["behrt_full.c_harrell"] for p in points.values()]
+    # the only DVC metric is the headline (metrics/summary.json)
+    assert all(set(p) == {"metrics/summary.json"} for p in points.values()), points
+    full = [p["metrics/summary.json"]["behrt_full.c"] for p in points.values()]
     assert all(0.0 <= c <= 1.0 for c in full)
-    losses = {p["metrics/train_trajectory.json"]["trajectory.best_val_loss"]
-              for p in points.values()}
-    assert len(losses) == 2                       # each point trained with its own weight
     for p in points.values():    # the weight reaches neither the LSTM nor BEHRT: not re-trained
-        assert p["metrics/train_survival.json"]["lstm.train_seconds"] == \
-            base["metrics/train_survival.json"]["lstm.train_seconds"]
-        assert p["metrics/finetune_behrt/full.json"]["behrt_full.train_seconds"] == \
-            base["metrics/finetune_behrt/full.json"]["behrt_full.train_seconds"]
-    name = next(line.split()[1] for line in status.splitlines() if "Success" in line)
-    logs = run(["dvc", "queue", "logs", name], repo)
-    assert "Running stage 'train_trajectory'" in logs
-    assert "Stage 'train_survival' is cached - skipping run" in logs
-    assert "Running stage 'train_survival'" not in logs
-    assert "Running stage 'finetune_behrt@full'" not in logs
+        for model in ("lstm", "behrt_full"):
+            assert p["metrics/summary.json"][f"{model}.train_s"] == base[f"{model}.train_s"]
+    for name in (line.split()[1] for line in status.splitlines() if "Success" in line):
+        logs = run(["dvc", "queue", "logs", name], repo)
+        assert "Running stage 'train_trajectory'" in logs   # each point trains its own weight
+        assert "Stage 'train_survival' is cached - skipping run" in logs
+        assert "Running stage 'train_survival'" not in logs
+        assert "Running stage 'finetune_behrt@full'" not in logs
 
 
 @pytest.mark.slow   # the same bytes are checked in the default run, faster: synthesize by

@@ -159,6 +159,40 @@ def headroom(pairs: list[dict], best_count: str | None) -> dict:
     return {}
 
 
+HEADLINE_MODEL_KEYS = ("c", "c_lo", "c_hi", "vs_best_count", "vs_best_count_lo",
+                       "vs_best_count_hi", "vs_oracle", "train_s", "cost_usd")
+"""What metrics/summary.json holds per sequence model (see :func:`headline`)."""
+
+
+def headline(flat: dict) -> dict:
+    """The benchmark's headline, the only file declared as a DVC metric (what `dvc exp show`
+    and `dvc metrics diff` print): the test split's size; the oracle's and the best count
+    model's Harrell C with their intervals and the headroom between them; and per model that
+    is not a count model (its stage is not ``baselines``): C [interval], the paired ΔC against
+    the best count model [interval] and against the oracle, train seconds and GPU cost. Every
+    other number (each metric at each horizon, every bound, the curve, the probes) stays in
+    metrics/evaluate.json, a stage output that is not a DVC metric."""
+    out = {f"test.{k}": flat[f"test.{k}"] for k in ("patients", "landmarks", "events")}
+    for name in ("oracle", "best_count"):
+        if f"{name}.c_harrell" in flat:
+            out.update({f"{name}.c{s}": flat[f"{name}.c_harrell{s}"] for s in ("", "_lo", "_hi")})
+    if "best_count.model" in flat:
+        out["best_count.model"] = flat["best_count.model"]
+    if "headroom" in flat:
+        out.update({k: flat[k] for k in ("headroom", "headroom_lo", "headroom_hi")})
+    models = sorted(k[:-len(".c_harrell")] for k in flat if k.endswith(".c_harrell")
+                    and flat.get(f"{k[:-len('.c_harrell')]}.stage") not in (None, "baselines"))
+    for m in models:
+        d, o = f"delta.{m}-best_count.", f"delta.{m}-oracle."
+        row = {"c": flat[f"{m}.c_harrell"], "c_lo": flat.get(f"{m}.c_harrell_lo"),
+               "c_hi": flat.get(f"{m}.c_harrell_hi"), "vs_best_count": flat.get(d + "delta"),
+               "vs_best_count_lo": flat.get(d + "lo"), "vs_best_count_hi": flat.get(d + "hi"),
+               "vs_oracle": flat.get(o + "delta"), "train_s": flat.get(f"{m}.train_seconds"),
+               "cost_usd": flat.get(f"{m}.gpu_cost_usd")}
+        out.update({f"{m}.{k}": row[k] for k in HEADLINE_MODEL_KEYS if row[k] is not None})
+    return out
+
+
 def comparisons_markdown(rows: list[dict]) -> str:
     """Three tables: every model against the best count model, against the oracle, and the
     named questions (:data:`COMPARISONS`); each sorted by ΔC, largest first."""
