@@ -37,7 +37,7 @@ test-all: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff check src stages tests bench docs/tools
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/ingest.py

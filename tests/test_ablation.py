@@ -1,9 +1,9 @@
-"""bench/ablation.py: where each stage of an ablation writes its metrics."""
+"""docs/tools/ablation.py: where each stage of an ablation writes its metrics."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "tools"))
 from ablation import stage_metrics  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""bench/data_scale.py on the real DAG: one `dvc exp run` per cohort size in a copy of the tiny
+"""docs/tools/data_scale.py on the real DAG: one `dvc exp run` per cohort size in a copy of the tiny
 pipeline, then the page and plot from `dvc exp show --json` (issue 13, data-scale curve)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def test_one_experiment_per_size_and_a_page(tiny_pipeline, tmp_path):
         run(["git", "config", k, v], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline run"], repo)
-    script = str(ROOT / "bench/data_scale.py")
+    script = str(ROOT / "docs/tools/data_scale.py")
     # 40 is the committed run's size (its experiment runs nothing); 46 is a new, larger cohort
     run([sys.executable, script, "run", "--sizes", "46", "40"], repo, timeout=1800)
     run([sys.executable, script, "report", "--out", "scale.md"], repo)
@@ -38,7 +38,7 @@ def test_one_experiment_per_size_and_a_page(tiny_pipeline, tmp_path):
 def test_bad_sizes_are_refused(tmp_path):
     import subprocess
 
-    p = subprocess.run([sys.executable, str(ROOT / "bench/data_scale.py"), "run", "--sizes",
+    p = subprocess.run([sys.executable, str(ROOT / "docs/tools/data_scale.py"), "run", "--sizes",
                         "0", "250"], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode != 0 and "--sizes: [0]" in p.stderr
 
@@ -48,7 +48,7 @@ def test_report_from_finished_checkouts(tiny_pipeline, tmp_path):
     the size read from metrics/synthesize.json; a size twice or an unfinished run is refused."""
     import subprocess
 
-    script = [sys.executable, str(ROOT / "bench/data_scale.py"), "report"]
+    script = [sys.executable, str(ROOT / "docs/tools/data_scale.py"), "report"]
     out = tmp_path / "scale.md"
     run([*script, "--out", str(out), "--dirs", str(tiny_pipeline)], tmp_path)
     page = out.read_text()
@@ -70,7 +70,7 @@ def test_report_from_finished_checkouts(tiny_pipeline, tmp_path):
 def test_points_of_different_outcomes_are_refused_and_other_differences_listed():
     """A data-scale curve compares one question at several sizes: runs of two outcomes are
     refused; any other param that differs (besides data.* and runtime.*) is named on the page."""
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "docs" / "tools"))
     from data_scale import differing
 
     def point(name, outcome, patience, threads):

@@ -1,5 +1,5 @@
 """The library's layout and the DAG's wiring (issue 11), checked from the code itself
-(bench/layout.py prints the same report):
+(docs/tools/layout.py prints the same report):
 
 - no import cycle, no lower layer importing a higher one;
 - every src module a stage script imports (transitively, lazy imports included) is among that
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "docs" / "tools"))
 import layout  # noqa: E402
 
 TRAINING = ("train_survival", "pretrain_behrt", "finetune_behrt", "train_med2vec",

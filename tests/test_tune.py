@@ -305,10 +305,10 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
 
 
 def test_race_replay_of_recorded_curves(tmp_path):
-    """bench/tune_race.py: a race that cuts too early keeps the lr that started fast."""
+    """docs/tools/tune_race.py: a race that cuts too early keeps the lr that started fast."""
     import sys
 
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "docs" / "tools"))
     from tune_race import replay, tuned_curves
 
     slow = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]          # better in the end

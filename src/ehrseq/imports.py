@@ -2,7 +2,7 @@
 script runs.
 
 - :func:`closure` is every ``ehrseq`` module a script needs, transitively, function-level
-  (lazy) imports included. bench/layout.py and tests/test_layout.py check with it that each
+  (lazy) imports included. docs/tools/layout.py and tests/test_layout.py check with it that each
   stage lists these modules among its dvc.yaml deps.
 - :func:`code_fingerprint` hashes that same set (the script and its closure) and is part of
   every training run key (:func:`ehrseq.train.recipe.train_stage`): a change to the code that

@@ -17,7 +17,7 @@ A race (``tune.race_epochs``, one round of successive halving) spends less of th
 losers: every lr first trains ``race_epochs`` epochs (a checkpoint at the cut), and only the
 one with the lowest validation loss so far then trains on, resuming from that checkpoint to its
 own early stop, so the kept model is bit-identical to that lr trained alone. Replayed on 42
-recorded tuned trainings (``python bench/tune_race.py``, docs/training.md): at 4 epochs the
+recorded tuned trainings (``python docs/tools/tune_race.py``, docs/training.md): at 4 epochs the
 same lr is kept in 37, 56 % of the epochs run, the worst kept validation loss 0.006 higher.
 """
 

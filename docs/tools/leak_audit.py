@@ -8,7 +8,7 @@ landmark, and those of them that became known only after it (the later of the ev
 its encounter's start). Run it on a workspace built by the old code (before commit 7c3de2a) to
 measure the leak, and on a new one to see that its own ``audit_*`` metrics are 0:
 
-    python bench/leak_audit.py /path/to/workspace
+    python docs/tools/leak_audit.py /path/to/workspace
 """
 
 from __future__ import annotations
@@ -57,5 +57,8 @@ def audit_old_rule(root: Path) -> dict:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     print(json.dumps(audit_old_rule(root), indent=1))

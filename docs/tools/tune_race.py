@@ -1,13 +1,13 @@
 """Replay recorded tuned trainings as a race (``tune.race_epochs``): which learning rate a race
 of K epochs keeps, how many epochs it saves, and what the kept validation loss costs.
 
-    python bench/tune_race.py [ROOT ...] [--race 1 2 3 4 5] [--patience 5]
+    python docs/tools/tune_race.py [ROOT ...] [--race 1 2 3 4 5] [--patience 5]
 
 Reads every pair ``plots/**/lr_<a>/plots/metrics/val_loss.tsv`` / ``lr_<b>/...`` (dvclive's
 per-epoch validation loss of the two learning rates of one tuned training) under each ROOT
 (default: this checkout; a training found twice with the same curves counts once), replays
 each curve under the training loop's own early stopping at ``--patience``
-(bench/patience.py), and compares the full tuning (every lr to its stop, the
+(docs/tools/patience.py), and compares the full tuning (every lr to its stop, the
 lowest best loss kept) with a race (every lr K epochs, the lowest so far trains on). The replay
 is exact: the race's winner resumes bit-identically (tests/test_tune.py), so its curve is the
 recorded one.

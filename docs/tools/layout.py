@@ -1,9 +1,9 @@
 """The library's layout, measured: import cycles, upward imports, stage-script sizes, and
 whether every module a stage imports is among its dvc.yaml deps.
 
-    python bench/layout.py            # print the report (exit 1 on a cycle, an upward import
-                                      # or a stage dep missing from dvc.yaml)
-    python bench/layout.py /tmp/old   # the same for another checkout (e.g. a git worktree)
+    python docs/tools/layout.py            # print the report (exit 1 on a cycle, an upward import
+                                           # or a stage dep missing from dvc.yaml)
+    python docs/tools/layout.py /tmp/old   # the same for another checkout (e.g. a git worktree)
 
 Layers, lowest first (a module may import its own layer or lower ones, never higher):
 
@@ -22,8 +22,11 @@ from pathlib import Path
 
 from ehrseq import imports
 
+if __name__ == "__main__" and sys.argv[1:] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
 ROOT = Path(sys.argv[1]).resolve() if __name__ == "__main__" and len(sys.argv) > 1 \
-    else Path(__file__).resolve().parents[1]
+    else Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 LAYERS = [("params", "io", "repro", "plots", "imports"), ("survival",), ("data",), ("outcomes",),
           ("models",), ("train",), ("evaluate",), ("ops",)]

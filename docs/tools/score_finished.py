@@ -4,7 +4,7 @@ paired comparisons against the best count model and the oracle. For a long run c
 lost pod, a session's end): the ``evaluate`` stage itself refuses to score a DAG with
 predictions missing, and rightly so.
 
-    python bench/score_finished.py RUN_DIR [--out X.md]
+    python docs/tools/score_finished.py RUN_DIR [--out X.md]
 
 RUN_DIR: a repository with ``params.yaml``, ``data/processed/outcomes`` and the prediction
 folders of the finished stages (``data/predictions/<stage>``, learning-curve points left out).
@@ -18,7 +18,7 @@ import platform
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ehrseq.evaluate.curve import CURVE  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     pairs = paired_comparisons(risks, Outcomes.load(outcomes), params.report.bootstrap,
                                params.report.seed, best, [n for n in risks if n != best])
     flat.update(headroom(pairs, best))
-    lines = [f"Scored by `python bench/score_finished.py {a.run}` on {platform.machine()} "
+    lines = [f"Scored by `python docs/tools/score_finished.py {a.run}` on {platform.machine()} "
              f"({os.cpu_count()} CPUs): the finished stages' predictions "
              f"({', '.join(d.relative_to(pred).as_posix() for d in dirs)}).", "",
              f"Test split: {flat['test.patients']} patients, {flat['test.landmarks']} "

@@ -1,7 +1,7 @@
 """Replay recorded training curves under other early-stopping patiences: which epoch each
 training would have kept, its validation loss, and how many epochs it would have run.
 
-    python bench/patience.py [ROOT ...] [--patience 3 4 5] [--recorded 8]
+    python docs/tools/patience.py [ROOT ...] [--patience 3 4 5] [--recorded 8]
 
 Reads every ``plots/**/val_loss.tsv`` (dvclive's per-epoch validation loss, one per training
 and learning rate) under each ROOT (default: this checkout). The replay is exact for any
@@ -17,7 +17,7 @@ import csv
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from ehrseq.train.schedule import EarlyStopping  # noqa: E402
 
