@@ -2,7 +2,8 @@
 recipe (checkpoints mirrored to the DVC remote: a lost pod resumes on a new one), with
 ``pretrain.objective``: masked codes and next-visit codes (``mlm``), MOTOR's time to the next
 occurrence of frequent codes (``tte``), or both; validated on the validation patients beside
-baselines that need no training (docs/behrt.md). Test patients are never read."""
+baselines that need no training (docs/behrt.md); with ``pretrain.corpus``, the corpus's
+patients too. Test patients are never read."""
 
 import logging
 from dataclasses import replace
@@ -30,9 +31,7 @@ def main() -> None:
     params = load_params()
     pp = params.pretrain
     tp = params.train.model_copy(update={"epochs": pp.epochs or params.train.epochs})
-    seqs = Sequences.load(SEQUENCES)
-    split = seqs.patients["split"].to_numpy()
-    train_idx, val_idx = (split == "train").nonzero()[0], (split == "val").nonzero()[0]
+    seqs, train_idx, val_idx = Sequences.load_pretraining(SEQUENCES)
     mlm, tte = pp.objective != "tte", pp.objective != "mlm"
     tasks = tte_task_codes(seqs, train_idx, pp.tte_codes) if tte else None
     edges = tte_edges(pp.tte_pieces)
@@ -90,6 +89,7 @@ def main() -> None:
         loader=pretrain_loader, val_fn=val_fn, monitor="val_loss", lrs=[tp.lr],
         inputs=(SEQUENCES,), key=(cfg, pp), config=cfg, vocab=seqs.vocab, finish=finish,
         extra_stats={"train_patients": len(train_idx), "val_patients": len(val_idx),
+                     "corpus_patients": int((seqs.patients["split"] == "corpus").sum()),
                      "objective": pp.objective})
 
 

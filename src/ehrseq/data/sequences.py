@@ -69,11 +69,44 @@ def _lit(s) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) -> SequencesResult:
+FIT = "split IN ('train', 'corpus')"
+"""The rows every fitted part (vocabulary, bins, value statistics) is fitted on: the training
+split and the pre-training corpus, never validation or test patients."""
+
+
+def _corpus_patients(con, corpus: Path, labelled: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The corpus's patients (split ``corpus``) that are not labelled patients, and how many
+    labelled training patients it repeated (dropped: their records are read once). A corpus
+    patient of the labelled validation or test split is an error."""
+    cp = con.execute(f"SELECT * FROM read_parquet({_lit(corpus / 'patients.parquet')}) "
+                     "ORDER BY patient").df()
+    held_out = labelled.loc[labelled["split"].isin(["val", "test"]), "patient"]
+    clash = cp["patient"].isin(held_out)
+    if clash.any():
+        ids = ", ".join(map(str, cp.loc[clash, "patient"].head(3)))
+        raise InputError(f"{corpus / 'patients.parquet'}: {int(clash.sum())} corpus patients "
+                         f"are in the labelled cohort's validation or test split (e.g. {ids}); "
+                         "pre-training must never read them: change pretrain.corpus (another "
+                         "seed, or a source without those patients)")
+    dup = cp["patient"].isin(labelled["patient"])
+    cp = cp[~dup].reset_index(drop=True)
+    cp["split"] = "corpus"
+    return cp, int(dup.sum())
+
+
+def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
+                    corpus: str | Path | None = None) -> SequencesResult:
+    """``interim`` (the ingest stage's events and patients) → the arrays in ``out``.
+    ``corpus``: a pre-training corpus flattened the same way (the corpus stage; a folder
+    without events.parquet is no corpus): encoded with the same vocabulary into
+    ``out/corpus/``, and part of what the vocabulary, bins and value statistics are fitted
+    on. Without one, the output is what it always was."""
     interim, out = Path(interim), Path(out)
     for f in ("events.parquet", "patients.parquet"):
         if not (interim / f).is_file():
             raise InputError(f"{interim / f}: missing; run the ingest stage first")
+    corpus = Path(corpus) if corpus is not None and (Path(corpus) / "events.parquet").is_file() \
+        else None
     spill = tempfile.TemporaryDirectory(prefix="ehrseq-duckdb-")   # DuckDB past its limit
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
@@ -86,11 +119,19 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         raise InputError(f"{interim / 'patients.parquet'}: no patients")
     patients["split"] = split_of(patients["patient"], (p.split.train, p.split.val,
                                                        p.split.test), p.split.salt)
+    n_labelled, repeated = len(patients), 0
+    rel = events_sql(con, interim / "events.parquet")
+    if corpus is not None:   # after the labelled patients: their rows and arrays come first
+        cp, repeated = _corpus_patients(con, corpus, patients)
+        con.register("corpus_pat", cp[["patient"]])
+        rel = (f"(SELECT * FROM {rel} UNION ALL BY NAME SELECT * FROM "
+               f"{events_sql(con, corpus / 'events.parquet')} "
+               "WHERE patient IN (SELECT patient FROM corpus_pat))")
+        patients = pd.concat([patients, cp[patients.columns]], ignore_index=True)
     patients["index"] = np.arange(len(patients), dtype=np.int64)
     con.register("pat", patients[["patient", "index", "split", "birth_date"]])
 
     # Visits and their times by the one rule of ehrseq.data.visits (dated when known).
-    rel = events_sql(con, interim / "events.parquet")
     con.execute(f"""
         CREATE TEMP TABLE ev AS
         SELECT e.patient, pat.index AS pidx, pat.split, e.known_time AS time, e.visit_time,
@@ -98,17 +139,17 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         FROM ({visit_events_sql(rel, p.event_kinds)}) e JOIN pat USING (patient)""")
 
     # Numeric observations → their value (as float32: the same number whether it came from a
-    # CSV or a MEDS export) normalised per code on the training split, in NumPy below, and,
-    # with numeric_bins > 0, quantile-bin tokens fitted on the training split.
-    con.execute("""
+    # CSV or a MEDS export) normalised per code on the training split (and corpus), in NumPy
+    # below, and, with numeric_bins > 0, quantile-bin tokens fitted on the same rows.
+    con.execute(f"""
         CREATE TEMP TABLE vcodes AS
         SELECT system, code, row_number() OVER (ORDER BY system, code) - 1 AS vid
         FROM (SELECT DISTINCT system, code FROM ev
-              WHERE split = 'train' AND kind = 'observation' AND value IS NOT NULL)""")
+              WHERE {FIT} AND kind = 'observation' AND value IS NOT NULL)""")
     v32 = "CAST(CAST(e.value AS FLOAT) AS DOUBLE)"
     train_values = con.execute(f"""
         SELECT s.vid, {v32} AS v FROM ev e JOIN vcodes s USING (system, code)
-        WHERE e.split = 'train' AND e.kind = 'observation' AND e.value IS NOT NULL
+        WHERE e.{FIT} AND e.kind = 'observation' AND e.value IS NOT NULL
         ORDER BY s.vid, v""").fetchnumpy()
     value_codes = [r[0] for r in con.execute(
         "SELECT system || '/' || code FROM vcodes ORDER BY vid").fetchall()]
@@ -120,7 +161,7 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         con.execute(f"""
             CREATE TEMP TABLE edges AS
             SELECT system, code, list_distinct(quantile_cont(value, [{qs}])) AS edges
-            FROM ev WHERE split = 'train' AND kind = 'observation' AND value IS NOT NULL
+            FROM ev WHERE {FIT} AND kind = 'observation' AND value IS NOT NULL
             GROUP BY system, code""")
         token = (f"CASE WHEN e.kind = 'observation' AND e.value IS NOT NULL AND q.edges IS "
                  f"NOT NULL THEN {token} || ':q' || "
@@ -146,9 +187,9 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     if n_rows == 0:
         raise InputError(f"{interim / 'events.parquet'}: no events of kinds {p.event_kinds}")
 
-    # Vocabulary from the training split only: occurrences, then min count and max size.
+    # Vocabulary from the training split (and corpus): occurrences, then min count and size.
     counts = con.execute(f"""
-        SELECT token, count(*) AS n FROM vt WHERE split = 'train' GROUP BY token
+        SELECT token, count(*) AS n FROM vt WHERE {FIT} GROUP BY token
         HAVING count(*) >= {p.min_count} ORDER BY n DESC, token
         LIMIT {p.max_vocab - len(SPECIALS)}""").df()
     if counts.empty:
@@ -193,33 +234,46 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
     visit_age = ((visit_time - birth_days[visit_pidx]) / 365.25).astype(np.float32)
     codes = np.asarray(tok["id"]).astype(np.int32)
     raw_value = np.asarray(tok["value"], np.float64)
-
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "codes.npy", codes)
     z, mu, sd = normalise_values(raw_value, np.asarray(tok["vid"], np.int64),
                                  train_values["vid"], train_values["v"], len(value_codes))
     del tok
-    np.save(out / "values.npy", z)
-    (out / "values.json").write_text(json.dumps(
-        {"codes": value_codes, "mean": mu.tolist(), "sd": sd.tolist()}, indent=1) + "\n")
-    np.save(out / "visit_offsets.npy", visit_offsets)
-    np.save(out / "patient_offsets.npy", patient_offsets)
-    np.save(out / "visit_time.npy", visit_time)
-    np.save(out / "visit_age.npy", visit_age)
-    # One row per visit, in array order: which encounter (or day) each visit is (audits).
-    pd.DataFrame({"patient": patients["patient"].to_numpy()[visit_pidx],
-                  "visit_key": visits["vkey"].to_numpy().astype(str),
-                  "visit_time": visit_time}).to_parquet(out / "visits.parquet", index=False)
+    fitted = {
+        "vocab.json": json.dumps({
+            "tokens": tokens,
+            "counts": [0] * len(SPECIALS) + counts["n"].astype(int).tolist(),
+            "specials": {s: i for i, s in enumerate(SPECIALS)},
+        }, indent=1) + "\n",
+        "values.json": json.dumps(
+            {"codes": value_codes, "mean": mu.tolist(), "sd": sd.tolist()}, indent=1) + "\n"}
     pat_out = patients[["patient", "split", "gender", "birth_date", "death_date"]].copy()
     pat_out["end_of_record"] = (pd.to_datetime(patients["end_of_record"], utc=True) - EPOCH) \
         / pd.Timedelta(days=1)
     pat_out["n_visits"] = visits_per_patient
-    pat_out.to_parquet(out / "patients.parquet", index=False)
-    (out / "vocab.json").write_text(json.dumps({
-        "tokens": tokens,
-        "counts": [0] * len(SPECIALS) + counts["n"].astype(int).tolist(),
-        "specials": {s: i for i, s in enumerate(SPECIALS)},
-    }, indent=1) + "\n")
+
+    # The labelled patients come first: their arrays are a prefix, the corpus's the rest.
+    v_end = int(patient_offsets[n_labelled])
+    t_end = int(visit_offsets[v_end])
+    parts = [(out, slice(0, n_labelled), slice(0, v_end), slice(0, t_end))]
+    if corpus is not None:
+        parts.append((out / "corpus", slice(n_labelled, len(patients)),
+                      slice(v_end, len(visits)), slice(t_end, len(codes))))
+    for where, ps, vs, ts in parts:
+        where.mkdir(parents=True, exist_ok=True)
+        np.save(where / "codes.npy", codes[ts])
+        np.save(where / "values.npy", z[ts])
+        np.save(where / "visit_offsets.npy", visit_offsets[vs.start:vs.stop + 1] - ts.start)
+        np.save(where / "patient_offsets.npy", patient_offsets[ps.start:ps.stop + 1] - vs.start)
+        np.save(where / "visit_time.npy", visit_time[vs])
+        np.save(where / "visit_age.npy", visit_age[vs])
+        # One row per visit, in array order: which encounter (or day) each visit is (audits).
+        pd.DataFrame({"patient": patients["patient"].to_numpy()[visit_pidx[vs]],
+                      "visit_key": visits["vkey"].to_numpy()[vs].astype(str),
+                      "visit_time": visit_time[vs]}).to_parquet(where / "visits.parquet",
+                                                                index=False)
+        pat_out.iloc[ps].reset_index(drop=True).to_parquet(where / "patients.parquet",
+                                                           index=False)
+        for name, text in fitted.items():
+            (where / name).write_text(text)
 
     tokens_per_patient = np.bincount(visit_pidx, weights=per_visit,
                                      minlength=len(patients)).astype(np.int64)
@@ -232,18 +286,23 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams) ->
         n = int(tokens_per_patient[mine].sum())
         return int(oov_per_patient[mine].sum()) / n if n else None
 
+    lab = slice(0, n_labelled)
     metrics = {
-        "patients": len(patients),
-        **{f"patients_{s}": int((patients["split"] == s).sum()) for s in ("train", "val", "test")},
-        "patients_without_visits": int((visits_per_patient == 0).sum()),
+        "patients": n_labelled,
+        **{f"patients_{s}": int((split_of_patient == s).sum()) for s in ("train", "val", "test")},
+        "patients_without_visits": int((visits_per_patient[lab] == 0).sum()),
         "vocab_size": len(tokens),
-        "tokens": len(codes),
-        "tokens_with_value": int(np.isfinite(raw_value).sum()),
-        "visits": len(visits),
+        "tokens": t_end,
+        "tokens_with_value": int(np.isfinite(raw_value[:t_end]).sum()),
+        "visits": v_end,
         **{f"oov_rate_{s}": oov_rate(s) for s in ("val", "test")},
     }
-    for name, arr in (("visits_per_patient", visits_per_patient),
-                      ("tokens_per_patient", tokens_per_patient)):
+    if corpus is not None:
+        metrics.update({"corpus.patients": len(patients) - n_labelled,
+                        "corpus.repeated_training_patients": repeated,
+                        "corpus.visits": len(visits) - v_end, "corpus.tokens": len(codes) - t_end})
+    for name, arr in (("visits_per_patient", visits_per_patient[lab]),
+                      ("tokens_per_patient", tokens_per_patient[lab])):
         for q in (50, 90, 99):
             metrics[f"{name}_p{q}"] = float(np.percentile(arr, q))
-    return SequencesResult(metrics=metrics, visits_per_patient=visits_per_patient)
+    return SequencesResult(metrics=metrics, visits_per_patient=visits_per_patient[lab])

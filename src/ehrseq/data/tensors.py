@@ -123,6 +123,36 @@ class Sequences:
         if self.value_stats is not None:
             (path / "values.json").write_text(json.dumps(self.value_stats))
 
+    @classmethod
+    def load_pretraining(cls, path: str | Path) -> tuple[Sequences, np.ndarray, np.ndarray]:
+        """What pre-training reads: the cohort's sequences at ``path`` and, when the sequences
+        stage wrote one (``pretrain.corpus``), its corpus (``path/corpus``) after them, as one
+        :class:`Sequences`; its training rows (the training split and the corpus) and its
+        validation rows. Test patients are in neither."""
+        seqs = cls.load(path)
+        if (Path(path) / "corpus").is_dir():
+            seqs = seqs.concat(cls.load(Path(path) / "corpus"))
+        split = seqs.patients["split"].to_numpy()
+        return (seqs, np.flatnonzero(np.isin(split, ["train", "corpus"])),
+                np.flatnonzero(split == "val"))
+
+    def concat(self, other: Sequences) -> Sequences:
+        """This cohort's patients, then ``other``'s (the pre-training corpus, encoded with the
+        same vocabulary by the sequences stage), as one in-memory :class:`Sequences`."""
+        if other.vocab["tokens"] != self.vocab["tokens"]:
+            raise InputError("a corpus must be encoded with the cohort's own vocabulary "
+                             "(the sequences stage writes both)")
+        vo, po = self.visit_offsets, self.patient_offsets
+        return Sequences(
+            codes=np.concatenate([self.codes, other.codes]),
+            visit_offsets=np.concatenate([vo, other.visit_offsets[1:] + vo[-1]]),
+            patient_offsets=np.concatenate([po, other.patient_offsets[1:] + po[-1]]),
+            visit_time=np.concatenate([self.visit_time, other.visit_time]),
+            visit_age=np.concatenate([self.visit_age, other.visit_age]),
+            patients=pd.concat([self.patients, other.patients], ignore_index=True),
+            vocab=self.vocab, values=np.concatenate([self.values, other.values]),
+            value_stats=self.value_stats)
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab["tokens"])
