@@ -11,10 +11,12 @@ nested cohorts: the 250 patients are among the 500, and so on.
 ``run`` runs ``dvc exp run -n scale-<N> -S data.source=generate -S data.patients=<N>`` (plus
 every ``-S``) for each size in turn, in this repository; each experiment is the whole DAG at
 that size (on a pod, ``python -m ehrseq.ops.pod run -S data.patients=<N>`` instead: the same
-experiment, pushed stage by stage; docs/learning_curves.md). ``report`` reads every experiment
-with ``metrics/evaluate.json`` from ``dvc exp show --json`` (``--prefix`` keeps those whose
-name starts with it; default ``scale-``, ``--prefix ''`` takes all), one per size (the newest;
-the size is ``metrics/synthesize.json``'s ``patients``, so an imported export counts too), or
+experiment, pushed stage by stage; docs/learning_curves.md). ``report`` lists the experiments
+with ``dvc exp show --json`` (``--prefix`` keeps those whose name starts with it; default
+``scale-``, ``--prefix ''`` takes all) and reads each one's ``metrics/evaluate.json`` (every
+number; the DVC metric is only the headline) from its commit with ``dvc.api.read``, one per
+size (the newest; the size is ``metrics/synthesize.json``'s ``patients``, so an imported
+export counts too), or
 with ``--dirs`` the finished checkouts named (one per size, e.g. worktrees run side by side),
 and writes a Markdown page and ``<out>.png``: per family, test Harrell's C with its patient
 bootstrap interval against the cohort size; and the paired ΔC of pre-trained against scratch
@@ -49,22 +51,30 @@ def run(sizes: list[int], sets: list[str], cwd: Path = Path(".")) -> None:
         subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def collect(shown: list[dict], prefix: str = "scale-") -> dict[int, dict]:
-    """{cohort size: {"name", "metrics" (evaluate.json), "params"}} from ``dvc exp show
-    --json``: one experiment per size, the newest."""
+def read_output(path: str, rev: str, repo: str = ".") -> dict | None:
+    """A JSON stage output (DVC-tracked, not a DVC metric) as it is in commit ``rev``."""
+    import dvc.api
+
+    try:
+        return json.loads(dvc.api.read(path, repo=repo, rev=rev))
+    except Exception:   # noqa: BLE001 (not run yet, or not in the local cache)
+        return None
+
+
+def collect(shown: list[dict], prefix: str = "scale-", read=read_output) -> dict[int, dict]:
+    """{cohort size: {"name", "metrics" (evaluate.json), "params"}} for the experiments of
+    ``dvc exp show --json``: one experiment per size, the newest."""
     points: dict[int, dict] = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 name, data = rev.get("name") or "", rev.get("data") or {}
-                if not name.startswith(prefix):
+                if not name.startswith(prefix) or not rev.get("rev"):
                     continue
                 # file names hold dots: look them up as keys, not dotted paths
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-                metrics = ((data.get("metrics") or {}).get("metrics/evaluate.json")
-                           or {}).get("data")
-                synth = ((data.get("metrics") or {}).get("metrics/synthesize.json")
-                         or {}).get("data") or {}
+                metrics = read("metrics/evaluate.json", rev["rev"])
+                synth = read("metrics/synthesize.json", rev["rev"]) or {}
                 n = synth.get("patients") or (params.get("data") or {}).get("patients")
                 if metrics is None or n is None:
                     continue
