@@ -172,3 +172,31 @@ def test_estimate_covers_every_family_and_projects_a_grid(tmp_path, monkeypatch,
     p = project(1_000_000, 1e6, 10, 2, "a100", 2.0)
     assert p["projected_seconds"] == pytest.approx(6 * 1e6 * 1e6 * 20 / (GPUS["a100"] * 1e12
                                                                          * 0.30), rel=1e-2)
+
+
+def test_estimate_projects_a_corpus_on_named_pods(tmp_path, monkeypatch, capsys):
+    """`--corpus N`: the generator's rate measured here (one patient), pre-training steps on a
+    toy cohort, projected onto the named pods and a GPU; time is linear in N and inverse in
+    the cores."""
+    import shutil
+
+    from conftest import ROOT
+
+    from ehrseq.ops.estimate import PODS, main, project_corpus
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    main(["--corpus", "100000", "1000000", "--generate", "1", "--patients", "60", "--steps",
+          "1", "--batch-size", "8", "--gpu", "h100", "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert out.count("corpus_patients") == 2 and out.count("pretrain_projected_usd") == 2
+    for pod in PODS:
+        assert f"generation_hours_{pod}" in out
+    pre = {"batch_size": 8, "seconds_per_step": 0.5, "tokens_per_batch": 800, "params": 10**6}
+    a, b = (project_corpus(n, 2.0, pre, 3, "a100", 2.0) for n in (1000, 10_000))
+    assert b["generation_hours_1x16"] == pytest.approx(10 * a["generation_hours_1x16"], rel=1e-2)
+    assert a["generation_hours_1x16"] == pytest.approx(1000 / (2.0 * 16) / 3600, rel=1e-2)
+    assert a["generation_hours_4x16"] == pytest.approx(a["generation_hours_1x16"] / 4, rel=1e-2)
+    assert a["pretrain_seconds_here"] == pytest.approx(0.5 * 1000 / 8 * 3, rel=1e-2)
+    with pytest.raises(SystemExit, match="--corpus"):
+        main(["--corpus", "0"])
