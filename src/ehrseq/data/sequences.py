@@ -21,6 +21,8 @@ from ..io import InputError
 from ..params import SequencesParams
 from .visits import events_sql, visit_events_sql
 
+PATIENTS_PER_RANGE = 5000
+"""Patients whose visits and tokens DuckDB builds at once (their working set and spill)."""
 MEMORY_LIMIT = "2GB"   # DuckDB's working memory; past it, it spills to a temporary folder
 VALUE_CLIP = 5.0   # normalised lab values are clipped to ±this many training SDs
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -95,12 +97,14 @@ def _corpus_patients(con, corpus: Path, labelled: pd.DataFrame) -> tuple[pd.Data
 
 
 def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
-                    corpus: str | Path | None = None) -> SequencesResult:
+                    corpus: str | Path | None = None,
+                    chunk: int = PATIENTS_PER_RANGE) -> SequencesResult:
     """``interim`` (the ingest stage's events and patients) → the arrays in ``out``.
     ``corpus``: a pre-training corpus flattened the same way (the corpus stage; a folder
     without events.parquet is no corpus): encoded with the same vocabulary into
     ``out/corpus/``, and part of what the vocabulary, bins and value statistics are fitted
-    on. Without one, the output is what it always was."""
+    on. Without one, the output is what it always was. ``chunk``: patients built at once
+    (the output does not depend on it)."""
     interim, out = Path(interim), Path(out)
     for f in ("events.parquet", "patients.parquet"):
         if not (interim / f).is_file():
@@ -131,25 +135,30 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
     patients["index"] = np.arange(len(patients), dtype=np.int64)
     con.register("pat", patients[["patient", "index", "split", "birth_date"]])
 
-    # Visits and their times by the one rule of ehrseq.data.visits (dated when known).
-    con.execute(f"""
-        CREATE TEMP TABLE ev AS
-        SELECT e.patient, pat.index AS pidx, pat.split, e.known_time AS time, e.visit_time,
-               e.kind, e.system, e.code, e.value, e.vkey
-        FROM ({visit_events_sql(rel, p.event_kinds)}) e JOIN pat USING (patient)""")
+    def events(where: str) -> str:
+        """Events of the patients of ``pat`` matching ``where``, with their visit (by the one
+        rule of ehrseq.data.visits: dated when known)."""
+        mine = f"(SELECT * FROM {rel} WHERE patient IN (SELECT patient FROM pat WHERE {where}))"
+        return f"""
+            SELECT e.patient, pat.index AS pidx, pat.split, e.known_time AS time, e.visit_time,
+                   e.kind, e.system, e.code, e.value, e.vkey
+            FROM ({visit_events_sql(mine, p.event_kinds)}) e JOIN pat USING (patient)"""
 
     # Numeric observations → their value (as float32: the same number whether it came from a
     # CSV or a MEDS export) normalised per code on the training split (and corpus), in NumPy
     # below, and, with numeric_bins > 0, quantile-bin tokens fitted on the same rows.
     con.execute(f"""
+        CREATE TEMP TABLE fitobs AS
+        SELECT system, code, value FROM {rel}
+        WHERE {"'observation'" if "observation" in p.event_kinds else "NULL"} = kind
+          AND value IS NOT NULL AND patient IN (SELECT patient FROM pat WHERE {FIT})""")
+    con.execute("""
         CREATE TEMP TABLE vcodes AS
         SELECT system, code, row_number() OVER (ORDER BY system, code) - 1 AS vid
-        FROM (SELECT DISTINCT system, code FROM ev
-              WHERE {FIT} AND kind = 'observation' AND value IS NOT NULL)""")
+        FROM (SELECT DISTINCT system, code FROM fitobs)""")
     v32 = "CAST(CAST(e.value AS FLOAT) AS DOUBLE)"
     train_values = con.execute(f"""
-        SELECT s.vid, {v32} AS v FROM ev e JOIN vcodes s USING (system, code)
-        WHERE e.{FIT} AND e.kind = 'observation' AND e.value IS NOT NULL
+        SELECT s.vid, {v32} AS v FROM fitobs e JOIN vcodes s USING (system, code)
         ORDER BY s.vid, v""").fetchnumpy()
     value_codes = [r[0] for r in con.execute(
         "SELECT system || '/' || code FROM vcodes ORDER BY vid").fetchall()]
@@ -161,37 +170,49 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
         con.execute(f"""
             CREATE TEMP TABLE edges AS
             SELECT system, code, list_distinct(quantile_cont(value, [{qs}])) AS edges
-            FROM ev WHERE {FIT} AND kind = 'observation' AND value IS NOT NULL
-            GROUP BY system, code""")
+            FROM fitobs GROUP BY system, code""")
         token = (f"CASE WHEN e.kind = 'observation' AND e.value IS NOT NULL AND q.edges IS "
                  f"NOT NULL THEN {token} || ':q' || "
                  f"len(list_filter(q.edges, lambda x: x < e.value)) ELSE {token} END")
         join += " LEFT JOIN edges q ON q.system = e.system AND q.code = e.code"
 
-    # One row per (patient, visit, distinct token); a visit is dated when it was known.
-    con.execute(f"""
-        CREATE TEMP TABLE vt AS
-        WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, e.visit_time, {token} AS token,
-                          {value} AS value, s.vid
-                   FROM ev e {join}),
-             v AS (SELECT pidx, vkey, max(visit_time) AS vtime FROM t GROUP BY pidx, vkey),
-             vr AS (SELECT pidx, vkey, vtime,
-                           row_number() OVER (PARTITION BY pidx ORDER BY vtime DESC, vkey DESC)
-                           AS recency FROM v)
-        SELECT t.pidx, t.split, vr.vtime, vr.vkey, t.token, min(t.time) AS first_time,
-               quantile_cont(t.value, 0.5) AS value, max(t.vid) AS vid
-        FROM t JOIN vr USING (pidx, vkey)
-        WHERE vr.recency <= {p.max_visits}
-        GROUP BY t.pidx, t.split, vr.vtime, vr.vkey, t.token""")
-    n_rows = con.execute("SELECT count(*) FROM vt").fetchone()[0]
+    def visit_tokens(lo: int, hi: int) -> int:
+        """Table ``vt``: one row per (patient, visit, distinct token) of the patients with
+        index in [lo, hi), their ``max_visits`` most recent visits; returns its rows."""
+        con.execute("DROP TABLE IF EXISTS vt")
+        con.execute(f"""
+            CREATE TEMP TABLE vt AS
+            WITH t AS (SELECT e.pidx, e.split, e.vkey, e.time, e.visit_time, {token} AS token,
+                              {value} AS value, s.vid
+                       FROM ({events(f"index >= {lo} AND index < {hi}")}) e {join}),
+                 v AS (SELECT pidx, vkey, max(visit_time) AS vtime FROM t GROUP BY pidx, vkey),
+                 vr AS (SELECT pidx, vkey, vtime,
+                               row_number() OVER (PARTITION BY pidx
+                                                  ORDER BY vtime DESC, vkey DESC) AS recency
+                        FROM v)
+            SELECT t.pidx, t.split, vr.vtime, vr.vkey, t.token, min(t.time) AS first_time,
+                   quantile_cont(t.value, 0.5) AS value, max(t.vid) AS vid
+            FROM t JOIN vr USING (pidx, vkey)
+            WHERE vr.recency <= {p.max_visits}
+            GROUP BY t.pidx, t.split, vr.vtime, vr.vkey, t.token""")
+        return con.execute("SELECT count(*) FROM vt").fetchone()[0]
+
+    # Patients in ranges of ``chunk``: DuckDB's working set (and what it spills) is that of
+    # one range, whatever the cohort's size. A first pass counts the fitted rows' tokens.
+    ranges = [(lo, min(lo + chunk, len(patients))) for lo in range(0, len(patients), chunk)]
+    parts, n_rows = [], 0
+    for lo, hi in ranges:
+        n_rows += visit_tokens(lo, hi)
+        parts.append(con.execute(f"SELECT token, count(*) AS n FROM vt WHERE {FIT} "
+                                 "GROUP BY token").df())
     if n_rows == 0:
         raise InputError(f"{interim / 'events.parquet'}: no events of kinds {p.event_kinds}")
 
     # Vocabulary from the training split (and corpus): occurrences, then min count and size.
-    counts = con.execute(f"""
-        SELECT token, count(*) AS n FROM vt WHERE {FIT} GROUP BY token
-        HAVING count(*) >= {p.min_count} ORDER BY n DESC, token
-        LIMIT {p.max_vocab - len(SPECIALS)}""").df()
+    counts = pd.concat(parts).groupby("token", as_index=False)["n"].sum()
+    counts = counts[counts["n"] >= p.min_count].sort_values(["n", "token"],
+                                                           ascending=[False, True])
+    counts = counts.head(p.max_vocab - len(SPECIALS)).reset_index(drop=True)
     if counts.empty:
         raise InputError("the training split has no token with count >= "
                          f"sequences.min_count={p.min_count}; lower it or use more patients")
@@ -201,23 +222,31 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
 
     # Visits numbered in array order; tokens fetched as numeric arrays only (no per-token
     # strings in Python: the stage's memory stays near the arrays' own size).
-    con.execute("""
-        CREATE TEMP TABLE vis AS
-        SELECT pidx, vkey, vtime, row_number() OVER (ORDER BY pidx, vtime, vkey) - 1 AS vno
-        FROM (SELECT DISTINCT pidx, vkey, vtime FROM vt)""")
-    tok = con.execute(f"""
-        WITH r AS (
-            SELECT vt.pidx, vt.vkey, COALESCE(vocab.id, {UNK}) AS id, vt.value, vt.vid,
-                   row_number() OVER (PARTITION BY vt.pidx, vt.vkey
-                                      ORDER BY vt.first_time, vt.token) AS k
-            FROM vt LEFT JOIN vocab USING (token))
-        SELECT vis.vno, r.id, COALESCE(r.value, 'NaN'::DOUBLE) AS value,
-               COALESCE(r.vid, -1) AS vid
-        FROM r JOIN vis USING (pidx, vkey)
-        WHERE r.k <= {p.max_codes_per_visit}
-        ORDER BY vis.vno, r.k""").fetchnumpy()
-    visits = con.execute("""
-        SELECT pidx, vkey, epoch_us(vtime) AS vtime_us FROM vis ORDER BY vno""").df()
+    toks, visit_parts, first_visit = [], [], 0
+    for lo, hi in ranges:
+        if len(ranges) > 1:   # one range: its table is still there
+            visit_tokens(lo, hi)
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE vis AS
+            SELECT pidx, vkey, vtime,
+                   row_number() OVER (ORDER BY pidx, vtime, vkey) - 1 + {first_visit} AS vno
+            FROM (SELECT DISTINCT pidx, vkey, vtime FROM vt)""")
+        toks.append(con.execute(f"""
+            WITH r AS (
+                SELECT vt.pidx, vt.vkey, COALESCE(vocab.id, {UNK}) AS id, vt.value, vt.vid,
+                       row_number() OVER (PARTITION BY vt.pidx, vt.vkey
+                                          ORDER BY vt.first_time, vt.token) AS k
+                FROM vt LEFT JOIN vocab USING (token))
+            SELECT vis.vno, r.id, COALESCE(r.value, 'NaN'::DOUBLE) AS value,
+                   COALESCE(r.vid, -1) AS vid
+            FROM r JOIN vis USING (pidx, vkey)
+            WHERE r.k <= {p.max_codes_per_visit}
+            ORDER BY vis.vno, r.k""").fetchnumpy())
+        visit_parts.append(con.execute("""
+            SELECT pidx, vkey, epoch_us(vtime) AS vtime_us FROM vis ORDER BY vno""").df())
+        first_visit += len(visit_parts[-1])
+    tok = {k: np.concatenate([np.asarray(x[k]) for x in toks]) for k in toks[0]}
+    visits = pd.concat(visit_parts, ignore_index=True)
     con.close()
     spill.cleanup()
 
