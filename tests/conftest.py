@@ -20,6 +20,18 @@ def export_dir(name: str) -> Path:
     return d
 
 
+def script(path: str | Path, name: str | None = None):
+    """The Python file ``path`` (a stage in stages/, a tool in docs/tools/; relative to the
+    repository root) imported as a module, without running its ``__main__`` block."""
+    import importlib.util
+
+    path = ROOT / path
+    spec = importlib.util.spec_from_file_location(name or f"script_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def ingested(export: str, root: Path) -> Path:
     """The real export ``export`` through ingest (``root/interim``) and sequences with the
     default params (``root/seq``); returns ``root``."""

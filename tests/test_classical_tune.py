@@ -6,7 +6,6 @@ choice into metrics/baselines.json; the evaluate stage scores its predictions.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import script
 from lifelines.exceptions import ConvergenceError
 
 from ehrseq.models.classical import (
@@ -195,9 +195,7 @@ def toy_workspace(root: Path, n: int = 120) -> None:
 
 def run_stage(root: Path, monkeypatch, calls: list | None = None) -> dict:
     monkeypatch.chdir(root)
-    spec = importlib.util.spec_from_file_location("baselines_stage", ROOT / "stages/baselines.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = script("stages/baselines.py")
     if calls is not None:   # what reaches the tuner: training and validation arrays only
         real = stage.fit_best
 

@@ -4,14 +4,13 @@ that holds labelled validation or test patients, and pre-training reading it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, export_dir
+from conftest import export_dir, script
 
 from ehrseq.data.ingest import ingest
 from ehrseq.data.sequences import build_sequences
@@ -21,10 +20,7 @@ from ehrseq.params import ParamsError, SequencesParams, parse_params
 
 
 def stage(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"stages/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script(f"stages/{name}.py")
 
 
 def flattened(export: str, where) -> object:

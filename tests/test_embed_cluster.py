@@ -10,7 +10,6 @@ test marked ``slow`` runs the real UMAP + HDBSCAN on the same planted clusters
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import shutil
@@ -22,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, script
 from sklearn.metrics import adjusted_rand_score
 
 from ehrseq.data.task import SurvivalTask
@@ -336,10 +335,7 @@ def test_model_embeddings_match_the_encoders(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- stages
 
 def _stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / f"stages/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script(f"stages/{name}.py")
 
 
 def test_stages_write_outputs_aligned_with_outcomes(tmp_path, monkeypatch, fast_umap):

@@ -1,14 +1,13 @@
 """Disease trajectories: multi-horizon labels, the monotone multi-horizon model, masked loss,
 multi-label metrics against scikit-learn, no leak past the landmark, stage params."""
 
-import importlib.util
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from conftest import script
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from ehrseq.data.tensors import make_loader, toy_sequences
@@ -374,11 +373,7 @@ def test_evaluate_multilabel_skips_and_averages():
 # --------------------------------------------------------------------------- stage params
 
 def _stage():
-    spec = importlib.util.spec_from_file_location("train_trajectory_stage",
-                                                  ROOT / "stages/train_trajectory.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script("stages/train_trajectory.py")
 
 
 def test_stage_params_section(tmp_path):

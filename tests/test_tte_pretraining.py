@@ -2,7 +2,6 @@
 records, the piecewise-exponential likelihood by hand, biases at the log event rates, a model
 that learns what the marginal rates cannot, and the stage end to end."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import script
 from test_behrt import TINY, typed_cohort
 
 from ehrseq.data.tensors import toy_sequences
@@ -130,10 +130,7 @@ def test_stage_pretrains_with_the_objective_and_finetuning_reads_it(objective, t
     monkeypatch.chdir(tmp_path)
 
     def stage(name):
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"stages/{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+        return script(f"stages/{name}.py")
 
     stage("pretrain_behrt").main()
     m = json.loads((tmp_path / "metrics/pretrain_behrt.json").read_text())

@@ -1,7 +1,6 @@
 """Equal tuning (src/ehrseq/train/tune.py): one learning-rate grid for every neural model,
 chosen on the validation split alone, one checkpoint run key per lr, the choice in the metrics."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import script
 
 from ehrseq.data.tensors import SequenceDataset, make_loader, toy_sequences
 from ehrseq.models.inference import evaluate_loss
@@ -281,10 +281,7 @@ def test_stage_records_the_tuning(stage_name, args, name, tmp_path, monkeypatch)
     seqs = Sequences.load(tmp_path / "data/processed/sequences")
     pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
     monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location(f"{stage_name}_stage",
-                                                  ROOT / f"stages/{stage_name}.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = script(f"stages/{stage_name}.py")
     stage.main(*args)
     out = "/".join((stage_name, *args))
     m = json.loads((tmp_path / f"metrics/{out}.json").read_text())
