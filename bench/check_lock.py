@@ -51,7 +51,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_STAGES = ("synthesize", "ingest", "sequences", "outcomes")
+DATA_STAGES = ("synthesize", "corpus", "ingest", "sequences", "outcomes")
 
 
 def git(repo: Path, *args: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import ROOT, export_dir
 
-STAGES = ("synthesize", "ingest", "sequences", "outcomes")
+STAGES = ("synthesize", "corpus", "ingest", "sequences", "outcomes")
 
 
 def run(cmd, cwd, check=True):

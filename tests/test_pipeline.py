@@ -14,7 +14,7 @@ import pytest
 import yaml
 from tiny_repo import copy_built, run
 
-DATA_STAGES = ("synthesize", "ingest", "sequences")
+DATA_STAGES = ("synthesize", "corpus", "ingest", "sequences")
 
 
 def lock_hashes(repo: Path, stages) -> dict:

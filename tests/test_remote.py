@@ -34,7 +34,7 @@ from ehrseq.ops.remote import run_cache_blockers
 
 BUCKET = "ehrseq-test"
 KEY, SECRET = "testing-key", "testing-secret-value"
-DATA_STAGES = ("synthesize", "ingest", "sequences")
+DATA_STAGES = ("synthesize", "corpus", "ingest", "sequences")
 # What the pod changes: a param that reaches the LSTM alone (train_survival, its curve point,
 # embeddings, clustering, evaluate), so the kill-and-restore scenario trains one small model.
 # The docs' `-S model.size=large` runs the same code path with every model large (minutes of
