@@ -118,22 +118,6 @@ def test_rsf_read_at_horizon_is_sksurv(data, fitted):
     np.testing.assert_array_equal(rsf.predict_survival(data["Xt"][:3], [first / 2]), 1.0)
 
 
-def test_rsf_trees_grow_on_a_bounded_sample(data, monkeypatch):
-    """Above RSF_MAX_SAMPLES training rows each tree grows on a bootstrap sample of that size
-    (its memory is trees x leaves x event times); at or below it, on every row as before."""
-    import ehrseq.models.classical as classical
-
-    small = RSF(seed=0).fit(data["X"], data["d"], data["e"])
-    assert small.model.max_samples is None                  # 600 rows: the usual bootstrap
-    monkeypatch.setattr(classical, "RSF_MAX_SAMPLES", 200)
-    capped = RSF(seed=0).fit(data["X"], data["d"], data["e"])
-    assert capped.model.max_samples == 200
-    leaves = sum(t.tree_.n_leaves for t in capped.model.estimators_)
-    assert leaves < sum(t.tree_.n_leaves for t in small.model.estimators_) / 2
-    risk = 1 - capped.predict_survival(data["Xt"], [HORIZONS[1]])[:, 0]
-    assert np.corrcoef(risk, data["rate_t"])[0, 1] > 0.3     # still reads the planted rate
-
-
 def test_coxnet_read_at_horizon_is_sksurv(data, fitted):
     """The elastic-net Cox gives scikit-survival's own Breslow S(h) at the end of its path, and
     its lasso keeps the risk covariate and drops the noise ones."""

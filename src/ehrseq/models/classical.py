@@ -211,17 +211,8 @@ def serial_predict(model):
     return model
 
 
-RSF_MAX_SAMPLES = 3000
-"""Training landmarks each tree of the random survival forest grows on, at most (a bootstrap
-sample of this size; below it, the usual bootstrap of every row). scikit-survival keeps, in
-every leaf of every tree, a curve over every training event time, so memory grows with
-trees x landmarks x event times: at 1,000 patients with 10 landmarks each (7,000 training
-landmarks) its tuning passed 20 GB on this 24 GB machine and was stopped."""
-
-
 class RSF:
-    """scikit-survival's random survival forest on the dense features (each tree on at most
-    :data:`RSF_MAX_SAMPLES` bootstrap landmarks)."""
+    """scikit-survival's random survival forest on the dense features."""
 
     def __init__(self, seed: int = 0, min_samples_leaf: int = 10):
         self.model = RandomSurvivalForest(n_estimators=200, min_samples_leaf=min_samples_leaf,
@@ -231,8 +222,6 @@ class RSF:
         from sksurv.util import Surv
 
         y = Surv.from_arrays(np.asarray(event).astype(bool), np.asarray(duration, float))
-        if len(y) > RSF_MAX_SAMPLES:
-            self.model.set_params(max_samples=RSF_MAX_SAMPLES)
         serial_predict(self.model.fit(X, y))
         return self
 
