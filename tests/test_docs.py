@@ -3,7 +3,7 @@
 import re
 
 import yaml
-from conftest import ROOT
+from conftest import ROOT, script
 
 
 def _paths(entries) -> list[str]:
@@ -37,3 +37,38 @@ def test_readme_diagram_has_every_edge_of_the_dag():
     assert want, "no edges parsed from dvc.yaml"
     assert want <= drawn, f"missing from the diagram of docs/pipeline.md: {sorted(want - drawn)}"
     assert drawn <= want, f"drawn but not in dvc.yaml: {sorted(drawn - want)}"
+
+
+def _results_table():
+    return script("docs/tools/results_table.py")
+
+
+def test_readme_results_table_is_generated_from_the_pages():
+    """The README's results table is what docs/tools/results_table.py makes of the committed
+    benchmark pages' sidecars: a page added or regenerated without the table fails here."""
+    rt = _results_table()
+    assert rt.sidecars(ROOT / "docs"), "no benchmark page with a sidecar (docs/*.json)"
+    assert rt.main(["--check"]) == 0, "README.md's results table is stale: run " \
+        "python docs/tools/results_table.py"
+
+
+def test_results_table_check_sees_a_stale_number(tmp_path):
+    import json
+    import shutil
+
+    rt = _results_table()
+    (tmp_path / "docs").mkdir()
+    for f in (ROOT / "docs").glob("*.json"):
+        shutil.copy(f, tmp_path / "docs" / f.name)
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    assert rt.main(["--check", "--readme", str(tmp_path / "README.md")]) == 0
+    side = next(f for f in (tmp_path / "docs").glob("*.json")
+                if json.loads(f.read_text()).get("kind") == "benchmark")
+    d = json.loads(side.read_text())
+    d["best_count"]["c"] += 0.01
+    side.write_text(json.dumps(d))
+    assert rt.main(["--check", "--readme", str(tmp_path / "README.md")]) == 1
+
+
+def test_readme_fits_on_a_screen():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150

@@ -5,7 +5,9 @@ against the numbers. Nothing is typed in: every number is read from the run.
 
     python docs/tools/benchmark_page.py RUN_DIR --title "..." --command "..." [--note "..."] --out docs/X.md
 
-RUN_DIR holds ``metrics/`` (and ``params.yaml``) of a finished `dvc repro`. When the run has
+RUN_DIR holds ``metrics/`` (and ``params.yaml``) of a finished `dvc repro`. Beside the page,
+``docs/X.json`` holds its headline (:func:`headline_row`), from which
+``docs/tools/results_table.py`` generates the README's results table. When the run has
 learning-curve points, the page also has the report's label-efficiency section (paired ΔC per
 labelled count, crossovers, every point's cost) and its two plots, copied beside the page as
 ``<page>-learning_curve.png`` and ``<page>-learning_curve_cost.png``.
@@ -68,6 +70,62 @@ def expectations(m: dict, scenario: str | None) -> list[str]:
             out.append(f"- negative control: oracle − {best} = {h:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                        f" ({'within' if abs(h) <= 0.01 else 'not within'} 0.01)")
     return out
+
+
+def _git(run: Path, *args: str) -> str:
+    import subprocess
+
+    res = subprocess.run(["git", "-C", str(run), *args], capture_output=True, text=True)
+    return res.stdout.strip() if res.returncode == 0 else "unknown"
+
+
+def outcome_label(run: Path, outcomes: dict) -> str:
+    """The outcome as a reader knows it: the synthetic scenario (control) or the outcome name."""
+    import yaml
+
+    p = yaml.safe_load((run / "params.yaml").read_text()) if (run / "params.yaml").is_file() \
+        else {}
+    name = (p.get("outcome") or {}).get("name", "synthetic")
+    scenario = outcomes.get("synthetic_scenario")
+    if name != "synthetic" or scenario is None:
+        return f"`{name}`"
+    effects = ((p.get("outcome") or {}).get("synthetic") or {}).get("effects")
+    kind = {"sequential": "positive control", "additive": "negative control"}.get(scenario,
+                                                                                  scenario)
+    return f"{kind} (`{scenario}`" + (f", effects {effects}" if effects else "") + ")"
+
+
+def headline_row(run: Path, page_name: str) -> dict:
+    """The page's headline for the README's table, read from the run: the sequence model is
+    the one with the lowest validation loss (all share the survival loss on the same
+    validation landmarks), never the highest test C."""
+    import datetime as dt
+
+    m = json.loads((run / "metrics/evaluate.json").read_text())
+    o = json.loads((run / "metrics/outcomes.json").read_text())
+    seq = [a for a in models(m) if m.get(f"{a}.stage") not in (None, "baselines")
+           and m.get(f"{a}.best_val_loss") is not None]
+    best_seq = min(seq, key=lambda a: m[f"{a}.best_val_loss"]) if seq else None
+
+    def c(name: str) -> dict | None:
+        k = f"{name}.c_harrell"
+        return None if k not in m else {"c": m[k], "lo": m[f"{k}_lo"], "hi": m[f"{k}_hi"]}
+
+    row = {"kind": "benchmark", "page": page_name, "outcome": outcome_label(run, o),
+           "patients": o["patients"], "test_patients": m["test.patients"],
+           "test_landmarks": m["test.landmarks"], "test_events": m["test.events"],
+           "oracle": c("oracle"), "best_count": {"model": m["best_count.model"],
+                                                 **c("best_count")},
+           "best_sequence": None, "commit": _git(run, "rev-parse", "--short", "HEAD"),
+           "date": dt.datetime.fromtimestamp((run / "metrics/evaluate.json").stat().st_mtime,
+                                             dt.timezone.utc).date().isoformat()}
+    if best_seq is not None:
+        k = f"delta.{best_seq}-best_count"
+        row["best_sequence"] = {"model": best_seq, **c(best_seq),
+                                "val_loss": m[f"{best_seq}.best_val_loss"],
+                                "vs_best_count": m[f"{k}.delta"], "vs_lo": m[f"{k}.lo"],
+                                "vs_hi": m[f"{k}.hi"]}
+    return row
 
 
 CURVE_HEADING = "## Label efficiency"
@@ -144,7 +202,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     a.out.write_text(page(a.run, a.title, a.command, a.note, a.out))
-    print(a.out)
+    side = a.out.with_suffix(".json")
+    side.write_text(json.dumps(headline_row(a.run, a.out.name), indent=2, sort_keys=True) + "\n")
+    print(a.out, side)
 
 
 if __name__ == "__main__":
