@@ -201,34 +201,39 @@ def test_fresh_clone_pulls_every_output(origin, clone_b):
 
 def test_fresh_clone_reruns_nothing(origin):
     """DVC's own pull-and-skip on a machine that pulled nothing: `dvc repro --pull
-    --allow-missing`, then `dvc exp run --pull --allow-missing`, run no stage, write no output
-    and leave dvc.lock as committed. (A git-tracked .gitignore inside data/predictions made DVC
-    see `evaluate`'s directory dependency "modified": both exports and evaluate re-ran on absent
-    predictions, treeverse/dvc#11099.) Re-scoring there (a changed `report` param) stops,
-    naming the directory, until the predictions are pulled."""
+    --allow-missing` runs no stage, writes no output and leaves dvc.lock as committed. (A
+    git-tracked .gitignore inside data/predictions made DVC see `evaluate`'s directory
+    dependency "modified": both exports and evaluate re-ran on absent predictions.)
+    `dvc exp run --pull --allow-missing` checks out what it can first, and that checkout
+    creates the empty parent folders of the missing prediction outputs (DVC 3.67; a two-stage
+    repo shows it), so the directory dependency is "modified" again: there the predictions
+    stage stops, naming what is missing, and writes nothing; after `python -m ehrseq.ops.pod
+    pull-predictions` (small files) it runs no stage. Re-scoring (a changed `report` param)
+    needs the predictions too."""
     c = clone(origin["origin"], origin["tmp"] / "C", origin["endpoint"])
     lock = (c / "dvc.lock").read_text()
-    for cmd in (["dvc", "repro", "--pull", "--allow-missing"],
-                ["dvc", "exp", "run", "--pull", "--allow-missing"]):
-        out = run(cmd, c)
-        assert "Running stage" not in out, out
-        assert set(stage_lines(out).values()) <= {"unchanged", "restored", "pulled"}, out
-        assert (c / "dvc.lock").read_text() == lock
-        assert git(c, "status", "--porcelain") == "", git(c, "status", "--porcelain")
-        for never in ("data/meds_predictions", "data/predictions", "metrics/evaluate.json"):
-            assert not (c / never).exists(), never
+    out = run(["dvc", "repro", "--pull", "--allow-missing"], c)
+    assert "Running stage" not in out, out
+    assert set(stage_lines(out).values()) <= {"unchanged", "restored", "pulled"}, out
+    assert (c / "dvc.lock").read_text() == lock
+    assert git(c, "status", "--porcelain") == "", git(c, "status", "--porcelain")
+    for never in ("data/meds_predictions", "data/predictions", "metrics/evaluate.json"):
+        assert not (c / never).exists(), never
 
-    rescore = ["dvc", "exp", "run", "--pull", "--allow-missing", "-S", "report.bootstrap=20",
-               "evaluate"]
-    res = subprocess.run(rescore, cwd=c, text=True, capture_output=True, timeout=600,
-                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
-                              f"{os.environ['PATH']}"})
-    assert res.returncode != 0 and "data/predictions" in res.stderr + res.stdout, \
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run(["dvc", "exp", "run", "--pull", "--allow-missing"], cwd=c, text=True,
+                         capture_output=True, timeout=600, env=env)
+    assert res.returncode != 0 and "pull-predictions" in res.stderr + res.stdout, \
         (res.stdout + res.stderr)[-3000:]
-    assert not (c / "metrics/evaluate.json").exists()
+    assert not (c / "data/meds_predictions").exists()          # nothing written
+    run(["git", "checkout", "--", "."], c)
     res = pod(["pull-predictions"], c)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    out = run(rescore, c)
+    out = run(["dvc", "exp", "run", "--pull", "--allow-missing"], c)
+    assert "Running stage" not in out, out
+    assert set(stage_lines(out).values()) <= {"unchanged", "restored", "pulled"}, out
+    out = run(["dvc", "exp", "run", "--pull", "--allow-missing", "-S", "report.bootstrap=20",
+               "evaluate"], c)
     assert stage_lines(out).get("evaluate") == "ran", out
     assert "Running stage" not in out.replace("Running stage 'evaluate'", ""), out
 
@@ -299,11 +304,13 @@ def test_laptop_pulls_and_compares_the_experiment(origin, pods):
     assert set(diff) == {"metrics/summary.json"}, diff     # the headline alone
     d = diff["metrics/summary.json"]
     assert d["lstm.train_s"]["new"] != d["lstm.train_s"]["old"], d   # the LSTM trained again
+    base = json.loads((a / "metrics/train_survival.json").read_text())      # the detail
     run(["dvc", "exp", "apply", name], a)  # its models, from the remote
     run(["dvc", "pull"], a)
     assert "up to date" in run(["dvc", "status"], a)
     applied = json.loads((a / "metrics/train_survival.json").read_text())
-    assert applied["lstm.n_params"] == d["lstm.n_params"]["new"]
+    assert applied["lstm.train_seconds"] == pytest.approx(d["lstm.train_s"]["new"], abs=1e-6)
+    assert applied["lstm.n_params"] > base["lstm.n_params"]    # the experiment's wider LSTM
 
 
 # ------------------------------------------------------------------------- the remote check
