@@ -60,6 +60,26 @@ def test_deterministic_bytes(tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_patient_ranges_write_the_same_events(tmp_path):
+    """Past PATIENTS_PER_RANGE patients, events.parquet is written range by range (a bounded
+    sort and spill at 100,000 patients): ranges of 7 patients give the same rows in the same
+    order, and the sequences built from them are the same bytes."""
+    from ehrseq.data.sequences import build_sequences
+    from ehrseq.params import SequencesParams
+
+    src = export_dir("unmc-v3.2")
+    for name, per_range in (("one", 10_000), ("ranges", 7)):
+        (tmp_path / name).mkdir()
+        res = ingest(src, tmp_path / name, patients_per_range=per_range)
+        assert res.patients > 7 * 3                      # several ranges
+        build_sequences(tmp_path / name, tmp_path / f"{name}-seq", SequencesParams())
+    for f in ("events", "patients", "dropped_rows"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"one/{f}.parquet"),
+                                      pd.read_parquet(tmp_path / f"ranges/{f}.parquet"))
+    for f in sorted((tmp_path / "one-seq").iterdir()):
+        assert f.read_bytes() == (tmp_path / "ranges-seq" / f.name).read_bytes(), f.name
+
+
 @pytest.fixture
 def small_export(tmp_path) -> Path:
     """A copy of the small real export that tests may break."""

@@ -44,6 +44,10 @@ TABLES = (
     TableSpec("devices.csv", "device", ("START",), "SNOMED-CT"),
 )
 REQUIRED_FILES = ("patients.csv", "encounters.csv")
+PATIENTS_PER_RANGE = 10_000
+"""Patients whose events are sorted and written at once: past one range, events.parquet is the
+ranges' sorted parts one after the other (the same rows in the same order), so DuckDB sorts
+and spills one range, not the export."""
 PATIENT_REQUIRED = ("ID", "BIRTHDATE")
 PATIENT_OPTIONAL = ("DEATHDATE", "GENDER", "RACE", "ETHNICITY")
 
@@ -131,7 +135,8 @@ def _time_expr(col: str) -> str:
 
 
 def ingest(src: str | Path, out_dir: str | Path, on_bad_rows: str = "drop",
-           memory_limit: str = "2GB", threads: int | None = None) -> IngestResult:
+           memory_limit: str = "2GB", threads: int | None = None,
+           patients_per_range: int = PATIENTS_PER_RANGE) -> IngestResult:
     """Read a Synthea CSV export in ``src``; write events/patients/dropped_rows Parquet.
 
     ``out_dir`` must exist; the caller makes it atomic (see ``ehrseq.io.atomic_outputs``).
@@ -153,7 +158,7 @@ def ingest(src: str | Path, out_dir: str | Path, on_bad_rows: str = "drop",
             con.execute(f"SET threads={int(threads)}")
         _check_version(con, src)
         try:
-            return _ingest(con, src, out_dir, on_bad_rows)
+            return _ingest(con, src, out_dir, on_bad_rows, Path(spill), patients_per_range)
         finally:
             con.close()
 
@@ -167,7 +172,40 @@ def _read(con, path: Path, name: str) -> None:
     )
 
 
-def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
+def _write_events(con, path: Path, work: Path, per_range: int) -> None:
+    """The valid events of ``ev``, sorted by patient, time and every other column, with their
+    ``known_time`` (an event is known from its encounter's start on: ehrseq.data.visits),
+    into ``path``. Patients in ranges of ``per_range``: each range sorted and written by DuckDB
+    (one range: straight to ``path``), the parts' row groups then appended in order."""
+    ids = [p for (p,) in con.execute("SELECT patient FROM patients ORDER BY patient").fetchall()]
+    bounds = [(ids[i], ids[min(i + per_range, len(ids)) - 1]) for i in range(0, len(ids), per_range)]
+    parts = [path] if len(bounds) <= 1 else [work / f"events-{i:05d}.parquet"
+                                               for i in range(len(bounds))]
+    cols = ", ".join(EVENT_COLUMNS)
+    for (lo, hi), part in zip(bounds or [("", "")], parts, strict=False):
+        mine = "ev" if len(bounds) <= 1 else \
+            f"(SELECT * FROM ev WHERE patient >= {_lit(lo)} AND patient <= {_lit(hi)})"
+        con.execute(f"""
+            COPY (SELECT {cols} FROM ({known_time_sql(mine)})
+                  WHERE time IS NOT NULL AND code IS NOT NULL AND code <> ''
+                    AND patient IN (SELECT patient FROM patients)
+                  ORDER BY patient, time, kind, system, code, encounter NULLS FIRST,
+                           description, value NULLS FIRST, unit NULLS FIRST)
+            TO {_lit(part)} (FORMAT parquet, COMPRESSION zstd)""")
+    if len(parts) > 1:
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(parts[0])
+        with pq.ParquetWriter(path, schema, compression="zstd") as w:
+            for part in parts:
+                f = pq.ParquetFile(part)
+                for g in range(f.num_row_groups):
+                    w.write_table(f.read_row_group(g))
+                part.unlink()
+
+
+def _ingest(con, src: Path, out: Path, on_bad_rows: str, work: Path,
+            per_range: int) -> IngestResult:
     missing_cols: list[str] = []
     # --- patients ---------------------------------------------------------------------
     ph = _header(con, src / "patients.csv")
@@ -251,7 +289,11 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
     if missing_cols:
         log.warning("optional columns absent: %s", ", ".join(missing_cols))
 
-    con.execute("CREATE TEMP TABLE ev AS " + " UNION ALL ".join(selects))
+    # Every file's rows once, unsorted, as compressed Parquet in the work folder (a DuckDB
+    # table of a 30 GB export spilled past the disk); read back as the view ``ev``.
+    con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO {_lit(work / 'ev.parquet')} "
+                "(FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"CREATE TEMP VIEW ev AS SELECT * FROM read_parquet({_lit(work / 'ev.parquet')})")
     con.execute("""
         CREATE TEMP TABLE ev_bad AS
         SELECT file, _row AS row,
@@ -276,15 +318,7 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str) -> IngestResult:
     if n_patients == 0:
         raise InputError(f"{src / 'patients.csv'}: empty cohort (no valid patients)")
 
-    # known_time: an event is known from its encounter's start on (ehrseq.data.visits).
-    cols = ", ".join(EVENT_COLUMNS)
-    con.execute(f"""
-        COPY (SELECT {cols} FROM ({known_time_sql('ev')})
-              WHERE time IS NOT NULL AND code IS NOT NULL AND code <> ''
-                AND patient IN (SELECT patient FROM patients)
-              ORDER BY patient, time, kind, system, code, encounter NULLS FIRST,
-                       description, value NULLS FIRST, unit NULLS FIRST)
-        TO {_lit(out / 'events.parquet')} (FORMAT parquet, COMPRESSION zstd)""")
+    _write_events(con, out / "events.parquet", work, per_range)
     ev = f"read_parquet({_lit(out / 'events.parquet')})"
     n_events = con.execute(f"SELECT count(*) FROM {ev}").fetchone()[0]
     if n_events == 0:
