@@ -101,10 +101,11 @@ def headline_row(run: Path, page_name: str) -> dict:
     validation landmarks), never the highest test C."""
     import datetime as dt
 
+    from ehrseq.evaluate.report import sequence_models
+
     m = json.loads((run / "metrics/evaluate.json").read_text())
     o = json.loads((run / "metrics/outcomes.json").read_text())
-    seq = [a for a in models(m) if m.get(f"{a}.stage") not in (None, "baselines")
-           and m.get(f"{a}.best_val_loss") is not None]
+    seq = [a for a in sequence_models(m) if m.get(f"{a}.best_val_loss") is not None]
     best_seq = min(seq, key=lambda a: m[f"{a}.best_val_loss"]) if seq else None
 
     def c(name: str) -> dict | None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from ehrseq.evaluate.report import sequence_models
+
 
 def _iv(m: dict, key: str) -> str:
     if f"{key}.delta" not in m:
@@ -40,13 +42,8 @@ def load(run: Path) -> dict:
 
 
 def families(runs: list[dict]) -> list[str]:
-    """Every model that is not a count model (its stage is not ``baselines``), in any run."""
-    out = set()
-    for r in runs:
-        m = r["metrics"]
-        out |= {k[:-len(".c_harrell")] for k in m if k.endswith(".c_harrell")
-                and m.get(f"{k[:-len('.c_harrell')]}.stage") not in (None, "baselines")}
-    return sorted(out)
+    """Every model that is not a count model, in any run."""
+    return sorted({f for r in runs for f in sequence_models(r["metrics"])})
 
 
 def page(runs: list[dict], command: str) -> str:

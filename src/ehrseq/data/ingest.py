@@ -182,7 +182,7 @@ def _write_events(con, path: Path, work: Path, per_range: int) -> None:
     parts = [path] if len(bounds) <= 1 else [work / f"events-{i:05d}.parquet"
                                                for i in range(len(bounds))]
     cols = ", ".join(EVENT_COLUMNS)
-    for (lo, hi), part in zip(bounds or [("", "")], parts, strict=False):
+    for (lo, hi), part in zip(bounds, parts, strict=True):   # patients: checked non-empty
         mine = "ev" if len(bounds) <= 1 else \
             f"(SELECT * FROM ev WHERE patient >= {_lit(lo)} AND patient <= {_lit(hi)})"
         con.execute(f"""

@@ -159,6 +159,13 @@ def headroom(pairs: list[dict], best_count: str | None) -> dict:
     return {}
 
 
+def sequence_models(flat: dict) -> list[str]:
+    """The scored models of ``flat`` that are not count models (their stage is not
+    ``baselines``; the oracle and the best-count alias have no stage), sorted."""
+    return sorted(k[:-len(".c_harrell")] for k in flat if k.endswith(".c_harrell")
+                  and flat.get(f"{k[:-len('.c_harrell')]}.stage") not in (None, "baselines"))
+
+
 HEADLINE_MODEL_KEYS = ("c", "c_lo", "c_hi", "vs_best_count", "vs_best_count_lo",
                        "vs_best_count_hi", "vs_oracle", "train_s", "cost_usd")
 """What metrics/summary.json holds per sequence model (see :func:`headline`)."""
@@ -180,9 +187,7 @@ def headline(flat: dict) -> dict:
         out["best_count.model"] = flat["best_count.model"]
     if "headroom" in flat:
         out.update({k: flat[k] for k in ("headroom", "headroom_lo", "headroom_hi")})
-    models = sorted(k[:-len(".c_harrell")] for k in flat if k.endswith(".c_harrell")
-                    and flat.get(f"{k[:-len('.c_harrell')]}.stage") not in (None, "baselines"))
-    for m in models:
+    for m in sequence_models(flat):
         d, o = f"delta.{m}-best_count.", f"delta.{m}-oracle."
         row = {"c": flat[f"{m}.c_harrell"], "c_lo": flat.get(f"{m}.c_harrell_lo"),
                "c_hi": flat.get(f"{m}.c_harrell_hi"), "vs_best_count": flat.get(d + "delta"),
