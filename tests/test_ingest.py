@@ -136,6 +136,22 @@ def test_bad_rows_dropped_with_counts_and_side_file(small_export, tmp_path):
     assert "not-a-date" in side.set_index("row").loc[4, "raw"]
 
 
+def test_rows_numbered_across_batches(small_export, tmp_path, monkeypatch):
+    """Rows are numbered as DuckDB streams them, batch by batch (no window over the whole
+    file): batches of 2 rows name the same dropped rows and write the same bytes."""
+    import ehrseq.data.ingest as ingest_mod
+
+    break_rows(small_export)
+    whole, batched = tmp_path / "whole", tmp_path / "batched"
+    whole.mkdir(), batched.mkdir()
+    ingest(small_export, whole, on_bad_rows="drop")
+    monkeypatch.setattr(ingest_mod, "ROWS_PER_BATCH", 2)
+    ingest(small_export, batched, on_bad_rows="drop")
+    assert sorted(pd.read_parquet(batched / "dropped_rows.parquet")["row"]) == [4, 6]
+    for f in ("events", "patients", "dropped_rows"):
+        assert (whole / f"{f}.parquet").read_bytes() == (batched / f"{f}.parquet").read_bytes()
+
+
 def test_bad_rows_error_names_file_and_row(small_export, tmp_path):
     break_rows(small_export)
     with pytest.raises(InputError, match=r"conditions.csv: data row 4 \(line 5\): unparseable date"):
