@@ -310,9 +310,13 @@ def _ingest(con, src: Path, out: Path, on_bad_rows: str, work: Path,
         log.warning("optional columns absent: %s", ", ".join(missing_cols))
 
     # Every file's rows once, unsorted, as compressed Parquet in the work folder (a DuckDB
-    # table of a 30 GB export spilled past the disk); read back as the view ``ev``.
+    # table of a 30 GB export spilled past the disk); read back as the view ``ev``. In any
+    # order: every row carries its file and row number, and the events are sorted on all of
+    # their columns after; keeping the insertion order here spilled 4.5 GB at 10,000 patients.
+    con.execute("SET preserve_insertion_order=false")
     con.execute(f"COPY ({' UNION ALL '.join(selects)}) TO {_lit(work / 'ev.parquet')} "
                 "(FORMAT parquet, COMPRESSION zstd)")
+    con.execute("SET preserve_insertion_order=true")
     con.execute(f"CREATE TEMP VIEW ev AS SELECT * FROM read_parquet({_lit(work / 'ev.parquet')})")
     for spec in TABLES:   # the numbered copies of the event files are read; free their disk
         con.execute(f"DROP VIEW IF EXISTS raw_{spec.kind}")
