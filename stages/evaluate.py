@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from ehrseq.evaluate.crossfit import score_crossfit, split_crossfit  # noqa: E402
 from ehrseq.evaluate.curve import learning_curve, split_outputs  # noqa: E402
 from ehrseq.evaluate.probes import (  # noqa: E402
     load_representations,
@@ -132,7 +133,8 @@ def main() -> None:
         current = prediction_outputs(PREDICTIONS)
         check_present(current)
         current, curve_points = split_outputs(current, PREDICTIONS)
-        found = find_predictions(PREDICTIONS, current, curve_points)
+        current, folds = split_crossfit(current, PREDICTIONS)
+        found = find_predictions(PREDICTIONS, current, curve_points + folds)
         flat, risks = score_all(PREDICTIONS, OUTCOMES, horizons, rep, out,
                                 progress=lambda name: log.info("scoring %s", name), found=found)
         log.info("scoring the learning curve (%d points)", len(curve_points))
@@ -153,6 +155,9 @@ def main() -> None:
             for k in ("delta", "lo", "hi", "p_not_better"):
                 flat[f"delta.{r['a']}-{r['b']}.{k}"] = r[k]
         flat.update(headroom(pairs, flat.get("best_count.model")))
+        log.info("scoring the cross-fitting folds (%d outputs)", len(folds))
+        crossfit, crossfit_md = score_crossfit(folds, OUTCOMES, horizons, rep)
+        flat.update(crossfit)
         probe_flat, probe_md = probes()
         flat.update(probe_flat)
         onset_md = onset_markdown(flat)
@@ -185,6 +190,8 @@ def main() -> None:
             + ("\n## Label efficiency (ΔC per labelled training patients, paired)\n\n"
                + curve_md + "\n![learning curve](learning_curve.png)\n"
                "![C against cost](learning_curve_cost.png)\n" if curve_md else "")
+            + ("\n## Cross-fitted: every patient scored once (crossfit.folds)\n\n"
+               + crossfit_md if crossfit_md else "")
             + ("\n## Disease trajectories: onset AUROC per target and horizon\n\n"
                + onset_md if onset_md else "")
             + ("\n## Which representation carries which planted feature (probes)\n\n"

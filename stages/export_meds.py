@@ -53,8 +53,8 @@ def survival_predictions() -> dict[str, Path]:
 
     found: dict[str, Path] = {}
     for f in sorted(PREDICTIONS.rglob("*.npz")):
-        if f.relative_to(PREDICTIONS).parts[0] == "curve":   # learning-curve points: not models
-            continue
+        if f.relative_to(PREDICTIONS).parts[0] in ("curve", "crossfit"):   # curve points and
+            continue                              # cross-fitting folds: not the test models
         with np.load(f, allow_pickle=False) as z:
             if not {"index", "surv", "times"} <= set(z.files):  # landmark_visits: checked later
                 continue

@@ -32,8 +32,6 @@ from ehrseq.params import FINETUNE_MODES, load_params
 from ehrseq.survival.bins import bin_edges
 from ehrseq.train.recipe import finetune_lrs, skip_stage, survival_predictions, train_stage
 
-PRETRAINED = Path("models/pretrain_behrt")
-
 
 def main(mode: str) -> None:
     params = load_params()
@@ -43,8 +41,8 @@ def main(mode: str) -> None:
     run = curve_run(f"finetune_behrt/{mode}")  # a learning-curve point, or the main run
     if run.skip:
         return skip_stage(run.stage, run.skip, run.stats)
-    task = run.task
-    pretrained, pre_cfg = load_pretrained(PRETRAINED, "pretrain_behrt")
+    task, base = run.task, run.pretrained("pretrain_behrt")   # a fold's own, or the main one
+    pretrained, pre_cfg = load_pretrained(base, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
     for field, key, given, want in (
@@ -53,11 +51,11 @@ def main(mode: str) -> None:
              uses_values(params.model.behrt.values, task.seqs, "model.behrt.values"))):
         if getattr(cfg, field) != want:
             here = f" ({want!r} on these sequences)" if given != want else ""
-            raise InputError(f"{PRETRAINED}/config.json: {field} {getattr(cfg, field)!r}, but "
+            raise InputError(f"{base}/config.json: {field} {getattr(cfg, field)!r}, but "
                              f"params.yaml {key} is {given!r}{here}; re-run pretrain_behrt "
                              f"(dvc repro) or set {key} to match")
     if cfg.vocab_size != task.seqs.vocab_size:
-        raise InputError(f"{PRETRAINED}/config.json: vocab_size {cfg.vocab_size} differs from "
+        raise InputError(f"{base}/config.json: vocab_size {cfg.vocab_size} differs from "
                          f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
     encoder_state = pretrained.encoder.state_dict()
     train, val, test = (BEHRTDataset(task.dataset(s), cfg.max_len)
@@ -74,7 +72,7 @@ def main(mode: str) -> None:
         model_dir.mkdir()
         save_adapter(model, model_dir / "adapter.safetensors")
         (model_dir / "adapter_config.json").write_text(json.dumps(
-            {**model.peft_config["default"].to_dict(), "base_model": str(PRETRAINED)},
+            {**model.peft_config["default"].to_dict(), "base_model": str(base)},
             indent=2, default=sorted) + "\n")
         (model_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (model_dir / "vocab.json").write_text(json.dumps(task.seqs.vocab))
@@ -84,7 +82,7 @@ def main(mode: str) -> None:
         run.stage, name, params=params, train=tp,
         build=lambda: finetune_model(mode, cfg, encoder_state, fp, train.base),
         loss_fn=survival_loss, lrs=finetune_lrs(params, tp.lr) if mode == "full" else None,
-        train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, PRETRAINED),
+        train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, base),
         key=(mode, cfg, fp), save=save, predictions=True,
         extra_stats={"mode": mode, **run.stats},
         finish=lambda _, out: survival_predictions(
@@ -97,4 +95,5 @@ if __name__ == "__main__":
     parser.add_argument("mode", choices=FINETUNE_MODES)
     parser.add_argument("--labelled", type=int, default=None)   # read by curve_point
     parser.add_argument("--replicate", type=int, default=0)
+    parser.add_argument("--fold", type=int, default=None)   # read by curve_run
     run_stage(lambda: main(parser.parse_args().mode))

@@ -6,7 +6,6 @@ discrete-time survival head, fine-tuned together on the survival task by the one
 ``curve_med2vec``; pre-training keeps every training patient, docs/learning_curves.md)."""
 
 import logging
-from pathlib import Path
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader
@@ -23,8 +22,6 @@ from ehrseq.params import load_params
 from ehrseq.survival.bins import bin_edges
 from ehrseq.train.recipe import finetune_lrs, skip_stage, survival_predictions, train_stage
 
-PRETRAINED = Path("models/train_med2vec")
-
 
 def main() -> None:
     params = load_params()
@@ -34,8 +31,8 @@ def main() -> None:
     run = curve_run("finetune_med2vec")      # a learning-curve point, or the main run
     if run.skip:
         return skip_stage(run.stage, run.skip, run.stats)
-    task = run.task
-    pretrained, pre_cfg = load_pretrained(PRETRAINED, "train_med2vec", task.seqs.vocab)
+    task, base = run.task, run.pretrained("train_med2vec")   # a fold's own, or the main one
+    pretrained, pre_cfg = load_pretrained(base, "train_med2vec", task.seqs.vocab)
     cfg = Med2VecConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                            "dropout": params.model.dropout,
                            "model_class": "ehrseq.models.med2vec.Med2VecSurvival"})
@@ -54,7 +51,7 @@ def main() -> None:
     train_stage(
         run.stage, "med2vec", params=params, train=tp, build=build,
         loss_fn=survival_loss, train_data=train, val_data=val, lrs=finetune_lrs(params, tp.lr),
-        inputs=(SEQUENCES, OUTCOMES, PRETRAINED), key=(cfg,), config=cfg, vocab=task.seqs.vocab,
+        inputs=(SEQUENCES, OUTCOMES, base), key=(cfg,), config=cfg, vocab=task.seqs.vocab,
         predictions=True, extra_stats=run.stats,
         finish=lambda model, out: survival_predictions(
             "med2vec", model, task, make_loader(test, tp.batch_size), out.predictions))

@@ -8,6 +8,7 @@ patients too. Test patients are never read."""
 import logging
 from dataclasses import replace
 
+from ehrseq.data.folds import fold_arg, fold_stage, fold_stats, resplit
 from ehrseq.data.task import SEQUENCES
 from ehrseq.data.tensors import Sequences, uses_values
 from ehrseq.io import run_stage
@@ -31,7 +32,8 @@ def main() -> None:
     params = load_params()
     pp = params.pretrain
     tp = params.train.model_copy(update={"epochs": pp.epochs or params.train.epochs})
-    seqs, train_idx, val_idx = Sequences.load_pretraining(SEQUENCES)
+    fold = fold_arg()   # --fold k: a cross-fitting fold's, none of its patients read
+    seqs, train_idx, val_idx = Sequences.load_pretraining(SEQUENCES, resplit(fold, params))
     mlm, tte = pp.objective != "tte", pp.objective != "mlm"
     tasks = tte_task_codes(seqs, train_idx, pp.tte_codes) if tte else None
     edges = tte_edges(pp.tte_pieces)
@@ -84,13 +86,13 @@ def main() -> None:
         return m
 
     train_stage(
-        "pretrain_behrt", "behrt", params=params, train=tp, build=build,
+        fold_stage("pretrain_behrt", fold), "behrt", params=params, train=tp, build=build,
         loss_fn=lambda m, b: pretrain_loss(m, b, **weights), train_data=train,
         loader=pretrain_loader, val_fn=val_fn, monitor="val_loss", lrs=[tp.lr],
         inputs=(SEQUENCES,), key=(cfg, pp), config=cfg, vocab=seqs.vocab, finish=finish,
         extra_stats={"train_patients": len(train_idx), "val_patients": len(val_idx),
                      "corpus_patients": int((seqs.patients["split"] == "corpus").sum()),
-                     "objective": pp.objective})
+                     "objective": pp.objective, **fold_stats(fold, params)})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ehrseq.data.folds import fold_arg, fold_stage, fold_stats, refold
 from ehrseq.data.task import SEQUENCES
 from ehrseq.data.tensors import Sequences
 from ehrseq.evaluate.embeddings import med2vec_quality
@@ -29,12 +30,15 @@ EMB_DIR = Path("data/processed/med2vec")
 
 def main() -> None:
     params = load_params()
+    fold = fold_arg()   # --fold k: a cross-fitting fold's encoder, none of its patients read
     seqs = Sequences.load(SEQUENCES)
-    split = seqs.patients["split"].to_numpy()
+    split = refold(seqs.patients, fold, params)["split"].to_numpy()
     cfg = med2vec_config(params.model, seqs.vocab_size)
     val = Med2VecDataset(seqs, np.flatnonzero(split == "val"))
 
     def finish(model, out) -> dict:
+        if fold is not None:   # a fold's encoder: its fine-tuning reads the model alone
+            return {}
         model.cpu().eval()
         with torch.no_grad():
             code_emb = model.code_vectors().numpy().astype(np.float32)
@@ -50,10 +54,11 @@ def main() -> None:
                                   out.plots)}
 
     train_stage(
-        "train_med2vec", "med2vec", params=params, build=lambda: Med2Vec(cfg),
+        fold_stage("train_med2vec", fold), "med2vec", params=params, build=lambda: Med2Vec(cfg),
         loss_fn=med2vec_loss, train_data=Med2VecDataset(seqs, np.flatnonzero(split == "train")),
         val_data=val if len(val) else None, lrs=[params.train.lr], inputs=(SEQUENCES,),
-        key=(cfg,), config=cfg, vocab=seqs.vocab, extra_outputs=(EMB_DIR,), finish=finish)
+        key=(cfg,), config=cfg, vocab=seqs.vocab, finish=finish,
+        extra_outputs=(EMB_DIR,) if fold is None else (), extra_stats=fold_stats(fold, params))
 
 
 if __name__ == "__main__":

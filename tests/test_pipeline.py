@@ -177,3 +177,41 @@ def test_export_refuses_missing_predictions(tiny_pipeline, tmp_path):
     assert "data/predictions/train_survival" in r.stderr and "missing" in r.stderr, r.stderr
     after = sorted(p.relative_to(repo) for p in (repo / "data/meds_predictions").rglob("*"))
     assert after == before and before
+
+
+def test_crossfit_folds_score_every_patient_once(tiny_pipeline, tmp_path):
+    """Cross-fitting as DVC runs it (issue 27 part 4): crossfit.folds [0, 1] adds one variant
+    per fold of every family, pre-training included; `dvc repro` runs those and evaluate
+    alone (the main run's stages are up to date), and evaluate scores every landmark of the
+    cohort once, each by the models of the fold that held its patient out."""
+    import pandas as pd
+
+    repo = copy_built(tiny_pipeline, tmp_path / "repo")
+    before = json.loads((repo / "metrics/evaluate.json").read_text())
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["crossfit"] = {"folds": [0, 1], "behrt_modes": ["full"]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = run(["dvc", "repro"], repo, timeout=1200)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    families = ("baselines", "lstm", "med2vec_encoder", "med2vec", "pretrain_behrt")
+    assert ran == {f"crossfit_{f}@{k}" for f in families for k in (0, 1)} | {
+        "crossfit_behrt@full-0", "crossfit_behrt@full-1", "evaluate"}, ran
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    table = pd.read_parquet(repo / "data/processed/outcomes/outcomes.parquet")
+    assert ev["crossfit.folds"] == 2 and ev["crossfit.landmarks"] == len(table)
+    assert ev["crossfit.patients"] == table["patient"].nunique()
+    for model in ("best_count", "cox", "lstm", "med2vec", "behrt_full"):
+        assert 0.0 <= ev[f"crossfit.{model}.c_harrell"] <= 1.0, model
+    assert ev["crossfit.delta.behrt_full-best_count.half_width"] > 0
+    assert ev["lstm.c_harrell"] == before["lstm.c_harrell"]   # the main run: untouched
+    report = (repo / "plots/evaluate/report.md").read_text()
+    assert "## Cross-fitted: every patient scored once" in report
+    # each fold's pre-training read every patient but its held-out ones
+    from ehrseq.data.folds import fold_of
+
+    pats = pd.read_parquet(repo / "data/processed/sequences/patients.parquet")["patient"]
+    fold = fold_of(pats, 2, p["sequences"]["split"]["salt"])
+    for k in (0, 1):
+        m = json.loads((repo / f"metrics/crossfit/pretrain_behrt/f{k}.json").read_text())
+        assert m["behrt.fold"] == k and m["behrt.folds"] == 2
+        assert m["behrt.train_patients"] + m["behrt.val_patients"] == (fold != k).sum()

@@ -422,6 +422,34 @@ class CurveParams(_Section):
         return v
 
 
+class CrossfitParams(_Section):
+    """Cross-fitted evaluation (docs/learning_curves.md, "Cross-fitting"): the patients cut into
+    K folds, every family trained once per fold with that fold held out (validation drawn from
+    the other folds), so every patient of the cohort is scored exactly once."""
+
+    folds: list[int] = Field(default_factory=list)
+    """``[]`` (default): no cross-fitting, the DAG as without it. ``[0, 1, ..., K-1]``: K folds
+    (a list so that DVC's matrix can run over it), e.g. ``[0, 1, 2, 3, 4]``."""
+    behrt_modes: list[str] = Field(default_factory=lambda: ["full", "scratch"])
+    """BEHRT fine-tuning modes cross-fitted (each fold pre-trains on its own patients)."""
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: list[int]) -> list[int]:
+        if v and (len(v) < 2 or sorted(v) != list(range(len(v)))):
+            raise ValueError(f"got {v}; accepted: [] (no cross-fitting) or [0, 1, ..., K-1] "
+                             "with K >= 2 folds, e.g. [0, 1, 2, 3, 4]")
+        return sorted(v)
+
+    @field_validator("behrt_modes")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in FINETUNE_MODES]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"got {v}; accepted: distinct modes of {list(FINETUNE_MODES)}")
+        return v
+
+
 class TrainParams(_Section):
     """What changes a model's weights: every training stage lists this whole section. Machine
     settings (device, threads, workers, checkpoints) are in ``runtime``, which no stage lists,
@@ -721,6 +749,7 @@ class Params(_Section):
     tune: TuneParams = Field(default_factory=TuneParams)
     report: ReportParams = Field(default_factory=ReportParams)
     curve: CurveParams = Field(default_factory=CurveParams)
+    crossfit: CrossfitParams = Field(default_factory=CrossfitParams)
 
     @model_validator(mode="after")
     def _corpus_is_other_patients(self):

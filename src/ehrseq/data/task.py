@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from ..io import InputError
-from ..params import ParamsError
+from ..params import ParamsError, load_params
 from ..repro import hash_uniform
 from ..survival.bins import read_bins
 from .features import code_counts
+from .folds import fold_arg, fold_stage, fold_stats, refold
 from .sequences import EPOCH
 from .tensors import SequenceDataset, Sequences
 
@@ -175,27 +176,49 @@ def subset_problem(task: SurvivalTask) -> str | None:
 
 @dataclass
 class CurveRun:
-    """What a stage that may run as a learning-curve point needs first (:func:`curve_run`)."""
+    """What a stage that may run as a learning-curve point or a cross-fitting fold needs first
+    (:func:`curve_run`)."""
 
     task: SurvivalTask
-    """Its task: the labelled subset at a curve point, the whole task for the main run."""
+    """Its task: the labelled subset at a curve point, fold k's splits for ``--fold k``, the
+    whole task for the main run."""
     stage: str
-    """Where it writes (:func:`stage_name`)."""
+    """Where it writes (:func:`stage_name`, :func:`ehrseq.data.folds.fold_stage`)."""
     skip: str | None
     """Why this curve point cannot be trained (:func:`subset_problem`), or None."""
     stats: dict
     """Run statistics of the point (:func:`curve_stats`), written beside its predictions."""
+    fold: int | None = None
+
+    def pretrained(self, stage: str) -> Path:
+        """The model of pre-training stage ``stage`` this run starts from: its fold's own
+        (``models/crossfit/<stage>/f<k>``, which saw no patient of the fold) or the main one."""
+        return Path("models") / fold_stage(stage, self.fold)
 
 
 def curve_run(stage: str, argv=None) -> CurveRun:
-    """The prologue of every stage that also runs as a learning-curve point: parse
-    ``--labelled``/``--replicate``, load the task (its labelled subset), name the outputs and
-    say whether the point must be skipped."""
+    """The prologue of every stage that also runs as a learning-curve point or a cross-fitting
+    fold: parse ``--labelled``/``--replicate``/``--fold``, load the task (its labelled subset,
+    or fold k's splits), name the outputs and say whether the point must be skipped."""
     labelled, replicate = curve_point(argv)
-    task = load_task(labelled, replicate)
-    return CurveRun(task, stage_name(stage, labelled, replicate),
-                    (labelled and subset_problem(task)) or None,
-                    curve_stats(task, labelled, replicate))
+    fold = fold_arg(argv)
+    if fold is None:
+        task = load_task(labelled, replicate)
+        return CurveRun(task, stage_name(stage, labelled, replicate),
+                        (labelled and subset_problem(task)) or None,
+                        curve_stats(task, labelled, replicate))
+    if labelled is not None:
+        raise ParamsError("--fold and --labelled together: a cross-fitting fold trains on "
+                          "every labelled patient outside it; accepted: one or the other")
+    params = load_params()
+    task = SurvivalTask.load()
+    task.table = refold(task.table, fold, params)
+    task.seqs.patients = refold(task.seqs.patients, fold, params)
+    for s in ("train", "val", "test"):
+        if not len(task.rows(s)):
+            raise InputError(f"crossfit fold {fold}: no landmark in its {s} split; use fewer "
+                             "folds (crossfit.folds) or a larger cohort (data.patients)")
+    return CurveRun(task, fold_stage(stage, fold), None, fold_stats(fold, params), fold)
 
 
 def curve_stats(task: SurvivalTask, labelled: int | None, replicate: int) -> dict:

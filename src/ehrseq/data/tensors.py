@@ -124,14 +124,18 @@ class Sequences:
             (path / "values.json").write_text(json.dumps(self.value_stats))
 
     @classmethod
-    def load_pretraining(cls, path: str | Path) -> tuple[Sequences, np.ndarray, np.ndarray]:
+    def load_pretraining(cls, path: str | Path, resplit=None
+                         ) -> tuple[Sequences, np.ndarray, np.ndarray]:
         """What pre-training reads: the cohort's sequences at ``path`` and, when the sequences
         stage wrote one (``pretrain.corpus``), its corpus (``path/corpus``) after them, as one
         :class:`Sequences`; its training rows (the training split and the corpus) and its
-        validation rows. Test patients are in neither."""
+        validation rows. Test patients are in neither. ``resplit(patients)``: other splits
+        (a cross-fitting fold's, :func:`ehrseq.data.folds.refold`)."""
         seqs = cls.load(path)
         if (Path(path) / "corpus").is_dir():
             seqs = seqs.concat(cls.load(Path(path) / "corpus"))
+        if resplit is not None:
+            seqs.patients = resplit(seqs.patients)
         split = seqs.patients["split"].to_numpy()
         return (seqs, np.flatnonzero(np.isin(split, ["train", "corpus"])),
                 np.flatnonzero(split == "val"))
