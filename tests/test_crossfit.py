@@ -141,3 +141,23 @@ def test_crossfit_scores_every_patient_once_with_paired_intervals(tmp_path):
     flat, md = score_crossfit([*outs, tmp_path / "pred/crossfit/extra/f0"],
                               tmp_path / "outcomes", [100.0], ReportParams(bootstrap=20))
     assert flat["crossfit.incomplete.gru"] == "1 of 2 folds" and "crossfit.gru.c_harrell" not in flat
+
+
+def test_headline_adds_the_crossfitted_scores_only_when_there_are_some():
+    from ehrseq.evaluate.report import headline
+
+    flat = {"test.patients": 28, "test.landmarks": 84, "test.events": 40,
+            "lstm.c_harrell": 0.6, "lstm.stage": "train_survival",
+            "cox.c_harrell": 0.65, "cox.stage": "baselines"}
+    plain = headline(flat)
+    assert not any(k.startswith("crossfit.") for k in plain)
+    flat.update({"crossfit.folds": 5, "crossfit.lstm.c_harrell": 0.61,
+                 "crossfit.best_count.c_harrell": 0.66, "crossfit.cox.c_harrell": 0.66,
+                 "crossfit.delta.lstm-best_count.delta": -0.05,
+                 "crossfit.delta.lstm-best_count.lo": -0.07,
+                 "crossfit.delta.lstm-best_count.hi": -0.03})
+    h = headline(flat)
+    assert {k: v for k, v in h.items() if k.startswith("crossfit.")} == {
+        "crossfit.folds": 5, "crossfit.best_count.c": 0.66, "crossfit.lstm.c": 0.61,
+        "crossfit.lstm.vs_best_count": -0.05, "crossfit.lstm.vs_best_count_lo": -0.07,
+        "crossfit.lstm.vs_best_count_hi": -0.03}                      # count models: not there

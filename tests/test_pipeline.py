@@ -206,6 +206,8 @@ def test_crossfit_folds_score_every_patient_once(tiny_pipeline, tmp_path):
     assert ev["lstm.c_harrell"] == before["lstm.c_harrell"]   # the main run: untouched
     report = (repo / "plots/evaluate/report.md").read_text()
     assert "## Cross-fitted: every patient scored once" in report
+    summary = json.loads((repo / "metrics/summary.json").read_text())   # what exp show prints
+    assert summary["crossfit.folds"] == 2 and "crossfit.behrt_full.vs_best_count" in summary
     # each fold's pre-training read every patient but its held-out ones
     from ehrseq.data.folds import fold_of
 

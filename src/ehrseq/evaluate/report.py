@@ -176,7 +176,8 @@ def headline(flat: dict) -> dict:
     and `dvc metrics diff` print): the test split's size; the oracle's and the best count
     model's Harrell C with their intervals and the headroom between them; and per model that
     is not a count model (its stage is not ``baselines``): C [interval], the paired ΔC against
-    the best count model [interval] and against the oracle, train seconds and GPU cost. Every
+    the best count model [interval] and against the oracle, train seconds and GPU cost; with
+    cross-fitting (``crossfit.folds``) also its cross-fitted C and ΔC [interval]. Every
     other number (each metric at each horizon, every bound, the curve, the probes) stays in
     metrics/evaluate.json, a stage output that is not a DVC metric."""
     out = {f"test.{k}": flat[f"test.{k}"] for k in ("patients", "landmarks", "events")}
@@ -195,6 +196,15 @@ def headline(flat: dict) -> dict:
                "vs_oracle": flat.get(o + "delta"), "train_s": flat.get(f"{m}.train_seconds"),
                "cost_usd": flat.get(f"{m}.gpu_cost_usd")}
         out.update({f"{m}.{k}": row[k] for k in HEADLINE_MODEL_KEYS if row[k] is not None})
+        cf = f"crossfit.delta.{m}-best_count."   # cross-fitted (crossfit.folds): every patient
+        if f"crossfit.{m}.c_harrell" in flat:
+            out.update({f"crossfit.{m}.c": flat[f"crossfit.{m}.c_harrell"],
+                        **{f"crossfit.{m}.vs_best_count{s}": flat[cf + k] for s, k in
+                           (("", "delta"), ("_lo", "lo"), ("_hi", "hi")) if cf + k in flat}})
+    if "crossfit.folds" in flat:
+        out["crossfit.folds"] = flat["crossfit.folds"]
+        if "crossfit.best_count.c_harrell" in flat:
+            out["crossfit.best_count.c"] = flat["crossfit.best_count.c_harrell"]
     return out
 
 
