@@ -383,6 +383,14 @@ class FinetuneParams(_Section):
         return v
 
 
+def _finetune_modes(v: list[str], empty: bool) -> list[str]:
+    """A list of BEHRT fine-tuning modes: distinct, each one of :data:`FINETUNE_MODES`."""
+    if [m for m in v if m not in FINETUNE_MODES] or (not v and not empty) or len(set(v)) != len(v):
+        raise ValueError(f"got {v}; accepted: distinct modes of {list(FINETUNE_MODES)}"
+                         + (" (or [])" if empty else ""))
+    return v
+
+
 class CurveParams(_Section):
     """Label-efficiency curve (docs/learning_curves.md): every family trained again on nested
     seeded subsets of the labelled training patients, scored on the full test split."""
@@ -416,10 +424,7 @@ class CurveParams(_Section):
     @field_validator("behrt_modes")
     @classmethod
     def _modes(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in FINETUNE_MODES]
-        if bad or not v or len(set(v)) != len(v):
-            raise ValueError(f"got {v}; accepted: distinct modes of {list(FINETUNE_MODES)}")
-        return v
+        return _finetune_modes(v, empty=False)
 
 
 class CrossfitParams(_Section):
@@ -444,10 +449,7 @@ class CrossfitParams(_Section):
     @field_validator("behrt_modes")
     @classmethod
     def _modes(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in FINETUNE_MODES]
-        if bad or len(set(v)) != len(v):
-            raise ValueError(f"got {v}; accepted: distinct modes of {list(FINETUNE_MODES)}")
-        return v
+        return _finetune_modes(v, empty=True)
 
 
 class TrainParams(_Section):
