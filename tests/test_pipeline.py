@@ -181,13 +181,15 @@ def test_export_refuses_missing_predictions(tiny_pipeline, tmp_path):
 
 def test_crossfit_folds_score_every_patient_once(tiny_pipeline, tmp_path):
     """Cross-fitting as DVC runs it (issue 27 part 4): crossfit.folds [0, 1] adds one variant
-    per fold of every family, pre-training included; `dvc repro` runs those and evaluate
-    alone (the main run's stages are up to date), and evaluate scores every landmark of the
-    cohort once, each by the models of the fold that held its patient out."""
+    per fold of every family, pre-training included; `dvc repro` runs those and the stages
+    that read data/predictions alone (the main run's are up to date; the MEDS export of the
+    test models writes the same files), and evaluate scores every landmark of the cohort
+    once, each by the models of the fold that held its patient out."""
     import pandas as pd
 
     repo = copy_built(tiny_pipeline, tmp_path / "repo")
     before = json.loads((repo / "metrics/evaluate.json").read_text())
+    export = lock_hashes(repo, ["export_meds_predictions"])["export_meds_predictions"][0]
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["crossfit"] = {"folds": [0, 1], "behrt_modes": ["full"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -195,7 +197,9 @@ def test_crossfit_folds_score_every_patient_once(tiny_pipeline, tmp_path):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     families = ("baselines", "lstm", "med2vec_encoder", "med2vec", "pretrain_behrt")
     assert ran == {f"crossfit_{f}@{k}" for f in families for k in (0, 1)} | {
-        "crossfit_behrt@full-0", "crossfit_behrt@full-1", "evaluate"}, ran
+        "crossfit_behrt@full-0", "crossfit_behrt@full-1", "evaluate",
+        "export_meds_predictions"}, ran   # its folder dep changed: it re-runs, same output
+    assert lock_hashes(repo, ["export_meds_predictions"])["export_meds_predictions"][0] == export
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
     table = pd.read_parquet(repo / "data/processed/outcomes/outcomes.parquet")
     assert ev["crossfit.folds"] == 2 and ev["crossfit.landmarks"] == len(table)
