@@ -31,14 +31,15 @@ def fake_run(root, corpus, noise, seed=0, n_patients=60):
     (root / "metrics/pretrain_behrt.json").write_text(json.dumps(
         {"behrt.corpus_patients": corpus, "behrt.train_patients": 40 + corpus,
          "behrt.train_seconds": 10.0 + corpus}))
-    curve = {}
+    curve, ev = {}, {}     # 25 labelled: a curve point; 30 (every training patient): main
     grid = np.unique(d)
-    for n, path in ((25, "curve/finetune_behrt/full/n25_r0"), (40, "finetune_behrt/full")):
-        k = f"curve.behrt_full.n{n}."
-        curve.update({k + "c_harrell": 0.6, k + "c_harrell_lo": 0.5, k + "c_harrell_hi": 0.7})
+    for n, path, out_m, pre in ((25, "curve/finetune_behrt/full/n25_r0", curve, "curve."),
+                                (30, "finetune_behrt/full", ev, "")):
+        k = f"{pre}behrt_full.n{n}." if pre else "behrt_full."
+        out_m.update({k + "c_harrell": 0.6, k + "c_harrell_lo": 0.5, k + "c_harrell_hi": 0.7})
         for b in ("best_count", "behrt_scratch"):
-            curve.update({f"curve.delta.behrt_full-{b}.n{n}.{s}": v
-                          for s, v in (("delta", 0.01), ("lo", -0.02), ("hi", 0.04))})
+            key = f"curve.delta.behrt_full-{b}.n{n}." if pre else f"delta.behrt_full-{b}."
+            out_m.update({key + s: v for s, v in (("delta", 0.01), ("lo", -0.02), ("hi", 0.04))})
         p = root / "data/predictions" / path
         p.mkdir(parents=True)
         r = risk + noise * rng.normal(size=m)
@@ -46,6 +47,7 @@ def fake_run(root, corpus, noise, seed=0, n_patients=60):
                             landmark_visits=np.full(m, 2), times=grid,
                             surv=np.exp(-np.outer(np.exp(r), grid) / 200))
     (root / "metrics/learning_curve.json").write_text(json.dumps(curve))
+    (root / "metrics/evaluate.json").write_text(json.dumps(ev))
     return root
 
 
@@ -59,11 +61,11 @@ def test_page_pairs_each_corpus_with_the_first_run(tmp_path):
     page = out.read_text()
     assert "| 160 | 200 | 5.0 | 170 |" in page                       # corpus, read, x, s
     rows = [line for line in page.splitlines() if line.startswith("| 160 | ")]
-    assert [r.split(" | ")[1] for r in rows] == ["25", "40"]        # every labelled count
+    assert [r.split(" | ")[1] for r in rows] == ["25", "30"]        # every labelled count
     # the bigger corpus's model here is the less noisy one: paired above the first run's
     d = float(rows[-1].split(" | ")[-1].split(" [")[0])
     assert d > 0.05
-    assert "| 0 | 40 | 0.600 [0.500, 0.700] | +0.010 [-0.020, +0.040] |" in page
+    assert "| 0 | 30 | 0.600 [0.500, 0.700] | +0.010 [-0.020, +0.040] |" in page
     # runs of other test patients are refused
     other = fake_run(tmp_path / "other", 10, noise=1.0, n_patients=50)
     with pytest.raises(SystemExit, match="test landmarks differ"):

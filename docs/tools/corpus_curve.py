@@ -38,21 +38,35 @@ def _iv(d: float, lo: float, hi: float) -> str:
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def _curve_delta(curve: dict, b: str, n: int) -> str:
-    d = f"curve.delta.{MODEL}-{b}.n{n}."
-    return _iv(curve[d + "delta"], curve[d + "lo"], curve[d + "hi"]) if d + "delta" in curve \
-        else "n/a"
+def _delta(m: dict, key: str) -> str:
+    return _iv(m[key + "delta"], m[key + "lo"], m[key + "hi"]) if key + "delta" in m else "n/a"
 
 
 def load(run: Path) -> dict:
-    """One run: its pre-training statistics and its learning curve's points of ``MODEL``."""
+    """One run: its pre-training statistics and ``MODEL``'s points: every labelled training
+    patient (metrics/evaluate.json) and the learning curve's (metrics/learning_curve.json)."""
+    import pandas as pd
+
     pre = _json(run / "metrics/pretrain_behrt.json")
+    ev = _json(run / "metrics/evaluate.json")
     curve = _json(run / "metrics/learning_curve.json")
-    ns = sorted({int(k.split(".")[2][1:]) for k in curve
-                 if k.startswith(f"curve.{MODEL}.n") and k.endswith(".c_harrell")})
-    if not ns:
-        raise SystemExit(f"{run}: no {MODEL} point in metrics/learning_curve.json")
-    return {"dir": run, "curve": curve, "ns": ns,
+    if f"{MODEL}.c_harrell" not in ev:
+        raise SystemExit(f"{run}: no {MODEL} in metrics/evaluate.json")
+    t = pd.read_parquet(run / "data/processed/outcomes/outcomes.parquet",
+                        columns=["patient", "split"])
+    n_all = int(t.loc[t["split"] == "train", "patient"].nunique())
+    points = {n_all: {"c": ev[f"{MODEL}.c_harrell"], "lo": ev[f"{MODEL}.c_harrell_lo"],
+                      "hi": ev[f"{MODEL}.c_harrell_hi"],
+                      **{b: _delta(ev, f"delta.{MODEL}-{b}.")
+                         for b in ("best_count", "behrt_scratch")}}}
+    for k in curve:
+        if k.startswith(f"curve.{MODEL}.n") and k.endswith(".c_harrell"):
+            n = int(k.split(".")[2][1:])
+            if n != n_all:
+                points[n] = {"c": curve[k], "lo": curve[k + "_lo"], "hi": curve[k + "_hi"],
+                             **{b: _delta(curve, f"curve.delta.{MODEL}-{b}.n{n}.")
+                                for b in ("best_count", "behrt_scratch")}}
+    return {"dir": run, "points": points, "ns": sorted(points), "n_all": n_all,
             "corpus": int(pre.get("behrt.corpus_patients", 0)),
             "pretrain_patients": int(pre.get("behrt.train_patients", 0)),
             "pretrain_s": float(pre.get("behrt.train_seconds", 0.0))}
@@ -86,8 +100,8 @@ def against_first(runs: list[dict], n_boot: int = 200, seed: int = 0) -> dict:
             raise SystemExit(f"{r['dir']}: its test landmarks differ from {runs[0]['dir']}'s; "
                              "the runs must share the labelled cohort and its split")
         for n in r["ns"]:
-            a = risk(prediction(r["dir"], n, r["ns"][-1]))
-            b = risk(prediction(runs[0]["dir"], n, runs[0]["ns"][-1]))
+            a = risk(prediction(r["dir"], n, r["n_all"]))
+            b = risk(prediction(runs[0]["dir"], n, runs[0]["n_all"]))
             if a is not None and b is not None:
                 out[i, n] = paired_c_difference(o.duration, o.event, a, b, n_boot, seed, o.groups)
     return out
@@ -106,20 +120,16 @@ def page(runs: list[dict], title: str, command: str, note: str) -> str:
                      f"{r['pretrain_patients'] / max(base_train, 1):.1f} | "
                      f"{r['pretrain_s']:.0f} |")
     lines += ["", f"## Pre-trained BEHRT (`{MODEL}`) per corpus and labelled patients", "",
-              "The last labelled count of each run is every labelled training patient (the "
+              "The largest labelled count of each run is every labelled training patient (the "
               "main run); ΔC are paired on the same test patients with 95% patient-bootstrap "
               "intervals.", "",
               "| corpus patients | labelled | C [95% CI] | − best count | − BEHRT from scratch | "
               "− the first run's pre-trained BEHRT |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(runs):
-        c = r["curve"]
         for n in r["ns"]:
-            k = f"curve.{MODEL}.n{n}."
-            vs = first.get((i, n))
-            lines.append(f"| {r['corpus']:,} | {n} | {c[k + 'c_harrell']:.3f} "
-                         f"[{c[k + 'c_harrell_lo']:.3f}, {c[k + 'c_harrell_hi']:.3f}] | "
-                         f"{_curve_delta(c, 'best_count', n)} | "
-                         f"{_curve_delta(c, 'behrt_scratch', n)} | "
+            pt, vs = r["points"][n], first.get((i, n))
+            lines.append(f"| {r['corpus']:,} | {n} | {pt['c']:.3f} [{pt['lo']:.3f}, "
+                         f"{pt['hi']:.3f}] | {pt['best_count']} | {pt['behrt_scratch']} | "
                          + ("(the first run)" if i == 0 else
                             _iv(vs["delta"], vs["lo"], vs["hi"]) if vs else "n/a") + " |")
     return "\n".join(lines + ["", "## Reading", "", note or "(none)", ""])
