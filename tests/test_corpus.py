@@ -138,3 +138,38 @@ def test_corpus_stage_generates_or_says_none(tmp_path, monkeypatch):
     pats = pd.read_parquet(tmp_path / "data/corpus/patients.parquet")
     assert len(pats) == 2 and (tmp_path / "data/corpus/events.parquet").is_file()
     assert json.loads((tmp_path / "data/corpus/corpus.json").read_text())["patients"] == 2
+
+
+def test_a_corpus_leaves_the_cohorts_value_tokens_and_values(tmp_path):
+    """The value bins and statistics are fitted on the labelled training split alone: a corpus
+    (here a copy of the cohort's own export under new ids, so its values would move the bins
+    if they were fitted on it) leaves every value token and value of the cohort as it was, and
+    with them a synthetic scenario's planted outcome (it reads those tokens)."""
+    import shutil
+
+    src = export_dir("dbt-synthea-v3.0")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in src.glob("*.csv"):
+        d = pd.read_csv(f, dtype=str, keep_default_na=False)
+        for col in ("Id", "PATIENT", "ENCOUNTER"):
+            if col in d and (f.name == "patients.csv" or col != "Id"):
+                d[col] = np.where(d[col] == "", "", "c-" + d[col])
+        d.to_csv(copy / f.name, index=False)
+    for f in src.iterdir():
+        if f.suffix != ".csv":
+            shutil.copy(f, copy / f.name)
+    lab = flattened("dbt-synthea-v3.0", tmp_path / "lab")
+    corp = tmp_path / "corp"
+    corp.mkdir()
+    ingest(copy, corp)
+    p = SequencesParams()
+    build_sequences(lab, tmp_path / "alone", p)
+    build_sequences(lab, tmp_path / "seq", p, corpus=corp)
+    a, b = Sequences.load(tmp_path / "alone"), Sequences.load(tmp_path / "seq")
+    ta, tb = np.asarray(a.vocab["tokens"]), np.asarray(b.vocab["tokens"])
+    q = np.char.find(ta[a.codes].astype(str), ":q") >= 0
+    assert q.sum() > 100                                   # value tokens to compare
+    assert (ta[a.codes][q] == tb[b.codes][q]).all()        # the same bins
+    np.testing.assert_array_equal(a.values, b.values)      # the same normalised values
+    assert a.value_stats == b.value_stats

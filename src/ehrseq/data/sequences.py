@@ -72,8 +72,12 @@ def _lit(s) -> str:
 
 
 FIT = "split IN ('train', 'corpus')"
-"""The rows every fitted part (vocabulary, bins, value statistics) is fitted on: the training
-split and the pre-training corpus, never validation or test patients."""
+"""The rows the vocabulary is fitted on: the training split and the pre-training corpus, never
+validation or test patients."""
+FIT_VALUES = "split = 'train'"
+"""The rows the value statistics and quantile bins are fitted on: the training split alone, so
+that a corpus never moves the labelled cohort's value tokens (which a synthetic scenario reads
+to plant its outcome)."""
 
 
 def _corpus_patients(con, corpus: Path, labelled: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -102,8 +106,8 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
     """``interim`` (the ingest stage's events and patients) → the arrays in ``out``.
     ``corpus``: a pre-training corpus flattened the same way (the corpus stage; a folder
     without events.parquet is no corpus): encoded with the same vocabulary into
-    ``out/corpus/``, and part of what the vocabulary, bins and value statistics are fitted
-    on. Without one, the output is what it always was. ``chunk``: patients built at once
+    ``out/corpus/``, and part of what the vocabulary is fitted on (the value bins and
+    statistics: the training split alone). Without one, the output is what it always was. ``chunk``: patients built at once
     (the output does not depend on it)."""
     interim, out = Path(interim), Path(out)
     for f in ("events.parquet", "patients.parquet"):
@@ -145,13 +149,13 @@ def build_sequences(interim: str | Path, out: str | Path, p: SequencesParams,
             FROM ({visit_events_sql(mine, p.event_kinds)}) e JOIN pat USING (patient)"""
 
     # Numeric observations → their value (as float32: the same number whether it came from a
-    # CSV or a MEDS export) normalised per code on the training split (and corpus), in NumPy
-    # below, and, with numeric_bins > 0, quantile-bin tokens fitted on the same rows.
+    # CSV or a MEDS export) normalised per code on the training split, in NumPy below, and,
+    # with numeric_bins > 0, quantile-bin tokens fitted on the same rows (not the corpus's).
     con.execute(f"""
         CREATE TEMP TABLE fitobs AS
         SELECT system, code, value FROM {rel}
         WHERE {"'observation'" if "observation" in p.event_kinds else "NULL"} = kind
-          AND value IS NOT NULL AND patient IN (SELECT patient FROM pat WHERE {FIT})""")
+          AND value IS NOT NULL AND patient IN (SELECT patient FROM pat WHERE {FIT_VALUES})""")
     con.execute("""
         CREATE TEMP TABLE vcodes AS
         SELECT system, code, row_number() OVER (ORDER BY system, code) - 1 AS vid
