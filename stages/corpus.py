@@ -6,8 +6,8 @@ made like the labelled cohort (``source: generate``: ``patients`` generated with
 ``seed`` and ``data.reference_date``/``state``/``city``, on ``runtime.cluster`` when set; or a
 Synthea CSV export, FHIR bundles or a MEDS root) and flattened by the ingest stage's reader into
 data/corpus/{events,patients}.parquet. The sequences stage encodes it with the labelled
-cohort's vocabulary (fitted on the training split and the corpus; the value bins on the
-training split alone) and refuses a corpus patient of the labelled validation or test split. The raw files are not kept (a temporary folder).
+cohort's vocabulary (fitted on the training split and the corpus) and refuses a corpus patient
+of the labelled validation or test split. The raw files are not kept (a temporary folder).
 Writes metrics/corpus.json."""
 
 from __future__ import annotations
