@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ehrseq.data.task import stage_name
 from ehrseq.evaluate.scoring import Outcomes
 from ehrseq.evaluate.survival import paired_c_difference, risk_score
 from ehrseq.survival.bins import read_bins
@@ -73,10 +74,10 @@ def load(run: Path) -> dict:
 
 
 def prediction(run: Path, n: int, n_all: int) -> Path:
-    """``MODEL``'s test prediction at ``n`` labelled patients (``n_all``: the main run)."""
-    if n == n_all:
-        return run / "data/predictions/finetune_behrt/full" / f"{MODEL}.npz"
-    return run / "data/predictions/curve/finetune_behrt/full" / f"n{n}_r0" / f"{MODEL}.npz"
+    """``MODEL``'s test prediction at ``n`` labelled patients (``n_all``: the main run), where
+    the stage writes it (:func:`ehrseq.data.task.stage_name`, replicate 0)."""
+    stage = stage_name("finetune_behrt/full", None if n == n_all else n, 0)
+    return run / "data/predictions" / stage / f"{MODEL}.npz"
 
 
 def against_first(runs: list[dict], n_boot: int = 200, seed: int = 0) -> dict:
