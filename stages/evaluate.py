@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
 from ehrseq.evaluate.crossfit import score_crossfit, split_crossfit  # noqa: E402
 from ehrseq.evaluate.curve import learning_curve, split_outputs  # noqa: E402
@@ -44,7 +43,7 @@ from ehrseq.evaluate.scoring import (  # noqa: E402
     score_all,
 )
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
-from ehrseq.params import load_params  # noqa: E402
+from ehrseq.params import load_params, resolved_params  # noqa: E402
 from ehrseq.survival.bins import read_bins  # noqa: E402
 
 PLOTS = Path("plots/evaluate")
@@ -141,7 +140,7 @@ def main() -> None:
         curve, curve_md = learning_curve(curve_points, found[0], PREDICTIONS, OUTCOMES, horizons,
                                          rep.bootstrap, rep.seed, out, pretraining_runs(),
                                          rep.gpu_hourly_usd)
-        rows = collect(flat, yaml.safe_load(Path("params.yaml").read_text()))
+        rows = collect(flat, resolved_params())
         scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
         best = max(scored, key=lambda r: r["_c"]) if scored else None
         if best is not None:

@@ -56,7 +56,7 @@ def test_check_lock_reports_each_stage(tmp_path):
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     st = lock["stages"]
-    dep = next(d for d in st["ingest"]["deps"] if d["path"] == "stages/ingest.py")
+    dep = next(d for d in st["ingest"]["deps"] if d["path"] == "stage-code/ingest.md5")
     dep["md5"] = "0" * 32                                   # committed without re-running
     metrics = next(o for o in st["outcomes"]["outs"] if o["path"] == "metrics/outcomes.json")
     metrics["md5"] = "1" * 32
@@ -82,7 +82,7 @@ def test_check_lock_reports_each_stage(tmp_path):
     lines = {ln.split()[0]: ln for ln in report.splitlines() if ln.split()[:1] in
              [[s] for s in STAGES]}
     assert "describes the commit" in lines["synthesize"] and "outputs match" in lines["synthesize"]
-    assert "stale: stages/ingest.py" in lines["ingest"] and "outputs match" in lines["ingest"]
+    assert "stale: stage-code/ingest.md5" in lines["ingest"] and "outputs match" in lines["ingest"]
     assert "outputs match" in lines["sequences"]
     assert "outputs MISMATCH" in lines["outcomes"]
     assert "metrics/outcomes.json: committed 111" in report

@@ -161,7 +161,9 @@ def test_params_and_grids():
 
 
 def test_params_yaml_and_dvc_yaml():
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    from ehrseq.params import resolved_params
+
+    p = resolved_params(ROOT / "params.yaml")     # the file's keys over the schema's defaults
     assert parse_params(p).tune == TuneParams.model_validate(p["tune"])
     assert {"cox_penalizer", "lr_c", "forest_min_leaf", "coxnet_alpha"} <= set(p["tune"])
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["baselines"]

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,40 @@ def test_machine_and_report_settings_retrain_nothing(dvc_files, key, value):
 def test_a_result_setting_retrains(dvc_files):
     changed = _changed_by(dvc_files, "train.lr", 0.0123)
     assert set(TRAINING) <= changed and "evaluate" not in changed, changed
+
+
+def test_stage_code_lists_what_each_script_runs():
+    """A listing (md5sum's format) names the script, every module it imports transitively and
+    their packages' __init__, each with the md5 of its bytes; evaluate's names no model."""
+    from ehrseq import imports
+
+    text = imports.listing(ROOT / "stages/evaluate.py", ROOT, ROOT / "src")
+    rows = [line.split("  ", 1) for line in text.splitlines()]
+    files = [f for _, f in rows]
+    assert files[0] == "stages/evaluate.py"
+    assert {"src/ehrseq/__init__.py", "src/ehrseq/evaluate/__init__.py",
+            "src/ehrseq/evaluate/report.py", "src/ehrseq/params.py"} <= set(files)
+    assert not [f for f in files if f.startswith(("src/ehrseq/models/", "src/ehrseq/train/"))]
+    for md5, f in rows:
+        assert md5 == hashlib.md5((ROOT / f).read_bytes()).hexdigest(), f
+
+
+def test_an_edit_reruns_exactly_the_stages_that_import_it(tmp_path):
+    """`dvc repro code` after an edit to models/behrt.py changes the listing of the scripts
+    that import it, so `dvc status` shows exactly their stages changed (BEHRT's, the
+    trajectory model's, embed and cluster), not the baselines', the LSTM's or Med2Vec's."""
+    from tiny_repo import run
+
+    for d in ("stages", "src/ehrseq", "stage-code"):
+        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / f, tmp_path / f)
+    run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp_path)
+    base = _status(tmp_path)
+    with open(tmp_path / "src/ehrseq/models/behrt.py", "a") as f:
+        f.write("\n# an edit\n")
+    run([sys.executable, "-m", "dvc", "repro", "-q", "code"], tmp_path)
+    after = _status(tmp_path)
+    changed = {s for s in after if after[s] != base.get(s)} - {"code"}
+    assert changed == {"pretrain_behrt", "finetune_behrt", "train_trajectory", "embed",
+                       "cluster", "curve_behrt"}, changed

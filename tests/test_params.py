@@ -54,8 +54,9 @@ def test_bad_yaml_file(tmp_path):
 
 
 def test_params_yaml_holds_the_schema_defaults():
-    """One source of defaults: the committed params.yaml sets every key to the schema's own
-    default, so a stage never behaves differently with a key left out."""
+    """One source of defaults: the committed params.yaml sets no key to another value than
+    the schema's own default, so a stage never behaves differently with a key left out; it
+    holds the knobs and the keys dvc.yaml names (the rest: docs/params.md)."""
     assert load_params(ROOT_PARAMS).model_dump() == parse_params({}).model_dump()
 
 

@@ -4,7 +4,7 @@ the real `dvc` and `git` commands on a tiny generated cohort.
 Scenario (one shared pipeline run): clone A runs `dvc repro`, then `dvc push --run-cache` and
 `git push` to a bare repository ("origin"); a fresh clone B pulls every output back, clean; a
 fresh clone C reruns the pipeline and recomputes nothing; `python -m ehrseq.ops.pod run
--S model.lstm.hidden_dim=160` in B runs only the stages that read it and is killed (SIGKILL)
+-S ++model.lstm.hidden_dim=160` in B runs only the stages that read it and is killed (SIGKILL)
 once the model stage is pushed; the same command in a fresh clone D restores the model from the run-cache and finishes;
 A pulls the experiment and compares it with main. Plus the remote check's failures, each in
 under 10 s: no remote, missing bucket, closed port, rejected credentials (moto's IAM auth)."""
@@ -39,7 +39,7 @@ DATA_STAGES = ("synthesize", "corpus", "ingest", "sequences")
 # embeddings, clustering, evaluate), so the kill-and-restore scenario trains one small model.
 # The docs' `-S model.size=large` runs the same code path with every model large (minutes of
 # BEHRT-large on 2 cores); the checks before any work below still use it.
-POD_OVERRIDE = "model.lstm.hidden_dim=160"
+POD_OVERRIDE = "++model.lstm.hidden_dim=160"   # ++: a key params.yaml leaves to the schema
 
 
 def free_port() -> int:

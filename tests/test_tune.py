@@ -223,7 +223,9 @@ def test_params():
     for stage in ("train_survival", "finetune_behrt", "finetune_med2vec"):
         spec = dvc[stage].get("do", dvc[stage])
         assert "tune" in spec["params"], stage
-        assert "src/ehrseq/train" in spec["deps"], stage   # tune.py among them
+        listing = f"stage-code/{Path(spec['cmd'].split()[1]).stem}.md5"
+        assert listing in spec["deps"], stage
+        assert "src/ehrseq/train/tune.py" in (ROOT / listing).read_text(), stage
 
 
 # --------------------------------------------------------------------------- the stage

@@ -39,7 +39,7 @@ def set_key(params: dict, key: str, value) -> None:
     *path, leaf = key.split(".")
     node = params
     for k in path:
-        node = node[k]
+        node = node.setdefault(k, {})
     node[leaf] = value
 
 

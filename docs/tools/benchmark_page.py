@@ -20,6 +20,8 @@ import json
 import math
 from pathlib import Path
 
+from ehrseq.params import resolved_params
+
 
 def _ci(m: dict, key: str) -> str:
     v = m.get(key)
@@ -81,10 +83,8 @@ def _git(run: Path, *args: str) -> str:
 
 def outcome_label(run: Path, outcomes: dict) -> str:
     """The outcome as a reader knows it: the synthetic scenario (control) or the outcome name."""
-    import yaml
 
-    p = yaml.safe_load((run / "params.yaml").read_text()) if (run / "params.yaml").is_file() \
-        else {}
+    p = resolved_params(run / "params.yaml") if (run / "params.yaml").is_file() else {}
     name = (p.get("outcome") or {}).get("name", "synthetic")
     scenario = outcomes.get("synthetic_scenario")
     if name != "synthetic" or scenario is None:

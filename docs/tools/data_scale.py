@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ehrseq.params import parse_params
+
 FAMILIES = ("oracle", "best_count", "cox", "coxnet", "gbm", "lstm", "med2vec", "behrt_full",
             "behrt_scratch")
 GAINS = (("behrt_full", "behrt_scratch", "pre-training's gain (BEHRT full − scratch)"),
@@ -80,8 +82,8 @@ def collect(shown: list[dict], prefix: str = "scale-", read=read_output) -> dict
                     continue
                 stamp = data.get("timestamp") or ""
                 if n not in points or stamp > points[n]["timestamp"]:
-                    points[n] = {"name": name, "metrics": metrics, "params": params,
-                                 "timestamp": stamp}
+                    points[n] = {"name": name, "metrics": metrics, "params": parse_params(params).model_dump(
+                                     mode="json"), "timestamp": stamp}
     return dict(sorted(points.items()))
 
 
@@ -105,7 +107,8 @@ def collect_dirs(dirs: list[Path]) -> dict[int, dict]:
                              "accepted: one directory per cohort size")
         points[n] = {"name": str(d), "metrics": json.loads(files["metrics/evaluate.json"]
                                                            .read_text()),
-                     "params": yaml.safe_load(files["params.yaml"].read_text())}
+                     "params": parse_params(yaml.safe_load(files["params.yaml"]
+                                                           .read_text())).model_dump(mode="json")}
     return dict(sorted(points.items()))
 
 

@@ -1,8 +1,8 @@
 """The library's layout, measured: import cycles, upward imports, stage-script sizes, and
-whether every module a stage imports is among its dvc.yaml deps.
+whether every stage depends on the listing of the code it runs (stage-code/, stage ``code``).
 
     python docs/tools/layout.py            # print the report (exit 1 on a cycle, an upward import
-                                           # or a stage dep missing from dvc.yaml)
+                                           # or a stage whose code dependency is not exact)
     python docs/tools/layout.py /tmp/old   # the same for another checkout (e.g. a git worktree)
 
 Layers, lowest first (a module may import its own layer or lower ones, never higher):
@@ -113,28 +113,43 @@ def stage_deps() -> dict[str, tuple[Path, set[str]]]:
 
 
 def missing_deps() -> dict[str, list[str]]:
-    """Per stage, the src files it imports (transitively) that dvc.yaml does not list, so a
-    change to them would not re-run it (a stale lock)."""
-    mods = modules()
+    """Per stage, what keeps its code dependency from being exact: it must depend on its own
+    script's listing (stage-code/<script>.md5, written by stage ``code``) and list no code file
+    itself, and stage ``code`` must write one listing per stage script (a missing one is never
+    written, so `dvc repro` stops; an extra one is a stale file)."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     bad = {}
     for name, (script, deps) in stage_deps().items():
-        need = {str(mods[m].relative_to(ROOT)) for m in closure(script)}
-        need = {f for f in need if not f.endswith("__init__.py")}
-        covered = {f for f in need if f in deps or any(
-            f.startswith(d.rstrip("/") + "/") for d in deps)}
-        if need - covered:
-            bad[name] = sorted(need - covered)
+        if name == "code":
+            continue
+        want = f"stage-code/{script.stem}.md5"
+        wrong = [d for d in deps if d.startswith(("src/", "stages/", "stage-code/")) and d != want]
+        if want not in deps or wrong:
+            bad[name] = sorted(set(wrong) | ({want} - deps))
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in spec["code"]["outs"]}
+    scripts = {f"stage-code/{p.stem}.md5" for p in (ROOT / "stages").glob("*.py")
+               if p.name != "code.py"}
+    if outs != scripts:
+        bad["code"] = sorted(outs ^ scripts)
     return bad
 
 
 def stale_deps() -> dict[str, list[str]]:
-    """Per stage, the src/ and stages/ files it lists as deps that do not exist (a moved
-    module): `dvc repro` would stop there."""
+    """Per stage, the listing it depends on that names other files than its script imports
+    today (an import added or removed since stage ``code`` last ran; `dvc repro code` re-makes
+    the listings, and `dvc repro` does so first). Contents are DVC's to compare: an edit to a
+    listed file shows in `dvc status` as stage ``code`` changed."""
+    def files(text: str) -> list[str]:
+        return [line.split("  ", 1)[1] for line in text.splitlines()]
+
     bad = {}
-    for name, (_, deps) in stage_deps().items():
-        gone = [d for d in deps if d.startswith(("src/", "stages/")) and not (ROOT / d).exists()]
-        if gone:
-            bad[name] = gone
+    for name, (script, _) in stage_deps().items():
+        f = ROOT / "stage-code" / f"{script.stem}.md5"
+        if name != "code" and (not f.exists() or files(f.read_text()) != files(
+                imports.listing(script, ROOT, SRC))):
+            bad[name] = [str(f.relative_to(ROOT))]
     return bad
 
 
@@ -151,10 +166,10 @@ def main() -> int:
     print("stage scripts (lines):")
     for p in sorted((ROOT / "stages").glob("*.py")):
         print(f"  {p.name:24s} {len(p.read_text().splitlines()):4d}")
-    print(f"stages importing src files missing from their dvc.yaml deps: {len(miss)}")
+    print(f"stages whose code dependency is not their script's listing: {len(miss)}")
     for s, files in miss.items():
         print(f"  {s}: {', '.join(files)}")
-    print(f"stages listing src files that do not exist: {len(stale)}")
+    print(f"stage-code/ listings naming other files than the imports today: {len(stale)}")
     for s, files in stale.items():
         print(f"  {s}: {', '.join(files)}")
     return 1 if cyc or up or miss or stale else 0

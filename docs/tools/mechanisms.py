@@ -19,9 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from ehrseq.evaluate.report import sequence_models
+from ehrseq.params import resolved_params
 
 
 def _iv(m: dict, key: str) -> str:
@@ -33,7 +32,7 @@ def _iv(m: dict, key: str) -> str:
 def load(run: Path) -> dict:
     """One run: its mechanism (the effects planted; ``all`` for every one) and its metrics."""
     m = json.loads((run / "metrics/evaluate.json").read_text())
-    p = yaml.safe_load((run / "params.yaml").read_text())
+    p = resolved_params(run / "params.yaml")
     syn = p["outcome"]["synthetic"]
     effects = syn.get("effects")
     return {"dir": str(run), "scenario": syn["scenario"], "metrics": m,

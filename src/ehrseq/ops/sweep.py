@@ -17,12 +17,7 @@ import sys
 from pathlib import Path
 
 from ..evaluate.report import ORACLE_NOTE, _read, collect, machine, to_markdown
-
-
-def _params() -> dict:
-    import yaml
-
-    return yaml.safe_load(Path("params.yaml").read_text())
+from ..params import resolved_params
 
 
 def sweep(outcomes, sizes, overrides, out: Path) -> None:
@@ -34,7 +29,7 @@ def sweep(outcomes, sizes, overrides, out: Path) -> None:
             cmd = ["dvc", "exp", "run", *[a for s in sets for a in ("-S", s)]]
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-            new = collect(_read(Path("metrics/evaluate.json")), _params())
+            new = collect(_read(Path("metrics/evaluate.json")), resolved_params())
             rows += [r for r in new if r["size"] or size == sizes[0]]
             cohort = _read(Path("metrics/sequences.json"))
     text = [
@@ -69,7 +64,7 @@ def main(argv=None) -> None:
     sw.add_argument("--out", type=Path, default=Path("docs/results.md"))
     a = ap.parse_args(argv)
     if a.cmd == "table":
-        print(to_markdown(collect(_read(Path("metrics/evaluate.json")), _params())))
+        print(to_markdown(collect(_read(Path("metrics/evaluate.json")), resolved_params())))
     else:
         sweep(a.outcomes, a.sizes, a.set, a.out)
 
