@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ehrseq.data.meds import TASK_LABELS, write_labels, write_meds, write_predictions
+from ehrseq.data.runs import CROSSFIT, CURVE
 from ehrseq.io import InputError, atomic_outputs, flat_metrics, run_stage, write_json
 from ehrseq.params import load_params
 
@@ -53,7 +54,7 @@ def survival_predictions() -> dict[str, Path]:
 
     found: dict[str, Path] = {}
     for f in sorted(PREDICTIONS.rglob("*.npz")):
-        if f.relative_to(PREDICTIONS).parts[0] in ("curve", "crossfit"):   # curve points and
+        if f.relative_to(PREDICTIONS).parts[0] in (CURVE, CROSSFIT):   # curve points and
             continue                              # cross-fitting folds: not the test models
         with np.load(f, allow_pickle=False) as z:
             if not {"index", "surv", "times"} <= set(z.files):  # landmark_visits: checked later

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ehrseq.evaluate.curve import CURVE  # noqa: E402
+from ehrseq.data.runs import CURVE  # noqa: E402
 from ehrseq.evaluate.report import comparisons_markdown, headroom, paired_comparisons  # noqa: E402
 from ehrseq.evaluate.scoring import Outcomes, find_predictions, score_all  # noqa: E402
 from ehrseq.params import load_params  # noqa: E402

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..params import Params, ParamsError
 from ..repro import hash_uniform
+from .runs import CROSSFIT
 
 
 def fold_arg(argv=None) -> int | None:
@@ -65,7 +66,7 @@ def resplit(fold: int | None, params: Params):
 def fold_stage(stage: str, fold: int | None) -> str:
     """Where a stage run as fold ``fold`` writes: ``crossfit/<stage>/f<k>`` (its models/,
     plots/, data/predictions/ and metrics/ paths); ``stage`` for the main run."""
-    return stage if fold is None else f"crossfit/{stage}/f{fold}"
+    return stage if fold is None else f"{CROSSFIT}/{stage}/f{fold}"
 
 
 def fold_stats(fold: int | None, params: Params) -> dict:

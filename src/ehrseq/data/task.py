@@ -17,6 +17,7 @@ from ..repro import hash_uniform
 from ..survival.bins import read_bins
 from .features import code_counts
 from .folds import fold_arg, fold_stage, fold_stats, refold
+from .runs import CURVE
 from .sequences import EPOCH
 from .tensors import SequenceDataset, Sequences
 
@@ -154,7 +155,7 @@ def curve_point(argv=None) -> tuple[int | None, int]:
 def stage_name(stage: str, labelled: int | None, replicate: int) -> str:
     """Where a stage writes: ``stage`` for the main run, ``curve/<stage>/n<N>_r<R>`` for a
     learning-curve point (its models/, plots/, data/predictions/ and metrics/ paths)."""
-    return stage if labelled is None else f"curve/{stage}/n{labelled}_r{replicate}"
+    return stage if labelled is None else f"{CURVE}/{stage}/n{labelled}_r{replicate}"
 
 
 def load_task(labelled: int | None = None, replicate: int = 0) -> SurvivalTask:

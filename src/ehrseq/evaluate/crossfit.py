@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.runs import CROSSFIT
 from ..io import InputError
 from ..params import ReportParams
 from . import survival
 from .report import comparisons_markdown, paired_comparisons
 from .scoring import Outcomes, score_survival
-
-CROSSFIT = "crossfit"
 
 
 def split_crossfit(outputs: list[Path], root: Path) -> tuple[list[Path], list[Path]]:

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.runs import CURVE
 from . import survival
 from .scoring import Outcomes, gpu_cost, run_info, run_seconds
 
-CURVE = "curve"
 POINT = re.compile(r"n(\d+)_r(\d+)")
 NEURAL = ("lstm", "med2vec", "behrt_full", "behrt_lora", "behrt_probe", "behrt_scratch")
 PRETRAINED_BY = {"behrt_full": "behrt", "behrt_lora": "behrt", "behrt_probe": "behrt",

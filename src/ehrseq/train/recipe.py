@@ -120,9 +120,9 @@ def train_stage(stage: str, name: str, *, params: Params, build: Callable[[], nn
     val_loader = None if val_data is None else loader(val_data, tp.batch_size,
                                                       num_workers=rt.num_workers)
     script = sys._getframe(1).f_globals.get("__file__")   # the stage script that called
-    folds = [("folds", extra_stats["folds"])] if "folds" in (extra_stats or {}) else []
+    # the run statistics name the run too (a curve point's subset, a fold's k and K)
     key_hash = make_run_key(stage, *key, tp, ddp.world_size, fingerprint(*inputs),
-                            code_fingerprint(script), *folds)   # a fold's splits: K and k
+                            code_fingerprint(script), extra_stats or {})
     run_key = f"{stage}/{key_hash}"   # checkpoints/<stage>/<run key>/<lr>/ (tune.lr_run_key)
     mirror = CheckpointMirror.from_dvc(check=True) if rt.mirror_checkpoints else None
     lrs = list(lrs) if lrs is not None else lr_grid(params.tune, tp.lr)
