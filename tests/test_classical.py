@@ -19,6 +19,7 @@ from ehrseq.models.classical import (
     Featurizer,
     HorizonClassifier,
     KaplanMeier,
+    coarsen_times,
     make_models,
 )
 
@@ -254,3 +255,29 @@ def test_forests_predict_in_one_thread(data, fitted):
     assert forests and all(m.n_jobs == 1 for m in forests)
     a = fitted["rf"].predict_survival(data["Xt"], data["grid"])
     assert np.array_equal(a, fitted["rf"].predict_survival(data["Xt"], data["grid"]))
+
+
+def test_rsf_keeps_at_most_max_times_and_still_ranks(data, fitted):
+    """Coarsened training times (issue 26 part 7: memory at 7,000 landmarks): order kept or
+    tied, each time moved up to the next grid point; a forest on 64 distinct times ranks the
+    test patients about as well as one on all 600."""
+    from ehrseq.evaluate.survival import harrell_c
+
+    d = data["d"]
+    c = coarsen_times(d, 64)
+    assert len(np.unique(c)) <= 64 and np.all(c >= d) and c.max() == d.max()
+    assert np.all(np.diff(c[np.argsort(d, kind="stable")]) >= 0)   # order kept or tied
+    assert np.array_equal(coarsen_times(d, 600), d)                 # few enough: exact
+    small = RSF(seed=0, max_times=64).fit(data["X"], d, data["e"])
+    assert len(small.model.unique_times_) <= 64
+    assert len(fitted["rsf"].model.unique_times_) <= 512
+
+    _, _, dt, et = simulate(200, seed=2)     # the test split of the fixture, with its events
+
+    def c_at(model):
+        s = survival_at(model.predict_survival(data["Xt"], data["grid"]), data["grid"], H)
+        return harrell_c(dt, et, 1 - s)
+
+    full = RSF(seed=0, max_times=10_000).fit(data["X"], d, data["e"])
+    assert len(full.model.unique_times_) == len(np.unique(d))
+    assert abs(c_at(small) - c_at(full)) < 0.02, (c_at(small), c_at(full))
