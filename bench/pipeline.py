@@ -44,7 +44,7 @@ def set_params(path: Path, overrides: list[str]) -> None:
         *parents, leaf = key.split(".")
         node = params
         for k in parents:
-            node = node[k]
+            node = node.setdefault(k, {})   # a key params.yaml leaves to the schema
         node[leaf] = yaml.safe_load(value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -118,8 +118,8 @@ def test_exp_show_has_under_150_columns(repo):
     assert extra and extra <= set(cols), extra
     assert len(cols) - len(extra) < 150, (len(cols), len(extra), cols)
     code = [c for c in cols if c.startswith(("src/", "stages", "stage-code/"))]
-    assert sorted(code) == ["src/ehrseq", "stages"] + sorted(
-        f"stage-code/{p.stem}.md5" for p in (ROOT / "stages").glob("*.py") if p.stem != "code")
+    assert sorted(code) == sorted(["src/ehrseq", "stages"] + [
+        f"stage-code/{p.stem}.md5" for p in (ROOT / "stages").glob("*.py") if p.stem != "code"])
     assert "lstm.c" in cols and "model.size" in cols
 
 
@@ -145,10 +145,11 @@ def test_queue_sweep_runs_each_point_once(repo):
     """The documented sweep (docs/training.md): a grid queued with one command, run by two
     workers; every point is an experiment with its own metrics, and the stages the swept
     param does not reach come from the run-cache instead of being trained again. The swept
-    param (trajectory.pos_weight) reaches one training stage: the mechanism is the same for
-    any param, and this one keeps the test to one training per point."""
+    param (trajectory.pos_weight, which params.yaml leaves to the schema: DVC's ``++`` adds it)
+    reaches one training stage: the mechanism is the same for any param, and this one keeps the
+    test to one training per point."""
     base = json.loads((repo / "metrics/summary.json").read_text())
-    run(["dvc", "exp", "run", "--queue", "-S", "trajectory.pos_weight=2,5"], repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "++trajectory.pos_weight=2,5"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo)
     status = queue_wait(repo)
     assert status.count("Success") == 2 and "Failed" not in status, status
@@ -243,7 +244,9 @@ def test_crossfit_folds_score_every_patient_once(tiny_pipeline, tmp_path):
     from ehrseq.data.folds import fold_of
 
     pats = pd.read_parquet(repo / "data/processed/sequences/patients.parquet")["patient"]
-    fold = fold_of(pats, 2, p["sequences"]["split"]["salt"])
+    from ehrseq.params import parse_params
+
+    fold = fold_of(pats, 2, parse_params(p).sequences.split.salt)
     for k in (0, 1):
         m = json.loads((repo / f"metrics/crossfit/pretrain_behrt/f{k}.json").read_text())
         assert m["behrt.fold"] == k and m["behrt.folds"] == 2

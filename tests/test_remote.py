@@ -462,3 +462,21 @@ def test_every_stage_restorable_from_run_cache():
     """No output with cache: false or persist: true, no always_changed stage: each would re-run
     on every new pod (the run-cache lesson in GUIDE.md)."""
     assert run_cache_blockers(ROOT) == []
+
+
+def test_an_uncached_output_blocks_unless_git_tracks_it(tmp_path):
+    """cache: false re-runs on every new pod unless the output comes with the clone (stage
+    `code`'s listings are tracked by git)."""
+    import subprocess
+
+    (tmp_path / "in.txt").write_text("x\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {
+        "cmd": "cp in.txt out.txt", "deps": ["in.txt"],
+        "outs": [{"out.txt": {"cache": False}}]}}}))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    blockers = run_cache_blockers(tmp_path)
+    assert len(blockers) == 1 and blockers[0].endswith("s: out.txt has cache: false"), blockers
+    (tmp_path / "out.txt").write_text("x\n")
+    subprocess.run(["git", "add", "out.txt"], cwd=tmp_path, check=True)
+    assert run_cache_blockers(tmp_path) == []

@@ -227,10 +227,15 @@ def run_cache_blockers(root: str | Path = ".") -> list[str]:
     """Stages a fresh machine cannot restore from the run-cache, with the reason for each.
 
     Such a stage re-runs on every new pod: an output with ``persist: true`` or ``cache: false``
-    (an uncached output is never pushed), ``always_changed``, or no deps or no outs.
+    (an uncached output is never pushed) unless git tracks it (stage ``code``'s listings come
+    with every clone), ``always_changed``, or no deps or no outs.
     """
+    import subprocess
+
     from dvc.repo import Repo
 
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=root, capture_output=True,
+                                 text=True).stdout.split())
     blockers = []
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
@@ -244,6 +249,6 @@ def run_cache_blockers(root: str | Path = ".") -> list[str]:
             for out in stage.outs:
                 if out.persist:
                     blockers.append(f"{name}: {out.def_path} has persist: true")
-                if not out.use_cache:
+                if not out.use_cache and out.def_path not in tracked:
                     blockers.append(f"{name}: {out.def_path} has cache: false")
     return blockers
