@@ -31,7 +31,9 @@ def repo(tmp_path_factory):
     _generated_meds(src, SUBJECTS)
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
     tiny_params(repo)
-    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
+    from ehrseq.params import resolved_params
+
+    defaults = resolved_params(ROOT / "params.yaml")   # the file's keys over the schema's
     p = yaml.safe_load((repo / "params.yaml").read_text())
     p["data"]["source"] = str(src)
     p["outcome"]["name"] = "mortality"
