@@ -84,17 +84,25 @@ def produced_paths(lock: dict) -> set[str]:
 def stale_entries(entry: dict, repo: Path, produced: set[str]) -> list[str]:
     """Code deps and params of a committed lock entry that differ from the commit's files."""
     out = []
+    tracked = set(git(repo, "ls-files").split())   # stage code's listings: outputs in git
     for d in entry.get("deps", []):
         path = d["path"]
-        if path in produced or any(path.startswith(p.rstrip("/") + "/") for p in produced):
+        if path not in tracked and (path in produced or any(
+                path.startswith(p.rstrip("/") + "/") for p in produced)):
             continue
         f = repo / path
         if f.is_dir():
-            continue   # a folder of code: not compared here
+            continue   # a folder of code: not compared here (its listings are, below)
         if not f.is_file():
             out.append(f"{path} (missing)")
         elif md5_file(f) != d.get("md5"):
             out.append(path)
+        elif path.startswith("stage-code/"):   # the listing against the code it lists
+            for line in f.read_text().splitlines():
+                md5, listed = line.split("  ", 1)
+                if not (repo / listed).is_file() or md5_file(repo / listed) != md5:
+                    out.append(f"{path} (lists {listed} as it was)")
+                    break
     for pfile, values in (entry.get("params") or {}).items():
         current = yaml.safe_load((repo / pfile).read_text()) if (repo / pfile).is_file() else {}
         for key, value in values.items():

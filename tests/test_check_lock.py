@@ -128,3 +128,24 @@ def test_compare_two_checkouts_tells_weights_from_timings(tmp_path):
                           str(a), str(c)], capture_output=True, text=True).stdout
     assert "models/train/model.safetensors: DIFFERS" in out
     assert "metrics/train.json: DIFFERS (lstm.c)" in out and "config.json" not in out
+
+
+def test_a_listing_that_no_longer_matches_its_code_is_stale(tmp_path):
+    """Stage code's listings are outputs tracked by git: the check compares them like code,
+    and each listed file with its md5 (an edit committed without `dvc repro` is stale)."""
+    from conftest import script
+
+    cl = script("bench/check_lock.py")
+    (tmp_path / "stage-code").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    listing = f"{hashlib.md5(b'x = 1' + bytes([10])).hexdigest()}  a.py\n"
+    (tmp_path / "stage-code/s.md5").write_text(listing)
+    run(["git", "init", "-q"], tmp_path)
+    commit(tmp_path, "code")
+    entry = {"deps": [{"path": "stage-code/s.md5",
+                       "md5": hashlib.md5(listing.encode()).hexdigest()}]}
+    produced = {"stage-code/s.md5"}
+    assert cl.stale_entries(entry, tmp_path, produced) == []
+    (tmp_path / "a.py").write_text("x = 2\n")
+    commit(tmp_path, "an edit, no repro")
+    assert cl.stale_entries(entry, tmp_path, produced) == ["stage-code/s.md5 (lists a.py as it was)"]
