@@ -43,7 +43,7 @@ from ehrseq.evaluate.scoring import (  # noqa: E402
     score_all,
 )
 from ehrseq.io import atomic_outputs, run_stage, write_json  # noqa: E402
-from ehrseq.params import load_params, resolved_params  # noqa: E402
+from ehrseq.params import load_params  # noqa: E402
 from ehrseq.survival.bins import read_bins  # noqa: E402
 
 PLOTS = Path("plots/evaluate")
@@ -140,7 +140,7 @@ def main() -> None:
         curve, curve_md = learning_curve(curve_points, found[0], PREDICTIONS, OUTCOMES, horizons,
                                          rep.bootstrap, rep.seed, out, pretraining_runs(),
                                          rep.gpu_hourly_usd)
-        rows = collect(flat, resolved_params())
+        rows = collect(flat, params.model_dump(mode="json"))   # read once, above
         scored = [r for r in rows if not r["model"].startswith("oracle") and r["_c"] is not None]
         best = max(scored, key=lambda r: r["_c"]) if scored else None
         if best is not None:
