@@ -71,3 +71,21 @@ def test_page_pairs_each_corpus_with_the_first_run(tmp_path):
     with pytest.raises(SystemExit, match="test landmarks differ"):
         tool.main(["--runs", str(runs[0]), str(other), "--title", "T", "--command", "x",
                    "--out", str(out)])
+
+
+def test_page_names_runs_by_the_parameter_they_vary(tmp_path):
+    tool = script("docs/tools/corpus_curve.py")
+    runs = [fake_run(tmp_path / "mlm", 0, noise=3.0), fake_run(tmp_path / "tte", 0, noise=0.1)]
+    for run, objective in zip(runs, ("mlm", "tte"), strict=True):
+        (run / "params.yaml").write_text(f"pretrain:\n  objective: {objective}\n")
+    out = tmp_path / "page.md"
+    tool.main(["--vary", "pretrain.objective", "--runs", *map(str, runs), "--title", "T",
+               "--command", "by hand", "--out", str(out)])
+    page = out.read_text()
+    assert f"| `{runs[1]}` | tte | 0 | 40 | 1.0 | 10 |" in page
+    rows = [line for line in page.splitlines() if line.startswith("| tte | ")]
+    assert [r.split(" | ")[1] for r in rows] == ["25", "30"]
+    assert float(rows[-1].split(" | ")[-1].split(" [")[0]) > 0.05   # paired with mlm's
+    with pytest.raises(SystemExit, match="no parameter 'pretrain.objektive'"):
+        tool.main(["--vary", "pretrain.objektive", "--runs", *map(str, runs), "--title", "T",
+                   "--command", "x", "--out", str(out)])
