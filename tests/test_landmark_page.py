@@ -12,14 +12,14 @@ from conftest import script
 M = 80          # test patients
 
 
-def fake_run(root, per_patient, noise, seed=0, shift=0.0):
+def fake_run(root, per_patient, noise, seed=0, outcome_seed=1):
     """A finished run of ``per_patient`` landmarks per test patient: the first landmark of
-    each (landmark_visits 2) is the same in every run, with the same outcome (``shift`` moves
-    its durations: a run of another cohort); each further one is a later visit. Two models,
+    each (landmark_visits 2) is the same in every run, with the same outcome (another
+    ``outcome_seed``: a run of another cohort); each further one is a later visit. Two models,
     gbm (a count model) and lstm, whose test predictions are the true risk plus ``noise``."""
     risk = np.random.default_rng(0).normal(size=(per_patient, M)).T
-    dur = (np.random.default_rng(1).exponential(200, (per_patient, M)).T * np.exp(-risk)).round()
-    dur = dur + 1 + shift
+    dur = np.random.default_rng(outcome_seed).exponential(200, (per_patient, M)).T
+    dur = (dur * np.exp(-risk)).round() + 1
     event = (np.random.default_rng(2).random((per_patient, M)).T < 0.6).astype(int)
     index = np.repeat(np.arange(M), per_patient)
     visits = np.tile(2 + np.arange(per_patient), M)
@@ -64,6 +64,7 @@ def test_page_scores_every_run_on_the_first_runs_landmarks(tmp_path):
     assert f"| `{many}` | 3.18 | 350 | 30 | 320 (" in page
     assert "lstm: -0.020 [-0.050, +0.010]" in page       # the best sequence model, read
     assert "The first run's 80 test landmarks" in page
+    assert "0 events differ, durations' rank correlation 1.00000" in page
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in page.splitlines()
             if line.startswith(("| gbm | count", "| lstm | sequence"))}
     # the many-landmark run's lstm is the less noisy one: paired above the first run's
@@ -77,7 +78,7 @@ def test_page_refuses_runs_of_other_landmarks_or_outcomes(tmp_path):
     tool = script("docs/tools/landmark_count.py")
     base = fake_run(tmp_path / "a", 2, {"gbm": 1.0, "lstm": 1.0})
     fewer = fake_run(tmp_path / "b", 1, {"gbm": 1.0, "lstm": 1.0})
-    moved = fake_run(tmp_path / "c", 2, {"gbm": 1.0, "lstm": 1.0}, shift=5.0)
+    moved = fake_run(tmp_path / "c", 2, {"gbm": 1.0, "lstm": 1.0}, outcome_seed=9)
     out = str(tmp_path / "page.md")
     with pytest.raises(SystemExit, match="80 of .* test landmarks are not among its own"):
         tool.main(["--runs", str(base), str(fewer), "--title", "T", "--command", "x",

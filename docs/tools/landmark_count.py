@@ -4,10 +4,11 @@ use?
 
 From two or more finished runs of one cohort that differ only in ``outcome.landmark.count``
 (the first: the smallest count). A larger count keeps the landmarks of a smaller one and each
-landmark's outcome is a hash of (seed, patient, landmark time) (src/ehrseq/outcomes), so the
-first run's test landmarks, with the same outcomes, are among every other run's: each model of
-a later run is scored on exactly those landmarks and compared with the same model of the first
-run, paired on the same test patients. Every number is read from the runs' outputs or computed
+landmark's outcome is drawn from a hash of (seed, patient, landmark time) (src/ehrseq/outcomes),
+so the first run's test landmarks are among every other run's, with nearly the same outcomes
+(:data:`MAX_FLIPS`): each model of every run is scored on exactly those landmarks against the
+first run's outcomes and compared with the same model of the first run, paired on the same
+test patients. Every number is read from the runs' outputs or computed
 from their predictions:
 
 - per run: landmarks, training rows, test landmarks and events, the oracle, the best count model
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from ehrseq.evaluate.report import sequence_models
 from ehrseq.evaluate.scoring import Outcomes
@@ -34,6 +36,13 @@ from ehrseq.evaluate.survival import harrell_c_interval, paired_c_difference, ri
 from ehrseq.survival.bins import read_bins
 
 N_BOOT = 200
+MAX_FLIPS = 0.02
+"""The outcomes of the shared test landmarks may differ a little between runs: every feature
+of a synthetic hazard is standardised over the run's landmarks, so more landmarks shift each
+log-hazard slightly (at 1,000 patients, 3 against 10: 8 of 2,995 events and a rank correlation
+of the durations of 0.99997). More than this share of events, or ... """
+MIN_RHO = 0.99
+"""... a rank correlation of the durations below this, is not one cohort: refused."""
 
 
 def _iv(d: float, lo: float, hi: float) -> str:
@@ -66,6 +75,7 @@ def on_first(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> dict:
     h = o.reference_horizon(read_bins(base)[1])
     cs: dict = {}
     risks: dict = {}
+    agree: list = []
     for i, r in enumerate(runs):
         other = Outcomes.load(r["dir"] / "data/processed/outcomes")
         mine = pd.MultiIndex.from_arrays([other.index, other.landmark_visits])
@@ -74,10 +84,13 @@ def on_first(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> dict:
             raise SystemExit(f"{r['dir']}: {int((pos < 0).sum())} of {runs[0]['dir']}'s test "
                              "landmarks are not among its own; the runs must share the cohort, "
                              "its split and landmark.seed, the first with the smallest count")
-        if not (np.array_equal(other.event[pos], o.event)
-                and np.allclose(other.duration[pos], o.duration)):
+        flips = int((other.event[pos] != o.event).sum())
+        rho = float(spearmanr(other.duration[pos], o.duration).correlation)
+        if flips > MAX_FLIPS * len(pos) or not rho >= MIN_RHO:
             raise SystemExit(f"{r['dir']}: the outcomes of the shared test landmarks differ "
-                             f"from {runs[0]['dir']}'s")
+                             f"from {runs[0]['dir']}'s ({flips} of {len(pos)} events, "
+                             f"durations' rank correlation {rho:.4f}): not one cohort")
+        agree.append((flips, rho))
         for m in r["models"]:
             f = r["dir"] / "data/predictions" / r["ev"][f"{m}.stage"] / f"{m}.npz"
             if not f.is_file():
@@ -93,7 +106,7 @@ def on_first(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> dict:
     oracle = harrell_c_interval(o.duration, o.event, o.true_risk, 0)["c_harrell"] \
         if np.isfinite(o.true_risk).all() else None
     return {"c": cs, "delta": deltas, "oracle": oracle, "n": len(o.index),
-            "events": int(o.event.sum())}
+            "events": int(o.event.sum()), "agree": agree[1:]}
 
 
 def _count(run: dict) -> str:
@@ -125,7 +138,12 @@ def page(runs: list[dict], title: str, command: str, note: str) -> str:
     oracle = f"; the oracle's C there: {first['oracle']:.3f}" if first["oracle"] else ""
     lines += ["", "## Every model on the same test landmarks", "",
               f"The first run's {first['n']:,} test landmarks ({first['events']:,} events), "
-              f"which every run shares with the same outcomes{oracle}. C is Harrell's at the "
+              f"which every run shares, scored against the first run's outcomes{oracle}. "
+              "The later runs' outcomes of those landmarks: "
+              + "; ".join(f"{f} events differ, durations' rank correlation {rho:.5f}"
+                          for f, rho in first["agree"])
+              + " (each feature of the synthetic hazard is standardised over the run's "
+              "landmarks). C is Harrell's at the "
               "reference horizon h*; ΔC is paired on the same test patients with a 95% "
               f"patient-bootstrap interval ({N_BOOT} resamples).", "",
               "| model | family | " + " | ".join(f"C [95% CI], {_count(r)} per patient" for r in runs)
