@@ -2,7 +2,7 @@
 
 Every benchmark page written by ``docs/tools/benchmark_page.py`` has a JSON sidecar beside it
 (``docs/<page>.json``, ``"kind": "benchmark"``) with the run's headline, read from its outputs:
-the outcome, the cohort and its test split, the oracle's and the best count model's C, the
+the outcome, the cohort and its test split (patients, landmarks, events), the oracle's and the best count model's C, the
 sequence model with the lowest validation loss (chosen on validation, never on test) and its
 paired ΔC against the best count model, the commit and the date. This script puts one row per
 page between the ``<!-- results:begin -->`` and ``<!-- results:end -->`` markers of README.md.
@@ -40,7 +40,8 @@ def sidecars(docs: Path) -> list[dict]:
 
 def render(docs: Path = ROOT / "docs") -> str:
     """The table (Markdown) for the benchmark pages under ``docs``."""
-    lines = ["| outcome | patients (test: patients, events) | oracle C | best count model C "
+    lines = ["| outcome | patients (test: patients, landmarks, events) | oracle C | "
+             "best count model C "
              "(chosen on validation) | best sequence model C (lowest validation loss) | "
              "sequence − count, paired ΔC [95% CI] | page (date, commit) |",
              "|---|---|---|---|---|---|---|"]
@@ -49,7 +50,8 @@ def render(docs: Path = ROOT / "docs") -> str:
         diff = "n/a" if not seq else \
             f"**{seq['vs_best_count']:+.3f}** [{seq['vs_lo']:+.3f}, {seq['vs_hi']:+.3f}]"
         lines.append(
-            f"| {d['outcome']} | {d['patients']:,} ({d['test_patients']}, {d['test_events']}) "
+            f"| {d['outcome']} | {d['patients']:,} ({d['test_patients']}, "
+            f"{d['test_landmarks']:,}, {d['test_events']}) "
             f"| {_c(d.get('oracle'))} | {best['model']} {_c(best)} | "
             f"{'n/a' if not seq else seq['model'] + ' ' + _c(seq)} | {diff} | "
             f"[{d['page']}](docs/{d['page']}) ({d['date']}, {d['commit']}) |")
