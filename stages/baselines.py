@@ -100,7 +100,8 @@ def main() -> None:
         metrics.update({"best_count.model": best, "best_count.val_c": val_c[best]})
         for name, run in runs.items():
             (out / f"{name}.json").write_text(json.dumps(
-                {"model": name, "stage": stage, "val_c": val_c[name],
+                {"model": name, "stage": stage,   # no validation C (NaN): null
+                 "val_c": val_c[name] if np.isfinite(val_c[name]) else None,
                  "best_count": name == best, **point,
                  **{k[len(name) + 1:]: v for k, v in run.items()}}, indent=1, sort_keys=True)
                 + "\n")

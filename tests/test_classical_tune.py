@@ -43,7 +43,8 @@ def simulate(n, seed, beta=1.5):
 
 class Stub:
     """A model whose quality is set by its value: ``good`` ranks by the true risk covariate,
-    anything else by its negative (``flat``: the same risk for everyone)."""
+    anything else by its negative (``flat``: the same risk for everyone; ``same``: every
+    value ranks by the covariate; ``None``: value 20 is flat, the others rank backwards)."""
 
     def __init__(self, value, good=None, fail=()):
         self.value, self.good, self.fail = value, good, fail
@@ -55,8 +56,10 @@ class Stub:
         return self
 
     def predict_survival(self, X, times):
-        if self.good == "flat":
+        if self.good == "flat" or (self.good is None and self.value == 20):
             r = np.zeros(len(X))
+        elif self.good == "same":
+            r = X[:, 0]
         else:
             r = X[:, 0] if self.value == self.good else -X[:, 0]
         s = 1 / (1 + np.exp(r))   # higher risk, lower S
@@ -87,7 +90,17 @@ def test_ties_go_to_the_more_regularised_value(data):
     grid = [5, 20]
     for larger, want in ((True, 20), (False, 5)):
         res = fit_best(lambda v: Stub(v, "flat"), grid, *data, H, larger_regularises=larger)
-        assert res.val_c == {5: 0.5, 20: 0.5} and res.value == want
+        assert all(math.isnan(c) for c in res.val_c.values()) and res.value == want
+    # two models that rank equally well: the more regularised one
+    res = fit_best(lambda v: Stub(v, "same"), grid, *data, H, larger_regularises=True)
+    assert res.val_c[5] == res.val_c[20] and res.value == 20
+
+
+def test_a_constant_risk_never_beats_one_that_ranks(data):
+    """A model that gives every validation landmark the same risk ranks nobody: no C (NaN),
+    so it loses even to a value whose C is below 0.5 (as on 7 validation patients)."""
+    res = fit_best(lambda v: Stub(v, "flat" if v == 20 else None), [5, 20], *data, H)
+    assert math.isnan(res.val_c[20]) and res.val_c[5] < 0.3 and res.value == 5
 
 
 def test_a_failed_fit_is_skipped(data):
@@ -111,7 +124,7 @@ def test_real_forest_prefers_a_leaf_that_can_split(data, name):
     is the more regularised."""
     res = fit_best(lambda v: make_model(name, [30, 90, 180], 0, v), [5, 300], *data, H,
                    larger_regularises=TUNED[name].larger_regularises)
-    assert res.val_c[300] == 0.5
+    assert math.isnan(res.val_c[300])          # one leaf: the same curve for everyone
     assert res.value == 5 and res.val_c[5] > 0.7
 
 
@@ -239,8 +252,9 @@ def test_stage_tunes_on_validation_only(tmp_path, monkeypatch):
         cs = {v: m[f"{name}.tune.{t.hyperparam}_{v:g}.val_c"] for v in grid}
         chosen = m[f"{name}.tuned.{t.hyperparam}"]
         assert chosen in grid and m[f"{name}.tune.n_values"] == 2
-        # the highest validation C; on a tie the more regularised value
-        best = max(cs.values())
+        # the highest validation C (None: no C, e.g. the same risk for everyone); on a tie
+        # the more regularised value
+        best = max((c for c in cs.values() if c is not None), default=None)
         want = [v for v in grid if cs[v] == best]
         assert chosen == (max(want) if t.larger_regularises else min(want)), (name, cs)
         assert f"{name}.c_harrell" not in m   # the stage only predicts; evaluate scores

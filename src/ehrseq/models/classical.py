@@ -356,10 +356,14 @@ skipped, with a null validation C; the stage fails only when every candidate doe
 def validation_c(model, X_val, d_val, e_val, horizon: float) -> float:
     """Harrell's C on the validation split of the one risk score ``1 - S(h* | x)``
     (:func:`ehrseq.evaluate.survival.risk_score`); NaN when it cannot be computed (no
-    comparable pair, non-finite predictions)."""
+    comparable pair, non-finite predictions) or when the model gives every validation landmark
+    the same risk: it ranks nobody, like Kaplan–Meier, so it never wins the tuning or the best
+    count model against one that ranks (a forest whose leaves hold every training landmark, as
+    at 25 labelled patients, scored 0.5 there and beat models whose C on 7 validation patients
+    fell below it)."""
     risk = risk_score(model.predict_survival(X_val, np.array([float(horizon)])),
                       np.array([float(horizon)]), horizon)
-    if not np.isfinite(risk).all() or not np.asarray(e_val).any():
+    if not np.isfinite(risk).all() or not np.asarray(e_val).any() or np.ptp(risk) == 0:
         return math.nan
     try:
         return harrell_c(d_val, e_val, risk)
