@@ -61,13 +61,19 @@ def expectations(m: dict, scenario: str | None) -> list[str]:
         if scenario == "sequential":
             out.append(f"- positive control: headroom (oracle − {best}) {h:+.3f} [{lo:+.3f}, "
                        f"{hi:+.3f}] ({'exceeds' if h > 0.05 else 'does not exceed'} 0.05)")
-            closing = sorted((m[f"delta.{a}-best_count.delta"], a) for a in neural
-                             if f"delta.{a}-best_count.delta" in m)
-            if closing:
-                d, a = closing[-1]
-                lo_a = m[f"delta.{a}-best_count.lo"]
-                out.append(f"- best sequence model {a}: {d:+.3f} over {best}, interval lower "
-                           f"end {lo_a:+.3f} ({'excludes' if lo_a > 0 else 'includes'} 0)")
+            # the sequence model chosen on validation (lowest validation loss: every one
+            # shares the survival loss on the same landmarks), never the test split's best
+            chosen = [a for a in neural if f"delta.{a}-best_count.delta" in m
+                      and m.get(f"{a}.best_val_loss") is not None]
+            if chosen:
+                a = min(chosen, key=lambda x: m[f"{x}.best_val_loss"])
+                k = f"delta.{a}-best_count."
+                d, lo_a, hi_a = m[k + "delta"], m[k + "lo"], m[k + "hi"]
+                where = "above 0" if lo_a > 0 else "below 0" if hi_a < 0 else "includes 0"
+                closed = d / h if h > 0 else math.nan
+                out.append(f"- best sequence model on validation (lowest validation loss) {a}: "
+                           f"{d:+.3f} [{lo_a:+.3f}, {hi_a:+.3f}] over {best} ({where}); "
+                           f"share of the headroom closed {closed:+.2f}")
         else:
             out.append(f"- negative control: oracle − {best} = {h:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                        f" ({'within' if abs(h) <= 0.01 else 'not within'} 0.01)")
