@@ -6,7 +6,7 @@ From two or more finished runs of one cohort that differ only in ``outcome.landm
 (the first: the smallest count). A larger count keeps the landmarks of a smaller one and each
 landmark's outcome is drawn from a hash of (seed, patient, landmark time) (src/ehrseq/outcomes),
 so the first run's test landmarks are among every other run's, with nearly the same outcomes
-(:data:`MAX_FLIPS`): each model of every run is scored on exactly those landmarks against the
+(``MAX_FLIPS``, ``MIN_RHO``): each model of every run is scored on exactly those landmarks against the
 first run's outcomes and compared with the same model of the first run, paired on the same
 test patients. Every number is read from the runs' outputs or computed
 from their predictions:
@@ -36,13 +36,13 @@ from ehrseq.evaluate.survival import harrell_c_interval, paired_c_difference, ri
 from ehrseq.survival.bins import read_bins
 
 N_BOOT = 200
+# The outcomes of the shared test landmarks may differ a little between runs: every feature of
+# a synthetic hazard is standardised over the run's landmarks, so more landmarks shift each
+# log-hazard slightly (at 1,000 patients, 3 against 10: 8 of 2,995 events differ, the
+# durations' rank correlation is 0.99997). More than MAX_FLIPS of the events differing, or a
+# rank correlation below MIN_RHO, is another cohort: refused.
 MAX_FLIPS = 0.02
-"""The outcomes of the shared test landmarks may differ a little between runs: every feature
-of a synthetic hazard is standardised over the run's landmarks, so more landmarks shift each
-log-hazard slightly (at 1,000 patients, 3 against 10: 8 of 2,995 events and a rank correlation
-of the durations of 0.99997). More than this share of events, or ... """
 MIN_RHO = 0.99
-"""... a rank correlation of the durations below this, is not one cohort: refused."""
 
 
 def _iv(d: float, lo: float, hi: float) -> str:
