@@ -96,6 +96,12 @@ def prediction(run: Path, n: int, n_all: int) -> Path:
     return run / "data/predictions" / stage / f"{MODEL}.npz"
 
 
+def test_risk(o: Outcomes, h: float, f: Path) -> np.ndarray:
+    """The risk ``1 - S(h)`` of the prediction file ``f`` at each of ``o``'s test landmarks."""
+    with np.load(f, allow_pickle=False) as z:
+        return risk_score(z["surv"][o.align(f, z)].astype(float), z["times"].astype(float), h)
+
+
 def against_first(runs: list[dict], n_boot: int = 200, seed: int = 0) -> dict:
     """(run index, n) -> paired ΔC of ``MODEL`` in that run minus in the first run, on the
     first run's test landmarks (every run must have the same ones)."""
@@ -104,10 +110,7 @@ def against_first(runs: list[dict], n_boot: int = 200, seed: int = 0) -> dict:
     h = o.reference_horizon(read_bins(base)[1])
 
     def risk(f: Path) -> np.ndarray | None:
-        if not f.is_file():
-            return None
-        with np.load(f, allow_pickle=False) as z:
-            return risk_score(z["surv"][o.align(f, z)].astype(float), z["times"].astype(float), h)
+        return test_risk(o, h, f) if f.is_file() else None
 
     out = {}
     for i, r in enumerate(runs[1:], 1):

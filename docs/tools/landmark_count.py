@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,11 @@ from scipy.stats import spearmanr
 
 from ehrseq.evaluate.report import sequence_models
 from ehrseq.evaluate.scoring import Outcomes
-from ehrseq.evaluate.survival import harrell_c_interval, paired_c_difference, risk_score
+from ehrseq.evaluate.survival import harrell_c_interval, paired_c_difference
 from ehrseq.survival.bins import read_bins
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus_curve import _iv, test_risk  # noqa: E402
 
 N_BOOT = 200
 # The outcomes of the shared test landmarks may differ a little between runs: every feature of
@@ -43,10 +47,6 @@ N_BOOT = 200
 # rank correlation below MIN_RHO, is another cohort: refused.
 MAX_FLIPS = 0.02
 MIN_RHO = 0.99
-
-
-def _iv(d: float, lo: float, hi: float) -> str:
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def _delta(ev: dict, a: str, b: str) -> str:
@@ -95,10 +95,7 @@ def on_first(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> dict:
             f = r["dir"] / "data/predictions" / r["ev"][f"{m}.stage"] / f"{m}.npz"
             if not f.is_file():
                 continue
-            with np.load(f, allow_pickle=False) as z:
-                risk = risk_score(z["surv"][o.align(f, z)].astype(float),
-                                  z["times"].astype(float), h)
-            risks[i, m] = risk
+            risks[i, m] = risk = test_risk(o, h, f)
             cs[i, m] = harrell_c_interval(o.duration, o.event, risk, n_boot, seed, o.groups)
     deltas = {(i, m): paired_c_difference(o.duration, o.event, risks[i, m], risks[0, m],
                                           n_boot, seed, o.groups)
