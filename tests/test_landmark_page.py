@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from conftest import script
 
+from ehrseq.params import ParamsError
+
 M = 80          # test patients
 
 
@@ -86,3 +88,28 @@ def test_page_refuses_runs_of_other_landmarks_or_outcomes(tmp_path):
     with pytest.raises(SystemExit, match="outcomes of the shared test landmarks differ"):
         tool.main(["--runs", str(base), str(moved), "--title", "T", "--command", "x",
                    "--out", out])
+
+
+def test_page_names_runs_by_the_varied_parameter(tmp_path):
+    """--vary model.size: runs of one landmark count named by their size; the same test
+    landmarks, so nothing differs in the outcomes."""
+    tool = script("docs/tools/landmark_count.py")
+    tiny = fake_run(tmp_path / "tiny", 2, {"gbm": 0.2, "lstm": 2.0})
+    small = fake_run(tmp_path / "small", 2, {"gbm": 0.2, "lstm": 0.1}, seed=3)
+    for run, size in ((tiny, "tiny"), (small, "small")):
+        (run / "params.yaml").write_text(f"model:\n  size: {size}\n")
+    out = tmp_path / "page.md"
+    tool.main(["--runs", str(tiny), str(small), "--vary", "model.size", "--title", "T",
+               "--command", "x", "--out", str(out)])
+    page = out.read_text()
+    assert "| run | `model.size` | landmarks per patient |" in page
+    assert f"| `{tiny}` | tiny | 1.73 | 190 |" in page
+    assert f"| `{small}` | small | 1.73 | 190 |" in page
+    assert "C [95% CI], tiny | C [95% CI], small | ΔC, small − tiny" in page
+    assert "0 events differ, durations' rank correlation 1.00000" in page
+    lstm = next(line for line in page.splitlines() if line.startswith("| lstm | sequence"))
+    assert float(lstm.split(" | ")[-1].split(" [")[0]) > 0.05
+    (small / "params.yaml").write_text("model:\n  sise: small\n")
+    with pytest.raises(ParamsError, match="model.sise: unknown key"):
+        tool.main(["--runs", str(tiny), str(small), "--vary", "model.size", "--title", "T",
+                   "--command", "x", "--out", str(out)])
