@@ -11,7 +11,12 @@ from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
 from ehrseq.data.tensors import make_loader, uses_values
 from ehrseq.io import run_stage
 from ehrseq.models.losses import init_hazard_head
-from ehrseq.models.lstm_survival import DiscreteTimeSurvivalLSTM, lstm_config, survival_loss
+from ehrseq.models.lstm_survival import (
+    DiscreteTimeSurvivalLSTM,
+    lstm_config,
+    set_value_codes,
+    survival_loss,
+)
 from ehrseq.params import load_params
 from ehrseq.survival.bins import bin_edges
 from ehrseq.train.recipe import skip_stage, survival_predictions, train_stage
@@ -23,12 +28,16 @@ def main() -> None:
     if run.skip:
         return skip_stage(run.stage, run.skip, run.stats)
     task = run.task
+    lp = params.model.lstm
     cfg = lstm_config(params.model, task.seqs.vocab_size, len(bin_edges(task.cuts)) - 1,
-                      values=uses_values(params.model.lstm.values, task.seqs, "model.lstm.values"))
+                      values=uses_values(lp.values, task.seqs, "model.lstm.values"),
+                      value_deltas=uses_values(lp.value_deltas, task.seqs,
+                                               "model.lstm.value_deltas"))
     train, test = task.dataset("train"), task.dataset("test")
 
     def build() -> DiscreteTimeSurvivalLSTM:
         model = DiscreteTimeSurvivalLSTM(cfg)
+        set_value_codes(model, task.seqs)
         init_hazard_head(model.head, train)   # the baseline hazards of the training split
         return model
 

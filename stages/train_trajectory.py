@@ -24,6 +24,7 @@ from ehrseq.evaluate.multilabel_plots import plot_curves, plot_patient, plot_rel
 from ehrseq.io import run_stage
 from ehrseq.models.classical import Featurizer, multilabel_baseline
 from ehrseq.models.inference import predict
+from ehrseq.models.lstm_survival import set_value_codes
 from ehrseq.models.store import load_pretrained
 from ehrseq.models.trajectory import (
     DiseaseTrajectoryModel,
@@ -69,12 +70,16 @@ def main() -> None:
                     if tp.encoder == "behrt" else (None, None))
     cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
                             pre_cfg, values=uses_values(getattr(params.model, tp.encoder).values,
-                                                        task.seqs, f"model.{tp.encoder}.values"))
+                                                        task.seqs, f"model.{tp.encoder}.values"),
+                            value_deltas=tp.encoder == "lstm" and uses_values(
+                                params.model.lstm.value_deltas, task.seqs,
+                                "model.lstm.value_deltas"))
     initialised = str(PRETRAINED_BEHRT) if pre is not None else ""
 
     def build() -> DiseaseTrajectoryModel:
         nonlocal initialised
         model = DiseaseTrajectoryModel(cfg)
+        set_value_codes(model, task.seqs)
         if pre is not None:
             model.encoder.load_pretrained(pre.encoder.state_dict())
         elif tp.init_from_survival and init_from_survival(model, task.seqs.vocab, SURVIVAL_MODEL):

@@ -14,6 +14,7 @@ from ehrseq.models.lstm_survival import (
     DiscreteTimeSurvivalLSTM,
     LSTMConfig,
     lstm_config,
+    set_value_codes,
     survival_loss,
 )
 from ehrseq.models.store import load_model, save_model
@@ -162,6 +163,64 @@ def _value_cohort(n, seed):
     t = rng.exponential(np.where(z > 0, 40.0, 600.0))
     c = rng.uniform(50, 1000, n)
     return s, landmark, np.minimum(t, c), (t <= c).astype(float)
+
+
+def _trend_cohort(n, seed):
+    """Lab code 5 at the landmark visit and the visit before: its change between the two, not
+    its level, sets the risk (a rise gives events much earlier); each level alone is noise."""
+    s, landmark, _, _ = _planted_cohort(n, seed)
+    rng = np.random.default_rng(seed + 200)
+    two = s.n_visits >= 2
+    landmark = np.where(two, np.maximum(landmark, 2), landmark)
+    codes = np.where(s.codes == 5, 6, s.codes)
+    first = s.patient_offsets[:-1]
+    last = s.visit_offsets[first + landmark - 1]
+    prev = s.visit_offsets[(first + landmark - 2)[two]]
+    codes[last], codes[prev] = 5, 5
+    s.codes = codes.astype(np.int32)
+    level, rise = rng.normal(size=n), rng.normal(size=n) * two
+    s.values = np.full(len(codes), np.nan, np.float32)
+    s.values[last] = level + rise
+    s.values[prev] = level[two]
+    s.value_stats = {"codes": ["TOY/5"], "mean": [0.0], "sd": [1.0]}
+    t = rng.exponential(np.where(rise > 0, 40.0, 600.0))
+    c = rng.uniform(50, 1000, n)
+    return s, landmark, np.minimum(t, c), (t <= c).astype(float), rise
+
+
+def test_value_deltas_give_the_lstm_a_trend(tmp_path):
+    """model.lstm.value_deltas: a risk carried by a lab value's change between two visits is
+    learnt with the changes as inputs and not from the code alone; their vectors start at zero
+    (the model equals one without them before training) and the token -> code map travels
+    with the weights."""
+    *cohort, rise = _trend_cohort(800, seed=11)
+    s, landmark, dur, ev, tr, va, train, val = _split(cohort, tmp_path)
+    val_loader = make_loader(val, 100)
+    c = {}
+    for deltas in (False, True):
+        seed_everything(0)
+        cfg = LSTMConfig(vocab_size=s.vocab_size, n_bins=6, embed_dim=16, hidden_dim=32,
+                         dropout=0.0, value_deltas=deltas)
+        model = DiscreteTimeSurvivalLSTM(cfg)
+        set_value_codes(model, s)
+        if deltas:
+            assert model.value_code.tolist() == [0 if t == "TOY/5" else -1
+                                                 for t in s.vocab["tokens"]]
+            plain = DiscreteTimeSurvivalLSTM(LSTMConfig(**{**cfg.__dict__,
+                                                           "value_deltas": False}))
+            plain.load_state_dict(model.state_dict(), strict=False)
+            b = val[np.arange(20)]
+            torch.testing.assert_close(model.eval()(b), plain.eval()(b))
+        fit(model, make_loader(train, 32, shuffle=True), survival_loss,
+            TrainParams(epochs=8, lr=1e-2, warmup_frac=0.0, patience=8),
+            val_loader=val_loader, checkpoint=False, progress=False)
+        risk = predict(model, val_loader, lambda m, b: m.predict_risk(b), len(va))
+        c[deltas] = concordance_index(dur[va], -risk, ev[va])
+    save_model(tmp_path / "m", model, config=model.config_dict(), vocab=s.vocab)
+    loaded = load_model(tmp_path / "m")[0]
+    assert loaded.value_code.tolist() == model.value_code.tolist()
+    oracle = concordance_index(dur[va], -(rise[va] > 0).astype(float), ev[va])
+    assert c[True] > oracle - 0.05 and c[True] > c[False] + 0.12, (c, oracle)
 
 
 @pytest.mark.parametrize("pool", ["sum", "attention"])

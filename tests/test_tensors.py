@@ -1,6 +1,7 @@
 """Sequences loading, the vectorised batch builder and the bucketing sampler."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -151,3 +152,33 @@ def test_values_asked_of_data_without_any_is_a_parameter_error():
     seqs.values[3] = 0.5
     assert uses_values(True, seqs, key) is True and uses_values("auto", seqs, key) is True
     assert uses_values(False, seqs, key) is False
+
+
+def test_value_deltas_follow_each_patients_codes_in_the_window():
+    """A lab value's change since the same patient's previous value of its code (bins of one
+    code are one code; the bare code of a binned lab carries no value); 0 for a first
+    measurement, at a new patient and at a window's first visit."""
+    from ehrseq.data.tensors import build_batch, value_code_ids
+
+    nan = np.nan
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "LOINC/1:q0", "LOINC/1:q1",
+              "LOINC/1", "LOINC/2", "SNOMED/9"]
+    #          p0: v0 [q0=1.0, L2=3.0], v1 [q1=2.5, L1 bare, S9], v2 [L2=2.0]; p1: v0 [q1=-1], v1 [q0=0]
+    codes = np.array([5, 8, 6, 7, 9, 8, 6, 5], np.int32)
+    values = np.array([1.0, 3.0, 2.5, nan, nan, 2.0, -1.0, 0.0], np.float32)
+    seqs = Sequences(
+        codes=codes, visit_offsets=np.array([0, 2, 5, 6, 7, 8]),
+        patient_offsets=np.array([0, 3, 5]),
+        visit_time=np.array([0.0, 10, 20, 0, 5]), visit_age=np.full(5, 50.0, np.float32),
+        patients=pd.DataFrame({"patient": ["a", "b"], "split": "train", "n_visits": [3, 2]}),
+        vocab={"tokens": tokens, "counts": [0] * len(tokens),
+               "specials": {t: i for i, t in enumerate(tokens[:5])}},
+        values=values,
+        value_stats={"codes": ["LOINC/1", "LOINC/2"], "mean": [0, 0], "sd": [1, 1]})
+    ids = value_code_ids(seqs)
+    assert ids.tolist() == [-1] * 5 + [0, 0, -1, 1, -1]
+    code = torch.from_numpy(ids)
+    b = build_batch(seqs, [0, 1], [3, 2])
+    assert b.value_deltas(code).tolist() == pytest.approx([0, 0, 1.5, 0, 0, -1.0, 0, 1.0])
+    b = build_batch(seqs, [0, 1], [3, 2], max_visits=2)   # p0: its last two visits
+    assert b.value_deltas(code).tolist() == pytest.approx([0, 0, 0, 0, 0, 1.0])

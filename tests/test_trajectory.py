@@ -277,6 +277,27 @@ def test_encoder_loads_the_survival_lstm():
         DiseaseTrajectoryModel(tiny_config(encoder="behrt"))
 
 
+def test_encoder_takes_the_survival_lstms_value_changes():
+    """model.lstm.value_deltas reaches the trajectory's LSTM encoder: its token -> code map is
+    set like the survival LSTM's and loads with the survival weights."""
+    from ehrseq.models.lstm_survival import set_value_codes
+
+    seqs = toy_sequences(10, vocab_size=40, seed=4)
+    seqs.vocab["tokens"][7] = "LOINC/1"
+    seqs.value_stats = {"codes": ["LOINC/1"], "mean": [0.0], "sd": [1.0]}
+    seqs.values = np.where(seqs.codes == 7, 1.5, np.nan).astype(np.float32)
+    surv = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=40, n_bins=5, embed_dim=8,
+                                               hidden_dim=16, dropout=0.0, value_deltas=True))
+    set_value_codes(surv, seqs)
+    assert surv.value_code[7] == 0 and int((surv.value_code >= 0).sum()) == 1
+    model = DiseaseTrajectoryModel(tiny_config(vocab_size=40, value_deltas=True)).eval()
+    assert int((model.encoder.net.value_code >= 0).sum()) == 0
+    model.encoder.load_survival(surv.state_dict())
+    torch.testing.assert_close(model.encoder.net.value_code, surv.value_code)
+    batch = TrajectoryDataset(seqs, np.arange(10), seqs.n_visits)[np.arange(10)]
+    assert model(batch).shape[0] == 10
+
+
 def test_behrt_encoder_starts_from_the_pretrained_weights():
     from ehrseq.models.behrt import BEHRTConfig, behrt_inputs
     from ehrseq.models.pretraining import BEHRTPretrain

@@ -251,6 +251,11 @@ class LSTMParams(_Section):
     per code on the training split, clipped to ±5 SD) times a learnt vector of its code (zero at
     the start). ``auto``: whenever the data has numeric values; ``true`` requires them (an error
     otherwise); ``false`` (default: no gain on validation, docs/sequence-models.md) never."""
+    value_deltas: bool = False
+    """Lab trends as numbers: a numeric token's vector also adds its change since the
+    patient's previous value of the same code in the input window (normalised values; 0 for a
+    first measurement) times a learnt vector of its code (zero at the start). ``true`` requires
+    numeric values (an error otherwise); independent of ``values``."""
 
 
 class BEHRTParams(_Section):

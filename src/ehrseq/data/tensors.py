@@ -17,6 +17,7 @@ Typical use::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from ..io import InputError
 
+NUMERIC_BIN = re.compile(r":q\d+$")   # a value's quantile-bin token: LOINC/8480-6:q3
 ARRAYS = {
     "codes": np.int32,
     "visit_offsets": np.int64,
@@ -171,6 +173,19 @@ class Sequences:
         return np.diff(self.patient_offsets)
 
 
+def value_code_ids(seqs: Sequences) -> np.ndarray:
+    """Token id -> the index of its numeric code in ``values.json`` (-1: a token that carries no
+    value). With quantile bins (``sequences.numeric_bins``) a value's token is its bin,
+    ``LOINC/8480-6:q3``, and the bare code is the token of an observation without a value: only
+    the bin tokens map. Without bins the bare code carries the value."""
+    index = {c: i for i, c in enumerate((seqs.value_stats or {}).get("codes", []))}
+    tokens = seqs.vocab["tokens"]
+    binned = {NUMERIC_BIN.sub("", t) for t in tokens if NUMERIC_BIN.search(t)}
+    return np.array([index.get(NUMERIC_BIN.sub("", t), -1)
+                     if NUMERIC_BIN.search(t) or t not in binned else -1 for t in tokens],
+                    np.int64)
+
+
 def uses_values(wanted: bool | str, seqs: Sequences, key: str) -> bool:
     """A model's ``values`` parameter (``key``: ``model.behrt.values``, ``model.lstm.values``)
     checked against the data: ``auto`` reads values when a token carries one; ``true`` with no
@@ -241,6 +256,26 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True)."""
         return self._map(lambda t: t.pin_memory())
+
+    def value_deltas(self, value_code: torch.Tensor) -> torch.Tensor:
+        """Per token ``[T]``: its value minus the value of the same patient's previous token of
+        the same numeric code within the batch's visits (the input window), a lab value's
+        change since its last measurement; 0 for a first measurement and for a token without a
+        value. ``value_code``: token id -> numeric code (-1: none, :func:`value_code_ids`)."""
+        b, v = self.visit_counts.shape
+        dev = self.tokens.device
+        bag = torch.repeat_interleave(torch.arange(b * v, device=dev),
+                                      self.visit_counts.reshape(-1).to(dev))
+        code = value_code[self.tokens]
+        has = torch.nonzero(code >= 0).squeeze(1)       # tokens come in time order
+        key = (bag[has] // max(v, 1)) * (int(value_code.max()) + 1) + code[has]
+        key, order = torch.sort(key, stable=True)        # stable: time order within a key
+        at = has[order]
+        same = key[1:] == key[:-1]
+        out = torch.zeros_like(self.values)
+        cur, prev = at[1:][same], at[:-1][same]
+        out[cur] = self.values[cur] - self.values[prev]
+        return out
 
     def padded_codes(self, flat: torch.Tensor | None = None) -> torch.Tensor:
         """Codes (or ``flat``, any per-token tensor such as ``values``) as ``[B, V, C]`` with

@@ -7,7 +7,9 @@ visit), concatenated with its time features: log1p of the gap in days since the 
 age / 100 and, with ``time: days`` (``model.lstm.time``), log1p of the days before the landmark
 (BEHRT's day-level inputs). With ``values`` (``model.lstm.values``) a numeric token's vector is its
 code's embedding plus its normalised value times a learnt vector of the code (zero at the
-start), pooled like the rest. An LSTM reads the visits in order; its state at the last visit (the
+start), pooled like the rest; with ``value_deltas`` (``model.lstm.value_deltas``) also its change
+since the patient's previous value of that code in the window times another learnt vector (a
+lab trend as a number, as a count model's last-value and mean features give it). An LSTM reads the visits in order; its state at the last visit (the
 landmark) gives one hazard logit per time bin, trained with
 :func:`ehrseq.models.losses.nll_logistic_hazard`.
 """
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..data.tensors import Batch
+from ..data.tensors import Batch, value_code_ids
 from ..params import ModelParams
 from .losses import hazard_to_survival, nll_logistic_hazard
 
@@ -45,13 +47,14 @@ class LSTMConfig:
     pool: str = "sum"         # "mean" | "sum" | "attention" (model.lstm.pool)
     time: str = "days"        # "gap" | "days" (model.lstm.time)
     values: bool = False      # add value x a learnt vector per code (model.<lstm|behrt>.values)
+    value_deltas: bool = False   # add value change x a learnt vector (model.lstm.value_deltas)
     model_class: str = "ehrseq.models.lstm_survival.DiscreteTimeSurvivalLSTM"
 
 
 def lstm_config(params: ModelParams, vocab_size: int, n_bins: int,
-                values: bool = False) -> LSTMConfig:
+                values: bool = False, value_deltas: bool = False) -> LSTMConfig:
     """The size preset of ``params.size`` with any ``params.lstm`` field that is set on top;
-    ``values``: the model's ``values`` param checked against the data
+    ``values``, ``value_deltas``: the model's params checked against the data
     (:func:`ehrseq.data.tensors.uses_values`)."""
     embed, hidden, layers = SIZE_PRESETS[params.size]
     o = params.lstm
@@ -59,7 +62,7 @@ def lstm_config(params: ModelParams, vocab_size: int, n_bins: int,
         vocab_size=vocab_size, n_bins=n_bins,
         embed_dim=o.embed_dim or embed, hidden_dim=o.hidden_dim or hidden,
         layers=o.layers or layers, dropout=params.dropout, size=params.size, pool=o.pool,
-        time=o.time, values=values,
+        time=o.time, values=values, value_deltas=value_deltas,
     )
 
 
@@ -84,6 +87,11 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
         if c.values:
             self.value = nn.Embedding(c.vocab_size, c.embed_dim)
             nn.init.zeros_(self.value.weight)
+        if c.value_deltas:
+            self.delta = nn.Embedding(c.vocab_size, c.embed_dim)
+            nn.init.zeros_(self.delta.weight)
+            # token id -> numeric code (-1: none), saved with the weights: set_value_codes
+            self.register_buffer("value_code", torch.full((c.vocab_size,), -1, dtype=torch.long))
         self.drop = nn.Dropout(c.dropout)
         self.lstm = nn.LSTM(c.embed_dim + self.TIMES[c.time], c.hidden_dim, c.layers,
                             batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
@@ -96,23 +104,34 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.config)
 
+    def numbers(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
+        """(learnt vectors per code, one number per token) whose products each code's
+        embedding adds: its value (``values``), its change since the previous value
+        (``value_deltas``)."""
+        c, out = self.config, []
+        if c.values:
+            out.append((self.value, batch.values))
+        if c.value_deltas:
+            out.append((self.delta, batch.value_deltas(self.value_code)))
+        return out
+
     def pool_codes(self, batch: Batch) -> torch.Tensor:
         """One vector per visit ``[B, V, embed_dim]`` (``config.pool``)."""
         b, v = batch.visit_mask.shape
         c = self.config
         if c.pool != "attention":
             x = self.embed(batch.tokens, batch.bag_offsets)
-            if c.values:   # sum of value x vector over the visit's codes (mean: / codes)
-                vx = F.embedding_bag(batch.tokens, self.value.weight, batch.bag_offsets,
-                                     mode="sum", per_sample_weights=batch.values.to(x.dtype))
+            for vectors, w in self.numbers(batch):   # sum of w x vector over the visit's codes
+                vx = F.embedding_bag(batch.tokens, vectors.weight, batch.bag_offsets,
+                                     mode="sum", per_sample_weights=w.to(x.dtype))
                 if c.pool == "mean":
                     vx = vx / batch.visit_counts.reshape(-1, 1).clamp(min=1).to(vx.dtype)
                 x = x + vx
             return x.view(b, v, -1)
         codes = batch.padded_codes()                           # [B, V, C], 0 = padding
         e = self.embed(codes)
-        if c.values:
-            e = e + batch.padded_codes(batch.values).unsqueeze(-1) * self.value(codes)
+        for vectors, w in self.numbers(batch):
+            e = e + batch.padded_codes(w).unsqueeze(-1) * vectors(codes)
         score = self.score(e).squeeze(-1).masked_fill(codes == 0, float("-inf"))
         w = torch.softmax(score, -1).nan_to_num(0.0)           # an empty visit: all zero
         return (w.unsqueeze(-1) * e).sum(-2)
@@ -145,6 +164,18 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
     def predict_risk(self, batch: Batch) -> torch.Tensor:
         """Cumulative hazard ``-log S`` at the last edge (higher = earlier event)."""
         return F.softplus(self(batch).float()).sum(1)  # -log(1 - h) = softplus(logit)
+
+
+def set_value_codes(model: nn.Module, seqs) -> None:
+    """Give every survival LSTM inside ``model`` that reads value changes the token -> numeric
+    code map of ``seqs`` (:func:`ehrseq.data.tensors.value_code_ids`); a no-op for the rest."""
+    for m in model.modules():
+        if isinstance(m, DiscreteTimeSurvivalLSTM) and m.config.value_deltas:
+            ids = torch.from_numpy(value_code_ids(seqs))
+            if len(ids) != len(m.value_code):
+                raise ValueError(f"the vocabulary has {len(ids)} tokens, the model "
+                                 f"{len(m.value_code)}")
+            m.value_code.copy_(ids)
 
 
 def survival_loss(model: nn.Module, batch: Batch) -> torch.Tensor:

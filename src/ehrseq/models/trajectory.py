@@ -57,6 +57,7 @@ class TrajectoryConfig:
     pool: str = "sum"           # the LSTM encoder's visit pooling and time (model.lstm.*)
     time: str = "days"
     values: bool = False        # model.<encoder>.values
+    value_deltas: bool = False  # model.lstm.value_deltas (the LSTM encoder)
     model_class: str = "ehrseq.models.trajectory.DiseaseTrajectoryModel"
     behrt: dict | None = None   # BEHRTConfig fields (encoder ``behrt``)
 
@@ -71,11 +72,13 @@ class TrajectoryConfig:
 
 def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
                       encoder: str = "lstm", behrt: BEHRTConfig | dict | None = None,
-                      values: bool = False) -> TrajectoryConfig:
+                      values: bool = False, value_deltas: bool = False) -> TrajectoryConfig:
     """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides; for the
     ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the ``model.behrt``
-    preset; ``values``: the model's ``values`` param checked against the data."""
-    c = lstm_config(params, vocab_size, n_bins=1, values=values)
+    preset; ``values``, ``value_deltas`` (the LSTM encoder's): the model's params checked
+    against the data."""
+    c = lstm_config(params, vocab_size, n_bins=1, values=values,
+                    value_deltas=value_deltas and encoder == "lstm")
     if encoder == "behrt":
         behrt = behrt or behrt_config(params, vocab_size, values=values)
         behrt = {**(asdict(behrt) if isinstance(behrt, BEHRTConfig) else behrt),
@@ -86,7 +89,7 @@ def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
                             horizons=tuple(sorted(int(h) for h in horizons)), encoder=encoder,
                             embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, layers=c.layers,
                             dropout=c.dropout, size=c.size, pool=c.pool, time=c.time,
-                            values=values, behrt=behrt)
+                            values=values, value_deltas=c.value_deltas, behrt=behrt)
 
 
 class LSTMEncoder(nn.Module):
@@ -98,7 +101,7 @@ class LSTMEncoder(nn.Module):
         self.net = DiscreteTimeSurvivalLSTM(LSTMConfig(
             vocab_size=c.vocab_size, n_bins=1, embed_dim=c.embed_dim, hidden_dim=c.hidden_dim,
             layers=c.layers, dropout=c.dropout, size=c.size, pool=c.pool, time=c.time,
-            values=c.values))
+            values=c.values, value_deltas=c.value_deltas))
         self.net.head = nn.Identity()
         self.out_dim = c.hidden_dim
 
