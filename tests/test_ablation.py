@@ -15,3 +15,23 @@ def test_stage_metrics_files_and_curve_prefixes():
         "finetune_behrt", "curve/finetune_behrt/full/n25_r1.json", "n25.")
     assert stage_metrics("train_survival:--labelled 50") == (
         "train_survival", "curve/train_survival/n50_r0.json", "n50.")
+
+
+def test_rows_of_an_earlier_run_render_again_without_training(tmp_path, monkeypatch):
+    import json
+
+    import ablation
+
+    rows = [{"point": {"model.lstm.values": v}, "seed": s, "lstm.best_val_loss": 1.0 + v + s / 10}
+            for v in (False, True) for s in (0, 1)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(ablation, "run", lambda a: (_ for _ in ()).throw(AssertionError("ran")))
+    monkeypatch.setattr(sys, "argv", [
+        "ablation.py", "--from", str(tmp_path / "absent"), "--stage", "train_survival",
+        "--metric", "lstm.best_val_loss", "--rows", str(tmp_path / "a.json"),
+        "--note", "A note written later.", "--out", str(tmp_path / "a.md")])
+    ablation.main()
+    page = (tmp_path / "a.md").read_text()
+    assert "A note written later." in page and "--rows" in page
+    assert "| True | 2.0500 (2.0000-2.1000) | 2 |" in page
+    assert json.loads((tmp_path / "a.json").read_text()) == rows
