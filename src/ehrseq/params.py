@@ -246,16 +246,17 @@ class LSTMParams(_Section):
     over seeds (docs/sequence-models.md)."""
     time: Literal["gap", "days"] = "days"
     """``gap``: days since the previous visit and age; ``days``: also days before the landmark."""
-    values: Literal["auto"] | bool = False
+    values: Literal["auto"] | bool = "auto"
     """Lab values as values: a numeric token's vector adds its value (``values.npy``: normalised
     per code on the training split, clipped to ±5 SD) times a learnt vector of its code (zero at
-    the start). ``auto``: whenever the data has numeric values; ``true`` requires them (an error
-    otherwise); ``false`` (default: no gain on validation, docs/sequence-models.md) never."""
-    value_deltas: bool = False
+    the start). ``auto`` (default, with ``value_deltas``: the lowest validation loss at 2,000
+    patients, docs/sequence-models.md): whenever the data has numeric values; ``true`` requires
+    them (an error otherwise); ``false`` never."""
+    value_deltas: Literal["auto"] | bool = "auto"
     """Lab trends as numbers: a numeric token's vector also adds its change since the
     patient's previous value of the same code in the input window (normalised values; 0 for a
-    first measurement) times a learnt vector of its code (zero at the start). ``true`` requires
-    numeric values (an error otherwise); independent of ``values``."""
+    first measurement) times a learnt vector of its code (zero at the start); independent of
+    ``values``. ``auto``, ``true``, ``false`` as for ``values``."""
 
 
 class BEHRTParams(_Section):
