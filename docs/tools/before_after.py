@@ -131,6 +131,27 @@ def _risks(run: Path):
     return o, risks, h
 
 
+def probes_table(eb: dict, ea: dict) -> list[str]:
+    """The probes of both runs (``probe.<representation>.<feature>`` in metrics/evaluate.json:
+    what each representation carries of each planted feature), before → after; none when a
+    run has no probes."""
+    keys = sorted(k for k in ea if k.startswith("probe.") and k in eb)
+    if not keys:
+        return []
+    reps = sorted({k.split(".")[1] for k in keys})
+    feats = sorted({k.split(".", 2)[2] for k in keys})
+
+    def cell(r, f):
+        k = f"probe.{r}.{f}"
+        return f"{eb[k]:.3f} → {ea[k]:.3f}" if k in eb and k in ea and None not in (
+            eb[k], ea[k]) else "n/a"
+
+    return ["", "Probes (src/ehrseq/evaluate/probes.py; fitted on validation landmarks, scored "
+            "on test: AUROC for a 0/1 feature, R² otherwise), before → after:", "",
+            "| representation | " + " | ".join(feats) + " |", "|---|" + "---|" * len(feats),
+            *[f"| {r} | " + " | ".join(cell(r, f) for f in feats) + " |" for r in reps]]
+
+
 def model_change_page(before: Path, after: Path, title: str, command: str, note: str,
                       n_boot: int, seed: int) -> str:
     import numpy as np
@@ -182,6 +203,7 @@ def model_change_page(before: Path, after: Path, title: str, command: str, note:
     only = sorted(set(rb) ^ set(ra))
     if only:
         lines += ["", "In one run only: " + ", ".join(only) + "."]
+    lines += probes_table(eb, ea)
     lines += ["", "Validation losses compare runs of one model family (the same discrete-time "
               "likelihood on the same validation landmarks); test C is reported, never used "
               "to choose."]
