@@ -165,6 +165,24 @@ def _value_cohort(n, seed):
     return s, landmark, np.minimum(t, c), (t <= c).astype(float)
 
 
+def _starts_as(model, config, val):
+    """``model``, untrained, gives the outputs of a model of ``config`` with its weights (the
+    vectors ``config`` lacks start at zero)."""
+    plain = DiscreteTimeSurvivalLSTM(config)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    b = val[np.arange(20)]
+    torch.testing.assert_close(model.eval()(b), plain.eval()(b))
+
+
+def _fit_c(model, train, val_loader, dur, ev):
+    """Train 8 epochs; the validation C."""
+    fit(model, make_loader(train, 32, shuffle=True), survival_loss,
+        TrainParams(epochs=8, lr=1e-2, warmup_frac=0.0, patience=8),
+        val_loader=val_loader, checkpoint=False, progress=False)
+    risk = predict(model, val_loader, lambda m, b: m.predict_risk(b), len(dur))
+    return concordance_index(dur, -risk, ev)
+
+
 def _trend_cohort(n, seed):
     """Lab code 5 at the landmark visit and the visit before: its change between the two, not
     its level, sets the risk (a rise gives events much earlier); each level alone is noise."""
@@ -206,16 +224,8 @@ def test_value_deltas_give_the_lstm_a_trend(tmp_path):
         if deltas:
             assert model.value_code.tolist() == [0 if t == "TOY/5" else -1
                                                  for t in s.vocab["tokens"]]
-            plain = DiscreteTimeSurvivalLSTM(LSTMConfig(**{**cfg.__dict__,
-                                                           "value_deltas": False}))
-            plain.load_state_dict(model.state_dict(), strict=False)
-            b = val[np.arange(20)]
-            torch.testing.assert_close(model.eval()(b), plain.eval()(b))
-        fit(model, make_loader(train, 32, shuffle=True), survival_loss,
-            TrainParams(epochs=8, lr=1e-2, warmup_frac=0.0, patience=8),
-            val_loader=val_loader, checkpoint=False, progress=False)
-        risk = predict(model, val_loader, lambda m, b: m.predict_risk(b), len(va))
-        c[deltas] = concordance_index(dur[va], -risk, ev[va])
+            _starts_as(model, LSTMConfig(**{**cfg.__dict__, "value_deltas": False}), val)
+        c[deltas] = _fit_c(model, train, val_loader, dur[va], ev[va])
     save_model(tmp_path / "m", model, config=model.config_dict(), vocab=s.vocab)
     loaded = load_model(tmp_path / "m")[0]
     assert loaded.value_code.tolist() == model.value_code.tolist()
@@ -237,15 +247,8 @@ def test_values_reach_the_lstm(tmp_path, pool):
                          dropout=0.0, pool=pool, values=values)
         model = models[values] = DiscreteTimeSurvivalLSTM(cfg)
         if values:   # zero value vectors: the same outputs as the model without them
-            plain = DiscreteTimeSurvivalLSTM(models[False].config)
-            plain.load_state_dict(model.state_dict(), strict=False)
-            b = val[np.arange(20)]
-            torch.testing.assert_close(model.eval()(b), plain.eval()(b))
-        fit(model, make_loader(train, 32, shuffle=True), survival_loss,
-            TrainParams(epochs=8, lr=1e-2, warmup_frac=0.0, patience=8),
-            val_loader=val_loader, checkpoint=False, progress=False)
-        risk = predict(model, val_loader, lambda m, b: m.predict_risk(b), len(va))
-        c[values] = concordance_index(dur[va], -risk, ev[va])
+            _starts_as(model, models[False].config, val)
+        c[values] = _fit_c(model, train, val_loader, dur[va], ev[va])
     lab = s.values[s.visit_offsets[s.patient_offsets[va] + landmark[va] - 1]]
     oracle = concordance_index(dur[va], -(lab > 0).astype(float), ev[va])
     assert c[True] > oracle - 0.05 and c[True] > c[False] + 0.12, (c, oracle)
