@@ -63,8 +63,9 @@ def load(run: Path, vary: str | None = None) -> dict:
     t = pd.read_parquet(run / "data/processed/outcomes/outcomes.parquet",
                         columns=["patient", "split", "event"])
     models = sorted(k[:-len(".stage")] for k in ev if k.endswith(".stage"))
-    label = f"{len(t) / t['patient'].nunique():.2f}" if vary is None else str(param(run, vary))
-    return {"dir": run, "ev": ev, "models": models, "label": label,
+    per_patient = f"{len(t) / t['patient'].nunique():.2f}"
+    return {"dir": run, "ev": ev, "models": models, "per_patient": per_patient,
+            "label": per_patient if vary is None else str(param(run, vary)),
             "landmarks": len(t), "patients": int(t["patient"].nunique()),
             "train_rows": int((t["split"] == "train").sum()),
             "test_rows": int((t["split"] == "test").sum()),
@@ -110,10 +111,6 @@ def on_first(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> dict:
             "events": int(o.event.sum()), "agree": agree[1:]}
 
 
-def _count(run: dict) -> str:
-    return f"{run['landmarks'] / run['patients']:.2f}"
-
-
 def page(runs: list[dict], title: str, command: str, note: str,
          vary: str | None = None) -> str:
     first = on_first(runs)
@@ -133,7 +130,7 @@ def page(runs: list[dict], title: str, command: str, note: str,
         seq = sequence_models(ev)
         best = min(seq, key=lambda a: ev[f"{a}.best_val_loss"]) if seq else None
         lines.append(f"| `{r['dir']}` | " + ("" if vary is None else f"{r['label']} | ")
-                     + f"{_count(r)} | {r['landmarks']:,} | "
+                     + f"{r['per_patient']} | {r['landmarks']:,} | "
                      f"{r['train_rows']:,} | {r['test_rows']:,} ({r['test_events']:,}) | "
                      f"{oracle} | {ev.get('best_count.model', 'n/a')} | {head} | "
                      + (f"{best}: {_delta(ev, best, 'best_count')}" if best else "n/a") + " |")
