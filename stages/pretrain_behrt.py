@@ -1,7 +1,8 @@
 """Stage `pretrain_behrt`: BEHRT pre-trained on the training patients' whole records by the one
 recipe (checkpoints mirrored to the DVC remote: a lost pod resumes on a new one), with
 ``pretrain.objective``: masked codes and next-visit codes (``mlm``), MOTOR's time to the next
-occurrence of frequent codes (``tte``), or both; validated on the validation patients beside
+occurrence of frequent codes (``tte``), both, or ``auto`` (by the number of pre-training
+patients); validated on the validation patients beside
 baselines that need no training (docs/behrt.md); with ``pretrain.corpus``, the corpus's
 patients too. Test patients are never read."""
 
@@ -34,7 +35,8 @@ def main() -> None:
     tp = params.train.model_copy(update={"epochs": pp.epochs or params.train.epochs})
     fold = fold_arg()   # --fold k: a cross-fitting fold's, none of its patients read
     seqs, train_idx, val_idx = Sequences.load_pretraining(SEQUENCES, resplit(fold, params))
-    mlm, tte = pp.objective != "tte", pp.objective != "mlm"
+    objective = pp.resolved_objective(len(train_idx))
+    mlm, tte = objective != "tte", objective != "mlm"
     tasks = tte_task_codes(seqs, train_idx, pp.tte_codes) if tte else None
     edges = tte_edges(pp.tte_pieces)
     cfg = behrt_config(params.model, seqs.vocab_size,
@@ -92,7 +94,7 @@ def main() -> None:
         inputs=(SEQUENCES,), key=(cfg, pp), config=cfg, vocab=seqs.vocab, finish=finish,
         extra_stats={"train_patients": len(train_idx), "val_patients": len(val_idx),
                      "corpus_patients": int((seqs.patients["split"] == "corpus").sum()),
-                     "objective": pp.objective, **fold_stats(fold, params)})
+                     "objective": objective, **fold_stats(fold, params)})
 
 
 if __name__ == "__main__":

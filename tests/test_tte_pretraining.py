@@ -140,3 +140,29 @@ def test_stage_pretrains_with_the_objective_and_finetuning_reads_it(objective, t
     assert (cfg["tte_tasks"], cfg["tte_pieces"]) == (8, 3)
     stage("finetune_behrt").main("full")
     assert (tmp_path / "models/finetune_behrt/full").exists()
+
+
+def test_auto_objective_follows_the_number_of_pretraining_patients(tmp_path, monkeypatch):
+    """``auto``: tte below ``mlm_from_patients`` pre-training patients, mlm from there on; the
+    stage's metrics name the objective it used."""
+    from test_tune import toy_workspace
+
+    from ehrseq.params import PretrainParams
+
+    pp = PretrainParams()
+    assert pp.objective == "auto"
+    assert [pp.resolved_objective(n) for n in (150, 999, 1000, 5000)] == \
+        ["tte", "tte", "mlm", "mlm"]
+    assert PretrainParams(objective="tte").resolved_objective(10_000) == "tte"
+    toy_workspace(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["pretrain"] = {"objective": "auto", "mlm_from_patients": 2, "tte_codes": 8}
+    params["model"]["behrt"] = {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32,
+                                "max_len": 64}
+    params["train"]["epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    script("stages/pretrain_behrt.py").main()
+    m = json.loads((tmp_path / "metrics/pretrain_behrt.json").read_text())
+    assert m["behrt.objective"] == "mlm" and m["behrt.train_patients"] >= 2
+    assert "val.mlm_accuracy" in m and "tte_tasks" not in m

@@ -261,20 +261,23 @@ class Batch:
         """Per token ``[T]``: its value minus the value of the same patient's previous token of
         the same numeric code within the batch's visits (the input window), a lab value's
         change since its last measurement; 0 for a first measurement and for a token without a
-        value. ``value_code``: token id -> numeric code (-1: none, :func:`value_code_ids`)."""
+        value. ``value_code``: token id -> numeric code (-1: none, :func:`value_code_ids`).
+
+        No host sync (it runs in the forward pass on a GPU): every token is sorted by the key
+        ``patient * vocabulary + code`` (-1 for a token without a value), stable, so tokens
+        come in time order within a key."""
         b, v = self.visit_counts.shape
         dev = self.tokens.device
         bag = torch.repeat_interleave(torch.arange(b * v, device=dev),
-                                      self.visit_counts.reshape(-1).to(dev))
+                                      self.visit_counts.reshape(-1).to(dev),
+                                      output_size=self.n_tokens)
         code = value_code[self.tokens]
-        has = torch.nonzero(code >= 0).squeeze(1)       # tokens come in time order
-        key = (bag[has] // max(v, 1)) * (int(value_code.max()) + 1) + code[has]
-        key, order = torch.sort(key, stable=True)        # stable: time order within a key
-        at = has[order]
-        same = key[1:] == key[:-1]
+        key = torch.where(code >= 0, (bag // max(v, 1)) * value_code.numel() + code, -1)
+        key, order = torch.sort(key, stable=True)
+        same = (key[1:] == key[:-1]) & (key[1:] >= 0)
+        cur, prev = order[1:], order[:-1]
         out = torch.zeros_like(self.values)
-        cur, prev = at[1:][same], at[:-1][same]
-        out[cur] = self.values[cur] - self.values[prev]
+        out[cur] = torch.where(same, self.values[cur] - self.values[prev], 0.0)
         return out
 
     def padded_codes(self, flat: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,9 +9,9 @@ age / 100 and, with ``time: days`` (``model.lstm.time``), log1p of the days befo
 code's embedding plus its normalised value times a learnt vector of the code (zero at the
 start), pooled like the rest; with ``value_deltas`` (``model.lstm.value_deltas``) also its change
 since the patient's previous value of that code in the window times another learnt vector (a
-lab trend as a number, as a count model's last-value and mean features give it). An LSTM reads the visits in order; its state at the last visit (the
-landmark) gives one hazard logit per time bin, trained with
-:func:`ehrseq.models.losses.nll_logistic_hazard`.
+lab trend as a number, as a count model's last-value and mean features give it). An LSTM reads
+the visits in order; its state at the last visit (the landmark) gives one hazard logit per time
+bin, trained with :func:`ehrseq.models.losses.nll_logistic_hazard`.
 """
 
 from __future__ import annotations
