@@ -1,5 +1,6 @@
 """Stage `train_survival`: the discrete-time survival LSTM, trained by the one recipe (one run
-per learning rate of ``tune.lrs``, the best on the validation split kept). Writes the model,
+per learning rate of ``tune.lrs``, the best on the validation split kept) with the LSTM's own
+weight decay (``model.lstm.weight_decay``). Writes the model,
 its test predictions and run statistics; the ``evaluate`` stage scores them.
 
 ``--labelled N --replicate R``: a learning-curve point (stage ``curve_lstm``), trained on N
@@ -14,6 +15,7 @@ from ehrseq.models.losses import init_hazard_head
 from ehrseq.models.lstm_survival import (
     DiscreteTimeSurvivalLSTM,
     lstm_config,
+    lstm_train,
     set_value_codes,
     survival_loss,
 )
@@ -42,7 +44,7 @@ def main() -> None:
         return model
 
     train_stage(
-        run.stage, "lstm", params=params, build=build,
+        run.stage, "lstm", params=params, train=lstm_train(params), build=build,
         loss_fn=survival_loss, train_data=train, val_data=task.dataset("val"),
         inputs=(SEQUENCES, OUTCOMES), key=(params.model,), config=cfg, vocab=task.seqs.vocab,
         predictions=True, extra_stats=run.stats,

@@ -14,11 +14,12 @@ from ehrseq.models.lstm_survival import (
     DiscreteTimeSurvivalLSTM,
     LSTMConfig,
     lstm_config,
+    lstm_train,
     set_value_codes,
     survival_loss,
 )
 from ehrseq.models.store import load_model, save_model
-from ehrseq.params import LSTMParams, ModelParams, TrainParams
+from ehrseq.params import LSTMParams, ModelParams, Params, TrainParams
 from ehrseq.survival.bins import bin_targets
 from ehrseq.train.loop import fit
 from ehrseq.train.runtime import seed_everything
@@ -78,6 +79,22 @@ def test_sizes_presets_and_overrides():
     assert counts["tiny"] < counts["small"] < counts["medium"] < counts["large"]
     cfg = lstm_config(ModelParams(size="medium", lstm=LSTMParams(hidden_dim=32)), 500, 12)
     assert (cfg.embed_dim, cfg.hidden_dim, cfg.layers) == (128, 32, 2)
+
+
+def test_the_lstm_has_its_own_regularisation():
+    """``model.lstm.dropout`` and ``weight_decay`` (defaults 0.5 and 1.0) are the survival
+    LSTM's; null falls back to ``model.dropout`` and ``train.weight_decay``; the trajectory
+    model's LSTM encoder keeps ``model.dropout``."""
+    from ehrseq.models.trajectory import trajectory_config
+
+    p = Params()
+    assert lstm_config(p.model, 50, 4).dropout == 0.5
+    assert lstm_train(p).weight_decay == 1.0 and lstm_train(p).lr == p.train.lr
+    assert p.train.weight_decay == 0.01 and p.model.dropout == 0.1
+    off = Params(model={"dropout": 0.2, "lstm": {"dropout": None, "weight_decay": None}},
+                 train={"weight_decay": 0.05})
+    assert lstm_config(off.model, 50, 4).dropout == 0.2 and lstm_train(off).weight_decay == 0.05
+    assert trajectory_config(p.model, 50, ["a"], [365]).dropout == 0.1
 
 
 def _planted_cohort(n, seed, fast=40.0, slow=600.0):

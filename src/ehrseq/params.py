@@ -257,6 +257,15 @@ class LSTMParams(_Section):
     patient's previous value of the same code in the input window (normalised values; 0 for a
     first measurement) times a learnt vector of its code (zero at the start); independent of
     ``values``. ``auto``, ``true``, ``false`` as for ``values``."""
+    dropout: float | None = Field(0.5, ge=0.0, lt=1.0)
+    """The survival LSTM's dropout on the pooled visit vectors and on the state the head reads
+    (null: ``model.dropout``; the trajectory model's LSTM encoder keeps ``model.dropout``).
+    0.5 (default) with ``weight_decay`` 1.0: the lowest validation loss at 2,000 patients
+    (docs/sequence-models.md, "Regularising the LSTM"): at ``model.dropout`` 0.1 and
+    ``train.weight_decay`` 0.01 the LSTM overfits its code embeddings within 3 to 4 epochs."""
+    weight_decay: float | None = Field(1.0, ge=0.0)
+    """AdamW's decoupled weight decay for the survival LSTM's matrices, code embeddings
+    included (null: ``train.weight_decay``); see ``dropout``."""
 
 
 class BEHRTParams(_Section):

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.tensors import Batch, value_code_ids
-from ..params import ModelParams
+from ..params import ModelParams, Params, TrainParams
 from .losses import hazard_to_survival, nll_logistic_hazard
 
 SIZE_PRESETS = {  # size: (embed_dim, hidden_dim, layers)
@@ -61,9 +61,16 @@ def lstm_config(params: ModelParams, vocab_size: int, n_bins: int,
     return LSTMConfig(
         vocab_size=vocab_size, n_bins=n_bins,
         embed_dim=o.embed_dim or embed, hidden_dim=o.hidden_dim or hidden,
-        layers=o.layers or layers, dropout=params.dropout, size=params.size, pool=o.pool,
+        layers=o.layers or layers, size=params.size, pool=o.pool,
+        dropout=params.dropout if o.dropout is None else o.dropout,
         time=o.time, values=values, value_deltas=value_deltas,
     )
+
+
+def lstm_train(params: Params) -> TrainParams:
+    """``train`` with the LSTM's own weight decay (``model.lstm.weight_decay``) when it is set."""
+    wd = params.model.lstm.weight_decay
+    return params.train if wd is None else params.train.model_copy(update={"weight_decay": wd})
 
 
 class DiscreteTimeSurvivalLSTM(nn.Module):

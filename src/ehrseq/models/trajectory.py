@@ -73,9 +73,10 @@ class TrajectoryConfig:
 def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
                       encoder: str = "lstm", behrt: BEHRTConfig | dict | None = None,
                       values: bool = False, value_deltas: bool = False) -> TrajectoryConfig:
-    """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides; for the
-    ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the ``model.behrt``
-    preset; ``values``, ``value_deltas`` (the LSTM encoder's): the model's params checked
+    """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides (dropout:
+    ``model.dropout``; ``model.lstm.dropout`` and ``weight_decay`` are the survival LSTM's);
+    for the ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the
+    ``model.behrt`` preset; ``values``, ``value_deltas`` (the LSTM encoder's): the model's params checked
     against the data."""
     c = lstm_config(params, vocab_size, n_bins=1, values=values,
                     value_deltas=value_deltas and encoder == "lstm")
@@ -88,7 +89,7 @@ def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
     return TrajectoryConfig(vocab_size=vocab_size, targets=tuple(str(t) for t in targets),
                             horizons=tuple(sorted(int(h) for h in horizons)), encoder=encoder,
                             embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, layers=c.layers,
-                            dropout=c.dropout, size=c.size, pool=c.pool, time=c.time,
+                            dropout=params.dropout, size=c.size, pool=c.pool, time=c.time,
                             values=values, value_deltas=c.value_deltas, behrt=behrt)
 
 
