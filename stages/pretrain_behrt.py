@@ -2,9 +2,9 @@
 recipe (checkpoints mirrored to the DVC remote: a lost pod resumes on a new one), with
 ``pretrain.objective``: masked codes and next-visit codes (``mlm``), MOTOR's time to the next
 occurrence of frequent codes (``tte``), both, or ``auto`` (by the number of pre-training
-patients); validated on the validation patients beside
-baselines that need no training (docs/behrt.md); with ``pretrain.corpus``, the corpus's
-patients too. Test patients are never read."""
+patients); validated on the validation patients beside baselines that need no training
+(docs/behrt.md); with ``pretrain.corpus``, the corpus's patients too. Test patients are never
+read."""
 
 import logging
 from dataclasses import replace
@@ -35,8 +35,7 @@ def main() -> None:
     tp = params.train.model_copy(update={"epochs": pp.epochs or params.train.epochs})
     fold = fold_arg()   # --fold k: a cross-fitting fold's, none of its patients read
     seqs, train_idx, val_idx = Sequences.load_pretraining(SEQUENCES, resplit(fold, params))
-    objective = pp.resolved_objective(len(train_idx))
-    mlm, tte = objective != "tte", objective != "mlm"
+    mlm, tte = (objective := pp.resolved_objective(len(train_idx))) != "tte", objective != "mlm"
     tasks = tte_task_codes(seqs, train_idx, pp.tte_codes) if tte else None
     edges = tte_edges(pp.tte_pieces)
     cfg = behrt_config(params.model, seqs.vocab_size,
@@ -46,8 +45,7 @@ def main() -> None:
         cfg = replace(cfg, tte_tasks=len(tasks), tte_pieces=len(edges) - 1)
     log_freq = code_log_freq(seqs, train_idx)
     mask_prob = pp.mask_prob if mlm else 0.0
-    train = PretrainDataset(seqs, train_idx, cfg.max_len, mask_prob, seed=tp.seed,
-                            tte_tasks=tasks)
+    train = PretrainDataset(seqs, train_idx, cfg.max_len, mask_prob, seed=tp.seed, tte_tasks=tasks)
     val = PretrainDataset(seqs, val_idx, cfg.max_len, mask_prob, seed=tp.seed + 1,
                           last_visit=True, tte_tasks=tasks)
     val_loader = pretrain_loader(val, tp.batch_size, num_workers=params.runtime.num_workers)
