@@ -35,3 +35,21 @@ def test_rows_of_an_earlier_run_render_again_without_training(tmp_path, monkeypa
     assert "A note written later." in page and "--rows" in page
     assert "| True | 2.0500 (2.0000-2.1000) | 2 |" in page
     assert json.loads((tmp_path / "a.json").read_text()) == rows
+
+
+def test_the_workspace_holds_the_runs_pretrained_encoders_but_those_it_trains(tmp_path):
+    from ablation import workspace
+
+    src = tmp_path / "run"
+    for d in ("data/processed/sequences", "data/processed/outcomes", "models/pretrain_behrt",
+              "models/train_med2vec"):
+        (src / d).mkdir(parents=True)
+        (src / d / "model.safetensors").write_text(d)
+    workspace(src, tmp_path / "w", ["finetune_behrt:scratch", "finetune_med2vec"])
+    assert (tmp_path / "w/models/pretrain_behrt/model.safetensors").read_text() == \
+        "models/pretrain_behrt"
+    assert (tmp_path / "w/models/train_med2vec/model.safetensors").exists()
+    assert (tmp_path / "w/data/processed/outcomes/model.safetensors").exists()
+    workspace(src, tmp_path / "w", ["pretrain_behrt", "finetune_behrt:full"])
+    assert not (tmp_path / "w/models/pretrain_behrt").exists()
+    assert (tmp_path / "w/models/train_med2vec").exists()

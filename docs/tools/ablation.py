@@ -57,12 +57,23 @@ def stage_metrics(stage: str) -> tuple[str, str, str]:
     return name, f"{name}/{pos}.json" if pos else f"{name}.json", ""
 
 
-def run(a: argparse.Namespace) -> list[dict]:
-    work = Path(a.work)
+def workspace(src: Path, work: Path, stages: list[str]) -> None:
+    """A fresh ``work`` with the run's sequences and outcomes and its pre-trained encoders
+    (BEHRT's, Med2Vec's: what fine-tuning reads), but those of a stage in ``stages``."""
     shutil.rmtree(work, ignore_errors=True)
     (work / "data/processed").mkdir(parents=True)
     for d in ("sequences", "outcomes"):
-        shutil.copytree(Path(a.src) / "data/processed" / d, work / "data/processed" / d)
+        shutil.copytree(src / "data/processed" / d, work / "data/processed" / d)
+    for stage in ("pretrain_behrt", "train_med2vec"):
+        pre = src / "models" / stage
+        if (pre / "model.safetensors").exists() and \
+                stage not in (s.partition(":")[0] for s in stages):
+            shutil.copytree(pre, work / "models" / stage)
+
+
+def run(a: argparse.Namespace) -> list[dict]:
+    work = Path(a.work)
+    workspace(Path(a.src), work, a.stage)
     base = yaml.safe_load((Path(a.src) / "params.yaml").read_text())
     grid = [(k, [yaml.safe_load(v) for v in vs.split(",")])
             for k, vs in (g.split("=", 1) for g in a.grid)]
