@@ -1,7 +1,7 @@
 """Stage `train_survival`: the discrete-time survival LSTM, trained by the one recipe (one run
 per learning rate of ``tune.lrs``, the best on the validation split kept) with the LSTM's own
-weight decay (``model.lstm.weight_decay``). Writes the model,
-its test predictions and run statistics; the ``evaluate`` stage scores them.
+weight decay (``model.lstm.weight_decay``). Writes the model, its test predictions and run
+statistics; the ``evaluate`` stage scores them.
 
 ``--labelled N --replicate R``: a learning-curve point (stage ``curve_lstm``), trained on N
 labelled training patients (docs/learning_curves.md)."""

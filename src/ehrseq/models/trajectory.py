@@ -76,8 +76,8 @@ def trajectory_config(params: ModelParams, vocab_size: int, targets, horizons,
     """Encoder dimensions from the ``model.size`` preset and ``model.lstm`` overrides (dropout:
     ``model.dropout``; ``model.lstm.dropout`` and ``weight_decay`` are the survival LSTM's);
     for the ``behrt`` encoder ``behrt`` (e.g. the pre-trained model's config) or the
-    ``model.behrt`` preset; ``values``, ``value_deltas`` (the LSTM encoder's): the model's params checked
-    against the data."""
+    ``model.behrt`` preset; ``values``, ``value_deltas`` (the LSTM encoder's): the model's
+    params checked against the data."""
     c = lstm_config(params, vocab_size, n_bins=1, values=values,
                     value_deltas=value_deltas and encoder == "lstm")
     if encoder == "behrt":
