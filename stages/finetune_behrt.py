@@ -18,11 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
-from ehrseq.data.tensors import make_loader, uses_values
-from ehrseq.io import InputError, run_stage
+from ehrseq.data.tensors import make_loader, set_value_codes
+from ehrseq.io import run_stage
 from ehrseq.models.behrt import (
     BEHRTConfig,
     BEHRTDataset,
+    check_pretrained,
     finetune_model,
     save_adapter,
     survival_loss,
@@ -45,18 +46,7 @@ def main(mode: str) -> None:
     pretrained, pre_cfg = load_pretrained(base, "pretrain_behrt")
     cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
                          "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
-    for field, key, given, want in (
-            ("time", "model.behrt.time", params.model.behrt.time, params.model.behrt.time),
-            ("values", "model.behrt.values", params.model.behrt.values,
-             uses_values(params.model.behrt.values, task.seqs, "model.behrt.values"))):
-        if getattr(cfg, field) != want:
-            here = f" ({want!r} on these sequences)" if given != want else ""
-            raise InputError(f"{base}/config.json: {field} {getattr(cfg, field)!r}, but "
-                             f"params.yaml {key} is {given!r}{here}; re-run pretrain_behrt "
-                             f"(dvc repro) or set {key} to match")
-    if cfg.vocab_size != task.seqs.vocab_size:
-        raise InputError(f"{base}/config.json: vocab_size {cfg.vocab_size} differs from "
-                         f"the sequences' {task.seqs.vocab_size}; re-run pretrain_behrt")
+    check_pretrained(cfg, params.model, task.seqs, base)
     encoder_state = pretrained.encoder.state_dict()
     train, val, test = (BEHRTDataset(task.dataset(s), cfg.max_len)
                         for s in ("train", "val", "test"))
@@ -80,7 +70,8 @@ def main(mode: str) -> None:
 
     train_stage(
         run.stage, name, params=params, train=tp,
-        build=lambda: finetune_model(mode, cfg, encoder_state, fp, train.base),
+        build=lambda: set_value_codes(finetune_model(mode, cfg, encoder_state, fp, train.base),
+                                      task.seqs),
         loss_fn=survival_loss, lrs=finetune_lrs(params, tp.lr) if mode == "full" else None,
         train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, base),
         key=(mode, cfg, fp), save=save, predictions=True,

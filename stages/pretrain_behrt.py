@@ -1,19 +1,18 @@
 """Stage `pretrain_behrt`: BEHRT pre-trained on the training patients' whole records by the one
 recipe (checkpoints mirrored to the DVC remote: a lost pod resumes on a new one), with
-``pretrain.objective``: masked codes and next-visit codes (``mlm``), MOTOR's time to the next
+``pretrain.objective``: masked and next-visit codes (``mlm``), MOTOR's time to the next
 occurrence of frequent codes (``tte``), both, or ``auto`` (by the number of pre-training
 patients); validated on the validation patients beside baselines that need no training
-(docs/behrt.md); with ``pretrain.corpus``, the corpus's patients too. Test patients are never
-read."""
+(docs/behrt.md); with ``pretrain.corpus``, its patients too. Test patients are never read."""
 
 import logging
 from dataclasses import replace
 
 from ehrseq.data.folds import fold_arg, fold_stage, fold_stats, resplit
 from ehrseq.data.task import SEQUENCES
-from ehrseq.data.tensors import Sequences, uses_values
+from ehrseq.data.tensors import Sequences, set_value_codes
 from ehrseq.io import run_stage
-from ehrseq.models.behrt import behrt_config
+from ehrseq.models.behrt import behrt_config, value_inputs
 from ehrseq.models.pretraining import (
     BEHRTPretrain,
     PretrainDataset,
@@ -35,12 +34,13 @@ def main() -> None:
     tp = params.train.model_copy(update={"epochs": pp.epochs or params.train.epochs})
     fold = fold_arg()   # --fold k: a cross-fitting fold's, none of its patients read
     seqs, train_idx, val_idx = Sequences.load_pretraining(SEQUENCES, resplit(fold, params))
-    mlm, tte = (objective := pp.resolved_objective(len(train_idx))) != "tte", objective != "mlm"
+    objective = pp.resolved_objective(len(train_idx))
+    mlm, tte = objective != "tte", objective != "mlm"
     tasks = tte_task_codes(seqs, train_idx, pp.tte_codes) if tte else None
     edges = tte_edges(pp.tte_pieces)
     cfg = behrt_config(params.model, seqs.vocab_size,
                        model_class="ehrseq.models.pretraining.BEHRTPretrain",
-                       values=uses_values(params.model.behrt.values, seqs, "model.behrt.values"))
+                       **value_inputs(params.model, seqs))
     if tte:
         cfg = replace(cfg, tte_tasks=len(tasks), tte_pieces=len(edges) - 1)
     log_freq = code_log_freq(seqs, train_idx)
@@ -54,7 +54,7 @@ def main() -> None:
                "tte_weight": pp.tte_weight if tte else 0.0, "edges": edges}
 
     def build() -> BEHRTPretrain:
-        model = BEHRTPretrain(cfg)
+        model = set_value_codes(BEHRTPretrain(cfg), seqs)
         if tte:   # MOTOR: the biases start at the training split's log event rates
             init_tte_rates(model.tte, train, edges)
         return model

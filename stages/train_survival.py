@@ -9,14 +9,13 @@ labelled training patients (docs/learning_curves.md)."""
 import logging
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
-from ehrseq.data.tensors import make_loader, uses_values
+from ehrseq.data.tensors import make_loader, set_value_codes, uses_values
 from ehrseq.io import run_stage
 from ehrseq.models.losses import init_hazard_head
 from ehrseq.models.lstm_survival import (
     DiscreteTimeSurvivalLSTM,
     lstm_config,
     lstm_train,
-    set_value_codes,
     survival_loss,
 )
 from ehrseq.params import load_params

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, SurvivalTask
-from ehrseq.data.tensors import make_loader, uses_values
+from ehrseq.data.tensors import make_loader, set_value_codes, uses_values
 from ehrseq.evaluate.multilabel_plots import plot_curves, plot_patient, plot_reliability
 from ehrseq.io import run_stage
+from ehrseq.models.behrt import check_pretrained
 from ehrseq.models.classical import Featurizer, multilabel_baseline
 from ehrseq.models.inference import predict
-from ehrseq.models.lstm_survival import set_value_codes
 from ehrseq.models.store import load_pretrained
 from ehrseq.models.trajectory import (
     DiseaseTrajectoryModel,
@@ -68,6 +68,8 @@ def main() -> None:
         return
     pre, pre_cfg = (load_pretrained(PRETRAINED_BEHRT, "pretrain_behrt", task.seqs.vocab)
                     if tp.encoder == "behrt" else (None, None))
+    if pre_cfg is not None:   # its time and value inputs must be params.yaml's
+        check_pretrained(pre_cfg, params.model, task.seqs, PRETRAINED_BEHRT)
     cfg = trajectory_config(params.model, task.seqs.vocab_size, targets, horizons, tp.encoder,
                             pre_cfg, values=uses_values(getattr(params.model, tp.encoder).values,
                                                         task.seqs, f"model.{tp.encoder}.values"),

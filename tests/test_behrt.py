@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ehrseq.data.tensors import Sequences, build_batch, toy_sequences
+from ehrseq.data.tensors import Sequences, build_batch, set_value_codes, toy_sequences
 from ehrseq.models.behrt import (
     BEHRT,
     CLS,
@@ -240,3 +240,76 @@ def test_values_enter_at_their_tokens_and_masked_values_are_hidden():
     picked = b.mlm_labels != IGNORE
     assert picked.any() and not b.values[picked].any()
     assert b.values[~picked].abs().sum() > 0
+
+
+def test_value_deltas_are_each_value_s_change_within_the_input():
+    """model.behrt.value_deltas: every valued token carries its value minus the row's previous
+    value of the same code within the input window ([CLS] + the most recent tokens), 0 for a
+    first one and at [CLS], [SEP] and value-less codes; the delta vectors start at zero (the
+    same encoder as without them), the code map travels with the weights, and a code masked
+    to [MASK] in pre-training has no change (the next value's change skips it)."""
+    s = toy_sequences(30, vocab_size=12, max_visits=9, max_codes=5, seed=2)
+    rng = np.random.default_rng(0)
+    numeric = np.arange(s.vocab_size) % 3 == 0   # every third code carries a value
+    s.values = np.where(numeric[s.codes], rng.normal(size=len(s.codes)), np.nan).astype(np.float32)
+    s.value_stats = {"codes": [t for i, t in enumerate(s.vocab["tokens"]) if numeric[i]]}
+    model = BEHRT(BEHRTConfig(vocab_size=12, value_deltas=True, **TINY)).eval()
+    set_value_codes(model, s)
+    assert ((model.value_code >= 0) == torch.from_numpy(numeric)).all()
+    idx, lm = np.arange(30), np.maximum(1, s.n_visits - 1)
+    x = behrt_inputs(build_batch(s, idx, lm), 13)
+    deltas = model.value_deltas(x)
+    for i in idx:   # the stream by hand, cut like the tokens, then the changes along it
+        toks, vals = [], []
+        for v in range(s.patient_offsets[i], s.patient_offsets[i] + lm[i]):
+            a, b = s.visit_offsets[v], s.visit_offsets[v + 1]
+            toks += s.codes[a:b].tolist() + [SEP]
+            vals += np.nan_to_num(s.values[a:b]).tolist() + [0.0]
+        last, ref = {}, [0.0]
+        for t, val in zip(toks[-12:], vals[-12:], strict=True):
+            ref.append(val - last[t] if numeric[t] and t in last else 0.0)
+            if numeric[t]:
+                last[t] = val
+        np.testing.assert_allclose(deltas[i, :len(ref)].numpy(), ref, atol=1e-6)
+        assert not deltas[i, len(ref):].any()
+    assert (deltas != 0).sum() > 20
+    plain = BEHRT(BEHRTConfig(vocab_size=12, **TINY)).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x))
+        torch.nn.init.normal_(model.delta.weight, std=0.5)
+        assert not torch.allclose(model(x), plain(x))
+    ds = PretrainDataset(s, idx, 64, mask_prob=0.5, seed=1)
+    b = ds[(0, idx)]
+    assert (b.tokens == MASK).any() and not model.value_deltas(b)[b.tokens == MASK].any()
+
+
+def test_value_deltas_give_behrt_a_trend(tmp_path):
+    """The LSTM's trend cohort (tests/test_lstm_survival.py): the risk lies in a lab value's
+    change between the last two visits, each level alone is noise. BEHRT learns it with
+    ``value_deltas`` and not from the values alone."""
+    from lifelines.utils import concordance_index
+    from test_lstm_survival import _split, _trend_cohort
+
+    from ehrseq.data.tensors import make_loader
+    from ehrseq.models.behrt import BEHRTDataset, survival_loss
+    from ehrseq.models.inference import predict
+
+    *cohort, rise = _trend_cohort(800, seed=11)
+    s, landmark, dur, ev, tr, va, train, val = _split(cohort, tmp_path)
+    train, val = BEHRTDataset(train, 64), BEHRTDataset(val, 64)
+    val_loader = make_loader(val, 100)
+    c = {}
+    for deltas in (False, True):
+        seed_everything(0)
+        model = BEHRTSurvival(BEHRTConfig(vocab_size=s.vocab_size, n_bins=6, hidden=16,
+                                          layers=1, heads=2, intermediate=32, max_len=64,
+                                          dropout=0.0, values=True, value_deltas=deltas))
+        set_value_codes(model, s)
+        fit(model, make_loader(train, 32, shuffle=True), survival_loss,
+            TrainParams(epochs=8, lr=3e-3, warmup_frac=0.0, patience=8),
+            val_loader=val_loader, checkpoint=False, progress=False)
+        risk = predict(model, val_loader, lambda m, b: -m.predict_survival(b)[:, -1], len(va))
+        c[deltas] = concordance_index(dur[va], -risk, ev[va])
+    oracle = concordance_index(dur[va], -(rise[va] > 0).astype(float), ev[va])
+    assert c[True] > oracle - 0.05 and c[True] > c[False] + 0.1, (c, oracle)

@@ -7,7 +7,13 @@ import pytest
 import torch
 from lifelines.utils import concordance_index
 
-from ehrseq.data.tensors import SequenceDataset, Sequences, make_loader, toy_sequences
+from ehrseq.data.tensors import (
+    SequenceDataset,
+    Sequences,
+    make_loader,
+    set_value_codes,
+    toy_sequences,
+)
 from ehrseq.models.inference import predict
 from ehrseq.models.losses import hazard_to_survival, nll_logistic_hazard
 from ehrseq.models.lstm_survival import (
@@ -15,7 +21,6 @@ from ehrseq.models.lstm_survival import (
     LSTMConfig,
     lstm_config,
     lstm_train,
-    set_value_codes,
     survival_loss,
 )
 from ehrseq.models.store import load_model, save_model

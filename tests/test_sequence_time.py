@@ -169,11 +169,13 @@ def test_full_finetuning_trains_the_head_faster_and_starts_it_at_the_baseline(mo
     ({"time": "years"}, r"time 'years', but params.yaml model.behrt.time is 'days'"),
     ({"values": True}, r"values True, but params.yaml model.behrt.values is 'auto' \(False on "
                        r"these sequences\)"),
+    ({"value_deltas": True}, r"value_deltas True, but params.yaml model.behrt.value_deltas is "
+                             r"False"),
 ])
 def test_finetuning_refuses_a_pretrained_model_of_another_design(tmp_path, monkeypatch, field,
                                                                   message):
     """A pre-trained BEHRT whose time or value design differs from params.yaml's
-    model.behrt.time / model.behrt.values is a parameter error naming both, before any training
+    model.behrt.time / values / value_deltas is a parameter error naming both, before any training
     (issue 26, bad input)."""
     import importlib.util
     from pathlib import Path

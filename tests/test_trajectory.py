@@ -280,7 +280,7 @@ def test_encoder_loads_the_survival_lstm():
 def test_encoder_takes_the_survival_lstms_value_changes():
     """model.lstm.value_deltas reaches the trajectory's LSTM encoder: its token -> code map is
     set like the survival LSTM's and loads with the survival weights."""
-    from ehrseq.models.lstm_survival import set_value_codes
+    from ehrseq.data.tensors import set_value_codes
 
     seqs = toy_sequences(10, vocab_size=40, seed=4)
     seqs.vocab["tokens"][7] = "LOINC/1"

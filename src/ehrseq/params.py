@@ -287,6 +287,12 @@ class BEHRTParams(_Section):
     zero), beside the ``sequences.numeric_bins`` tokens or alone with ``numeric_bins: 0``.
     ``auto`` (default: lower validation loss, docs/sequence-models.md): whenever the data has
     numeric values; ``true`` requires them (an error otherwise); ``false`` never."""
+    value_deltas: Literal["auto"] | bool = False
+    """Lab trends as numbers, as ``model.lstm.value_deltas``: a numeric token's embedding also
+    adds its change since the patient's previous value of the same code in the input times a
+    learnt vector of its code (zero at the start); pre-training and fine-tuning must agree.
+    ``auto``, ``true``, ``false`` as for ``values``; default ``false``
+    (docs/ablation-behrt-deltas-2000.md)."""
 
 
 BEHRT_SIZES = {  # size: (hidden, layers, heads, intermediate, max_len)

@@ -186,6 +186,37 @@ def value_code_ids(seqs: Sequences) -> np.ndarray:
                     np.int64)
 
 
+def value_changes(patient: torch.Tensor, code: torch.Tensor, values: torch.Tensor,
+                  n_codes: int) -> torch.Tensor:
+    """Per token (flat tensors in time order within each patient): its value minus the value
+    of the same ``patient``'s previous token of the same numeric ``code`` (-1: a token without
+    a value, left at 0), a lab value's change since its last measurement; 0 for a first one.
+    ``n_codes``: more than the largest code. No host sync (it runs in forward passes on a GPU):
+    every token is sorted by the key ``patient * n_codes + code``, stable, so tokens come in
+    time order within a key."""
+    key = torch.where(code >= 0, patient * n_codes + code, -1)
+    key, order = torch.sort(key, stable=True)
+    same = (key[1:] == key[:-1]) & (key[1:] >= 0)
+    cur, prev = order[1:], order[:-1]
+    out = torch.zeros_like(values)
+    out[cur] = torch.where(same, values[cur] - values[prev], 0.0)
+    return out
+
+
+def set_value_codes(model: torch.nn.Module, seqs: Sequences) -> torch.nn.Module:
+    """Give every module inside ``model`` that reads value changes (a ``value_code`` buffer:
+    the survival LSTM, BEHRT) the token -> numeric code map of ``seqs``
+    (:func:`value_code_ids`); returns ``model``."""
+    ids = torch.from_numpy(value_code_ids(seqs))
+    for m in model.modules():
+        code = getattr(m, "value_code", None)
+        if isinstance(code, torch.Tensor):
+            if len(ids) != len(code):
+                raise ValueError(f"the vocabulary has {len(ids)} tokens, the model {len(code)}")
+            code.copy_(ids)
+    return model
+
+
 def uses_values(wanted: bool | str, seqs: Sequences, key: str) -> bool:
     """A model's ``values`` parameter (``key``: ``model.behrt.values``, ``model.lstm.values``)
     checked against the data: ``auto`` reads values when a token carries one; ``true`` with no
@@ -261,24 +292,13 @@ class Batch:
         """Per token ``[T]``: its value minus the value of the same patient's previous token of
         the same numeric code within the batch's visits (the input window), a lab value's
         change since its last measurement; 0 for a first measurement and for a token without a
-        value. ``value_code``: token id -> numeric code (-1: none, :func:`value_code_ids`).
-
-        No host sync (it runs in the forward pass on a GPU): every token is sorted by the key
-        ``patient * vocabulary + code`` (-1 for a token without a value), stable, so tokens
-        come in time order within a key."""
+        value. ``value_code``: token id -> numeric code (-1: none, :func:`value_code_ids`)."""
         b, v = self.visit_counts.shape
-        dev = self.tokens.device
-        bag = torch.repeat_interleave(torch.arange(b * v, device=dev),
-                                      self.visit_counts.reshape(-1).to(dev),
+        bag = torch.repeat_interleave(torch.arange(b * v, device=self.tokens.device),
+                                      self.visit_counts.reshape(-1).to(self.tokens.device),
                                       output_size=self.n_tokens)
-        code = value_code[self.tokens]
-        key = torch.where(code >= 0, (bag // max(v, 1)) * value_code.numel() + code, -1)
-        key, order = torch.sort(key, stable=True)
-        same = (key[1:] == key[:-1]) & (key[1:] >= 0)
-        cur, prev = order[1:], order[:-1]
-        out = torch.zeros_like(self.values)
-        out[cur] = torch.where(same, self.values[cur] - self.values[prev], 0.0)
-        return out
+        return value_changes(bag // max(v, 1), value_code[self.tokens], self.values,
+                             value_code.numel())
 
     def padded_codes(self, flat: torch.Tensor | None = None) -> torch.Tensor:
         """Codes (or ``flat``, any per-token tensor such as ``values``) as ``[B, V, C]`` with

@@ -14,7 +14,12 @@ the model reads time:
   frequencies) of log(1 + days before the landmark), log(1 + days since the previous visit)
   and age in decades, projected to the hidden size (:class:`TimeEmbedding`).
 With ``values`` (``model.behrt.values``) a numeric token also adds its normalised value times a
-learnt vector of its code (zero at the start): lab values as values, not only as bin tokens.
+learnt vector of its code (zero at the start): lab values as values, not only as bin tokens;
+with ``value_deltas`` (``model.behrt.value_deltas``) also its change since the patient's
+previous value of the same code in the input (0 for a first one) times another such vector: a
+lab trend as a number, as the LSTM reads it. The model computes the changes itself from the
+tokens and values it is given (``value_code`` buffer, :func:`ehrseq.data.tensors.set_value_codes`),
+so a masked token in pre-training hides its change too and the next value's change skips it.
 Attention is our own module calling PyTorch's fused ``scaled_dot_product_attention`` through
 plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``; FFN ``fc1``,
 ``fc2``), so LoRA adapters that peft puts on those layers really sit in the forward path.
@@ -35,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tensors import Batch, SequenceDataset
+from ..data.tensors import Batch, SequenceDataset, uses_values, value_changes
+from ..io import InputError
 from ..params import FINETUNE_MODES, FinetuneParams, ModelParams, behrt_dims
 from .losses import hazard_to_survival, init_hazard_head, nll_logistic_hazard
 
@@ -56,6 +62,7 @@ class BEHRTConfig:
     max_age: int = 120        # age embedding rows: whole years 0..max_age-1 (clipped)
     time: str = "days"        # "years" | "days" (module docstring; model.behrt.time)
     values: bool = False      # add value x a learnt vector per code (model.<lstm|behrt>.values)
+    value_deltas: bool = False   # add value change x a learnt vector (model.behrt.value_deltas)
     n_bins: int = 0           # > 0: survival head with this many time bins
     tte_tasks: int = 0        # pre-training: MOTOR time-to-event tasks (codes); 0 = none
     tte_pieces: int = 0       # ... and the pieces of their piecewise-exponential hazards
@@ -65,9 +72,9 @@ class BEHRTConfig:
 
 def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
                  model_class: str = "ehrseq.models.behrt.BEHRTSurvival",
-                 values: bool = False) -> BEHRTConfig:
+                 values: bool = False, value_deltas: bool = False) -> BEHRTConfig:
     """The preset of ``params.size`` with every ``params.behrt`` field that is set on top;
-    ``values``: the model's ``values`` param checked against the data
+    ``values``, ``value_deltas``: the model's params checked against the data
     (:func:`ehrseq.data.tensors.uses_values`)."""
     dims = behrt_dims(params)   # validated by the params schema
     if dims["hidden"] % dims["heads"]:
@@ -75,7 +82,31 @@ def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
                          f"{dims['hidden']}; accepted: a divisor of the hidden size")
     return BEHRTConfig(vocab_size=vocab_size, n_bins=n_bins, dropout=params.dropout,
                        size=params.size, model_class=model_class, time=params.behrt.time,
-                       values=values, **dims)
+                       values=values, value_deltas=value_deltas, **dims)
+
+
+def value_inputs(params: ModelParams, seqs) -> dict[str, bool]:
+    """``values`` and ``value_deltas`` of ``params.behrt`` resolved on ``seqs``
+    (:func:`ehrseq.data.tensors.uses_values`), as :func:`behrt_config` takes them."""
+    return {f: uses_values(getattr(params.behrt, f), seqs, f"model.behrt.{f}")
+            for f in ("values", "value_deltas")}
+
+
+def check_pretrained(config: BEHRTConfig | dict, params: ModelParams, seqs, path) -> None:
+    """A pre-trained BEHRT (``config``, from ``path``) against the stage that starts from it:
+    its time and value inputs must be ``params.behrt``'s resolved on ``seqs`` and its vocabulary
+    the sequences'; otherwise an :class:`InputError` naming the keys, before any training."""
+    c = BEHRTConfig(**config) if isinstance(config, dict) else config
+    for field, want in {"time": params.behrt.time, **value_inputs(params, seqs)}.items():
+        key, given = f"model.behrt.{field}", getattr(params.behrt, field)
+        if getattr(c, field) != want:
+            here = f" ({want!r} on these sequences)" if given != want else ""
+            raise InputError(f"{path}/config.json: {field} {getattr(c, field)!r}, but "
+                             f"params.yaml {key} is {given!r}{here}; re-run pretrain_behrt "
+                             f"(dvc repro) or set {key} to match")
+    if c.vocab_size != seqs.vocab_size:
+        raise InputError(f"{path}/config.json: vocab_size {c.vocab_size} differs from the "
+                         f"sequences' {seqs.vocab_size}; re-run pretrain_behrt")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -298,12 +329,17 @@ class BEHRT(nn.Module):
             self.time = TimeEmbedding(3, c.hidden)
         if c.values:
             self.value = nn.Embedding(c.vocab_size, c.hidden)
+        if c.value_deltas:
+            self.delta = nn.Embedding(c.vocab_size, c.hidden)
+            # token id -> numeric code (-1: none), saved with the weights: set_value_codes
+            self.register_buffer("value_code", torch.full((c.vocab_size,), -1, dtype=torch.long))
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.hidden)
         self.apply(init_weights)
-        if c.values:   # after init_weights: value vectors start at zero (values add nothing)
-            nn.init.zeros_(self.value.weight)
+        for name in ("value", "delta"):   # after init_weights: they start adding nothing
+            if hasattr(self, name):
+                nn.init.zeros_(getattr(self, name).weight)
 
     def forward(self, x: BEHRTBatch) -> torch.Tensor:
         age = x.age.long().clamp(0, self.config.max_age - 1)
@@ -317,11 +353,24 @@ class BEHRT(nn.Module):
             position, segment, extra = x.position, x.segment, 0
         if self.config.values:
             extra = extra + x.values.unsqueeze(-1) * self.value(x.tokens)
+        if self.config.value_deltas:
+            extra = extra + self.value_deltas(x).unsqueeze(-1) * self.delta(x.tokens)
         h = self.drop(self.tokens(x.tokens) + self.age(age) + self.segment(segment)
                       + self.position(position) + extra)
         for layer in self.layers:
             h = layer(h, x.mask)
         return self.norm(h)
+
+
+    def value_deltas(self, x: BEHRTBatch) -> torch.Tensor:
+        """``[B, L]``: each valued token's change since the row's previous token of the same
+        numeric code (tokens are in time order along a row), 0 for a first value and for every
+        other token (masked ones included: their token is ``[MASK]``)."""
+        b, length = x.tokens.shape
+        row = torch.arange(b, device=x.tokens.device).repeat_interleave(length)
+        code = torch.where(x.mask, self.value_code[x.tokens], -1).reshape(-1)
+        return value_changes(row, code, x.values.reshape(-1),
+                             self.value_code.numel()).view(b, length)
 
 
 class BEHRTSurvival(nn.Module):

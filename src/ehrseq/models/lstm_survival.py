@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..data.tensors import Batch, value_code_ids
+from ..data.tensors import Batch
 from ..params import ModelParams, Params, TrainParams
 from .losses import hazard_to_survival, nll_logistic_hazard
 
@@ -171,18 +171,6 @@ class DiscreteTimeSurvivalLSTM(nn.Module):
     def predict_risk(self, batch: Batch) -> torch.Tensor:
         """Cumulative hazard ``-log S`` at the last edge (higher = earlier event)."""
         return F.softplus(self(batch).float()).sum(1)  # -log(1 - h) = softplus(logit)
-
-
-def set_value_codes(model: nn.Module, seqs) -> None:
-    """Give every survival LSTM inside ``model`` that reads value changes the token -> numeric
-    code map of ``seqs`` (:func:`ehrseq.data.tensors.value_code_ids`); a no-op for the rest."""
-    for m in model.modules():
-        if isinstance(m, DiscreteTimeSurvivalLSTM) and m.config.value_deltas:
-            ids = torch.from_numpy(value_code_ids(seqs))
-            if len(ids) != len(m.value_code):
-                raise ValueError(f"the vocabulary has {len(ids)} tokens, the model "
-                                 f"{len(m.value_code)}")
-            m.value_code.copy_(ids)
 
 
 def survival_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
