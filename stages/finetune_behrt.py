@@ -2,9 +2,10 @@
 inputs of the survival task, trained by the one recipe.
 
 Usage: ``python stages/finetune_behrt.py {full,lora,probe,scratch}``. ``full``, ``lora`` and
-``probe`` start from models/pretrain_behrt; ``scratch`` from random weights of the same
-architecture. ``lora`` saves only the adapters and the head (adapter.safetensors) and predicts
-with them merged into the base weights. Every mode trains once per learning rate of
+``probe`` start from models/pretrain_behrt (whose architecture, time and value inputs they
+keep: params.yaml must agree); ``scratch`` from random weights of the architecture params.yaml
+sets (the pre-trained model's while params are unchanged). ``lora`` saves only the adapters
+and the head (adapter.safetensors) and predicts with them merged into the base weights. Every mode trains once per learning rate of
 ``tune.lrs`` (same seed, fresh model) and keeps the best on the validation split. Writes the
 model, its test predictions and run statistics; the ``evaluate`` stage scores them.
 ``--labelled N --replicate R``: a learning-curve point (stage ``curve_behrt``; pre-training
@@ -23,10 +24,12 @@ from ehrseq.io import run_stage
 from ehrseq.models.behrt import (
     BEHRTConfig,
     BEHRTDataset,
+    behrt_config,
     check_pretrained,
     finetune_model,
     save_adapter,
     survival_loss,
+    value_inputs,
 )
 from ehrseq.models.store import load_pretrained, save_model
 from ehrseq.params import FINETUNE_MODES, load_params
@@ -43,11 +46,16 @@ def main(mode: str) -> None:
     if run.skip:
         return skip_stage(run.stage, run.skip, run.stats)
     task, base = run.task, run.pretrained("pretrain_behrt")   # a fold's own, or the main one
-    pretrained, pre_cfg = load_pretrained(base, "pretrain_behrt")
-    cfg = BEHRTConfig(**{**pre_cfg, "n_bins": len(bin_edges(task.cuts)) - 1,
-                         "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
-    check_pretrained(cfg, params.model, task.seqs, base)
-    encoder_state = pretrained.encoder.state_dict()
+    n_bins = len(bin_edges(task.cuts)) - 1
+    if mode == "scratch":   # random weights of the architecture params.yaml sets
+        cfg, encoder_state = behrt_config(params.model, task.seqs.vocab_size, n_bins,
+                                          **value_inputs(params.model, task.seqs)), None
+    else:
+        pretrained, pre_cfg = load_pretrained(base, "pretrain_behrt")
+        cfg = BEHRTConfig(**{**pre_cfg, "n_bins": n_bins,
+                             "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
+        check_pretrained(cfg, params.model, task.seqs, base)
+        encoder_state = pretrained.encoder.state_dict()
     train, val, test = (BEHRTDataset(task.dataset(s), cfg.max_len)
                         for s in ("train", "val", "test"))
     name = f"behrt_{mode}"

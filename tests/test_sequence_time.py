@@ -202,3 +202,37 @@ def test_finetuning_refuses_a_pretrained_model_of_another_design(tmp_path, monke
     with pytest.raises(InputError, match=message):
         stage.main("full")
     assert not (tmp_path / "models/finetune_behrt").exists()   # nothing written
+
+
+def test_scratch_takes_its_architecture_from_params_not_from_pretraining(tmp_path, monkeypatch):
+    """finetune_behrt scratch trains random weights of the architecture params.yaml sets: a
+    pre-trained model of another design (here with value changes) neither stops it nor leaks
+    into it, and the full mode on the same workspace is refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from test_tune import pretrained_models, toy_workspace
+
+    from ehrseq.data.tensors import Sequences
+    from ehrseq.io import InputError
+    from ehrseq.models.pretraining import BEHRTPretrain
+    from ehrseq.models.store import save_model
+
+    root = Path(__file__).resolve().parents[1]
+    toy_workspace(tmp_path)
+    seqs = Sequences.load(tmp_path / "data/processed/sequences")
+    pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
+    old = BEHRTConfig(vocab_size=seqs.vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
+                      max_len=64, value_deltas=True, dropout=0.4,
+                      model_class="ehrseq.models.pretraining.BEHRTPretrain")
+    save_model(tmp_path / "models/pretrain_behrt", BEHRTPretrain(old), old, seqs.vocab)
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("ft_stage", root / "stages/finetune_behrt.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with pytest.raises(InputError, match="value_deltas True"):
+        stage.main("full")
+    stage.main("scratch")
+    cfg = json.loads((tmp_path / "models/finetune_behrt/scratch/config.json").read_text())
+    assert cfg["value_deltas"] is False and cfg["dropout"] != 0.4 and cfg["hidden"] != 16
