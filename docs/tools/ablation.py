@@ -144,7 +144,7 @@ def main() -> None:
     a = ap.parse_args()
     a.work = a.work or f"/tmp/ablation-{a.name}"
     rows = json.loads(a.rows.read_text()) if a.rows else run(a)
-    if a.out and not a.rows:   # first, so that no rendering error loses a measured row
+    if a.out:   # first, so that no rendering error loses a measured row
         a.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     text = "\n".join([
         f"# {a.title}", "",
