@@ -165,6 +165,33 @@ def test_full_finetuning_trains_the_head_faster_and_starts_it_at_the_baseline(mo
     assert sum(n for *_, n in head) == 2   # head.weight and head.bias
 
 
+def _finetune_stage_over(tmp_path, monkeypatch, **design):
+    """stages/finetune_behrt.py, loaded, in a toy workspace whose pre-trained BEHRT has
+    ``design`` (BEHRTConfig fields) on a small architecture."""
+    import importlib.util
+    from pathlib import Path
+
+    from test_tune import pretrained_models, toy_workspace
+
+    from ehrseq.data.tensors import Sequences
+    from ehrseq.models.pretraining import BEHRTPretrain
+    from ehrseq.models.store import save_model
+
+    root = Path(__file__).resolve().parents[1]
+    toy_workspace(tmp_path)
+    seqs = Sequences.load(tmp_path / "data/processed/sequences")
+    pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
+    old = BEHRTConfig(vocab_size=seqs.vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
+                      max_len=64, **design,
+                      model_class="ehrseq.models.pretraining.BEHRTPretrain")
+    save_model(tmp_path / "models/pretrain_behrt", BEHRTPretrain(old), old, seqs.vocab)
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("ft_stage", root / "stages/finetune_behrt.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
 @pytest.mark.parametrize("field, message", [
     ({"time": "years"}, r"time 'years', but params.yaml model.behrt.time is 'days'"),
     ({"values": True}, r"values True, but params.yaml model.behrt.values is 'auto' \(False on "
@@ -175,30 +202,11 @@ def test_full_finetuning_trains_the_head_faster_and_starts_it_at_the_baseline(mo
 def test_finetuning_refuses_a_pretrained_model_of_another_design(tmp_path, monkeypatch, field,
                                                                   message):
     """A pre-trained BEHRT whose time or value design differs from params.yaml's
-    model.behrt.time / values / value_deltas is a parameter error naming both, before any training
-    (issue 26, bad input)."""
-    import importlib.util
-    from pathlib import Path
-
-    from test_tune import pretrained_models, toy_workspace
-
-    from ehrseq.data.tensors import Sequences
+    model.behrt.time / values / value_deltas is a parameter error naming both, before any
+    training (issue 26, bad input)."""
     from ehrseq.io import InputError
-    from ehrseq.models.pretraining import BEHRTPretrain
-    from ehrseq.models.store import save_model
 
-    root = Path(__file__).resolve().parents[1]
-    toy_workspace(tmp_path)
-    seqs = Sequences.load(tmp_path / "data/processed/sequences")
-    pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
-    old = BEHRTConfig(vocab_size=seqs.vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
-                      max_len=64, **field,
-                      model_class="ehrseq.models.pretraining.BEHRTPretrain")
-    save_model(tmp_path / "models/pretrain_behrt", BEHRTPretrain(old), old, seqs.vocab)
-    monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("ft_stage", root / "stages/finetune_behrt.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = _finetune_stage_over(tmp_path, monkeypatch, **field)
     with pytest.raises(InputError, match=message):
         stage.main("full")
     assert not (tmp_path / "models/finetune_behrt").exists()   # nothing written
@@ -208,29 +216,11 @@ def test_scratch_takes_its_architecture_from_params_not_from_pretraining(tmp_pat
     """finetune_behrt scratch trains random weights of the architecture params.yaml sets: a
     pre-trained model of another design (here with value changes) neither stops it nor leaks
     into it, and the full mode on the same workspace is refused."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    from test_tune import pretrained_models, toy_workspace
-
-    from ehrseq.data.tensors import Sequences
     from ehrseq.io import InputError
-    from ehrseq.models.pretraining import BEHRTPretrain
-    from ehrseq.models.store import save_model
 
-    root = Path(__file__).resolve().parents[1]
-    toy_workspace(tmp_path)
-    seqs = Sequences.load(tmp_path / "data/processed/sequences")
-    pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
-    old = BEHRTConfig(vocab_size=seqs.vocab_size, hidden=16, layers=1, heads=2, intermediate=32,
-                      max_len=64, value_deltas=True, dropout=0.4,
-                      model_class="ehrseq.models.pretraining.BEHRTPretrain")
-    save_model(tmp_path / "models/pretrain_behrt", BEHRTPretrain(old), old, seqs.vocab)
-    monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("ft_stage", root / "stages/finetune_behrt.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = _finetune_stage_over(tmp_path, monkeypatch, value_deltas=True, dropout=0.4)
     with pytest.raises(InputError, match="value_deltas True"):
         stage.main("full")
     stage.main("scratch")
