@@ -5,9 +5,10 @@ Usage: ``python stages/finetune_behrt.py {full,lora,probe,scratch}``. ``full``, 
 ``probe`` start from models/pretrain_behrt (whose architecture, time and value inputs they
 keep: params.yaml must agree); ``scratch`` from random weights of the architecture params.yaml
 sets (the pre-trained model's while params are unchanged). ``lora`` saves only the adapters
-and the head (adapter.safetensors) and predicts with them merged into the base weights. Every mode trains once per learning rate of
-``tune.lrs`` (same seed, fresh model) and keeps the best on the validation split. Writes the
-model, its test predictions and run statistics; the ``evaluate`` stage scores them.
+and the head (adapter.safetensors) and predicts with them merged into the base weights. Every
+mode trains once per learning rate of ``tune.lrs`` (same seed, fresh model) and keeps the best
+on the validation split. Writes the model, its test predictions and run statistics; the
+``evaluate`` stage scores them.
 ``--labelled N --replicate R``: a learning-curve point (stage ``curve_behrt``; pre-training
 keeps every training patient, docs/learning_curves.md).
 """

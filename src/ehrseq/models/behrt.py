@@ -18,8 +18,9 @@ learnt vector of its code (zero at the start): lab values as values, not only as
 with ``value_deltas`` (``model.behrt.value_deltas``) also its change since the patient's
 previous value of the same code in the input (0 for a first one) times another such vector: a
 lab trend as a number, as the LSTM reads it. The model computes the changes itself from the
-tokens and values it is given (``value_code`` buffer, :func:`ehrseq.data.tensors.set_value_codes`),
-so a masked token in pre-training hides its change too and the next value's change skips it.
+tokens and values it is given (a ``value_code`` buffer,
+:func:`ehrseq.data.tensors.set_value_codes`), so a code masked to ``[MASK]`` in pre-training has
+no change and the next value's change skips it.
 Attention is our own module calling PyTorch's fused ``scaled_dot_product_attention`` through
 plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``; FFN ``fc1``,
 ``fc2``), so LoRA adapters that peft puts on those layers really sit in the forward path.
@@ -360,7 +361,6 @@ class BEHRT(nn.Module):
         for layer in self.layers:
             h = layer(h, x.mask)
         return self.norm(h)
-
 
     def value_deltas(self, x: BEHRTBatch) -> torch.Tensor:
         """``[B, L]``: each valued token's change since the row's previous token of the same
