@@ -246,8 +246,8 @@ def test_value_deltas_are_each_value_s_change_within_the_input():
     """model.behrt.value_deltas: every valued token carries its value minus the row's previous
     value of the same code within the input window ([CLS] + the most recent tokens), 0 for a
     first one and at [CLS], [SEP] and value-less codes; the delta vectors start at zero (the
-    same encoder as without them), the code map travels with the weights, and a code masked
-    to [MASK] in pre-training has no change (the next value's change skips it)."""
+    same encoder as without them), and a code masked to [MASK] in pre-training has no change
+    (the next value's change skips it)."""
     s = toy_sequences(30, vocab_size=12, max_visits=9, max_codes=5, seed=2)
     rng = np.random.default_rng(0)
     numeric = np.arange(s.vocab_size) % 3 == 0   # every third code carries a value
