@@ -16,7 +16,7 @@ keeps every training patient, docs/learning_curves.md).
 import argparse
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ehrseq.data.task import OUTCOMES, SEQUENCES, curve_run
@@ -57,6 +57,7 @@ def main(mode: str) -> None:
                              "model_class": "ehrseq.models.behrt.BEHRTSurvival"})
         check_pretrained(cfg, params.model, task.seqs, base)
         encoder_state = pretrained.encoder.state_dict()
+    cfg = replace(cfg, readout=fp.readout)   # what the head reads: a fine-tuning choice
     train, val, test = (BEHRTDataset(task.dataset(s), cfg.max_len)
                         for s in ("train", "val", "test"))
     name = f"behrt_{mode}"
@@ -82,8 +83,8 @@ def main(mode: str) -> None:
         build=lambda: set_value_codes(finetune_model(mode, cfg, encoder_state, fp, train.base),
                                       task.seqs),
         loss_fn=survival_loss, lrs=finetune_lrs(params, tp.lr) if mode == "full" else None,
-        train_data=train, val_data=val, inputs=(SEQUENCES, OUTCOMES, base),
-        key=(mode, cfg, fp), save=save, predictions=True,
+        train_data=train, val_data=val, key=(mode, cfg, fp), save=save, predictions=True,
+        inputs=(SEQUENCES, OUTCOMES) + (() if mode == "scratch" else (base,)),  # scratch: no base
         extra_stats={"mode": mode, **run.stats},
         finish=lambda _, out: survival_predictions(
             name, holder["model"], task, make_loader(test, tp.batch_size), out.predictions))

@@ -103,6 +103,46 @@ def test_forward_shapes_and_padding_invariance():
     torch.testing.assert_close(model(alone), logits[:1], atol=1e-5, rtol=1e-5)
 
 
+def test_cls_landmark_readout_adds_the_landmark_visit_s_mean_state():
+    """finetune.readout cls_landmark: the head reads [CLS] beside the mean state of the
+    landmark visit's tokens (its codes and [SEP]), built here by hand from the token stream;
+    a code in the landmark visit moves the second half, one in an older visit only through
+    attention (the readout still has one row per patient and the padded batch agrees)."""
+    from ehrseq.models.behrt import readout
+
+    s = toy_sequences(12, vocab_size=40, max_visits=10, max_codes=5, seed=2)
+    torch.manual_seed(0)
+    model = BEHRTSurvival(BEHRTConfig(vocab_size=40, n_bins=6, readout="cls_landmark",
+                                      **TINY)).eval()
+    assert model.head.in_features == 2 * 32
+    x = behrt_inputs(build_batch(s, np.arange(12), s.n_visits), 64)
+    with torch.no_grad():
+        h = model.encoder(x)
+        r = readout(h, x, "cls_landmark")
+        logits = model(x)
+    assert r.shape == (12, 64) and logits.shape == (12, 6)
+    for i in range(12):
+        n = int(x.mask[i].sum())
+        toks = x.tokens[i, :n].tolist()
+        seps = [j for j, t in enumerate(toks) if t == SEP]
+        start = seps[-2] + 1 if len(seps) > 1 else 1      # the landmark visit: after the
+        torch.testing.assert_close(r[i, :32], h[i, 0])    # last [SEP] but one, to the end
+        torch.testing.assert_close(r[i, 32:], h[i, start:n].mean(0))
+    torch.testing.assert_close(readout(h, x, "cls"), h[:, 0])
+    with pytest.raises(ValueError, match="readout 'last'; accepted"):
+        BEHRTSurvival(BEHRTConfig(vocab_size=40, n_bins=6, readout="last", **TINY))
+
+
+def test_behrt_dropout_is_its_own_or_model_dropout():
+    """model.behrt.dropout sets BEHRT's dropout; null keeps model.dropout (shared with Med2Vec +
+    head and the trajectory model)."""
+    assert behrt_config(ModelParams(dropout=0.2), 100).dropout == 0.2
+    cfg = behrt_config(ModelParams(dropout=0.2, behrt=BEHRTParams(dropout=0.5)), 100)
+    assert cfg.dropout == 0.5
+    model = BEHRT(cfg)
+    assert model.drop.p == 0.5 and model.layers[0].drop.p == 0.5
+
+
 def test_attention_is_the_fused_sdpa_kernel(monkeypatch):
     model = BEHRT(BEHRTConfig(vocab_size=40, **TINY))
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())

@@ -322,3 +322,33 @@ def test_race_replay_of_recorded_curves(tmp_path):
     assert list(runs.values()) == [[slow, fast]]
     assert replay([slow, fast], 1, 5) == (False, 1 + 7, 8 + 7, pytest.approx(0.75 - 0.3))
     assert replay([slow, fast], 4, 5) == (True, 8 + 4, 8 + 7, 0.0)
+
+
+@pytest.mark.parametrize("mode", ["scratch", "full"])
+def test_finetune_behrt_readout_and_scratch_needs_no_pretrained_model(mode, tmp_path,
+                                                                      monkeypatch):
+    """finetune.readout cls_landmark reaches the model in every mode (its head reads twice the
+    hidden size: [CLS] and the landmark visit's mean state; saved in config.json); ``scratch``
+    trains with no models/pretrain_behrt at all (it never reads it, and its run key no longer
+    fingerprints it), the pre-trained modes start from it."""
+    toy_workspace(tmp_path)
+    from ehrseq.data.tensors import Sequences
+
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["finetune"] = {"readout": "cls_landmark"}
+    p["tune"]["lrs"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    seqs = Sequences.load(tmp_path / "data/processed/sequences")
+    if mode == "full":
+        pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
+    monkeypatch.chdir(tmp_path)
+    script("stages/finetune_behrt.py").main(mode)
+    cfg = json.loads((tmp_path / f"models/finetune_behrt/{mode}/config.json").read_text())
+    assert cfg["readout"] == "cls_landmark"
+    from safetensors.torch import load_file
+
+    (w,) = (tmp_path / f"models/finetune_behrt/{mode}").glob("*.safetensors")
+    assert load_file(str(w))["head.weight"].shape[1] == 2 * cfg["hidden"]
+    assert not (tmp_path / "models/pretrain_behrt").exists() or mode == "full"
+    z = np.load(tmp_path / f"data/predictions/finetune_behrt/{mode}/behrt_{mode}.npz")
+    assert np.isfinite(z["surv"]).all() and len(z["index"]) > 0

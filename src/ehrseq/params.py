@@ -293,6 +293,11 @@ class BEHRTParams(_Section):
     learnt vector of its code (zero at the start); pre-training and fine-tuning must agree.
     ``auto``, ``true``, ``false`` as for ``values``; default ``false``
     (docs/ablation-behrt-deltas-2000.md)."""
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """BEHRT's own dropout on its embeddings, residual branches and the state the survival head
+    reads (null: ``model.dropout``, which Med2Vec + head and the trajectory model share). It is
+    set when the encoder is built: pre-training and ``finetune_behrt scratch`` read it, the
+    pre-trained modes keep their pre-trained model's."""
 
 
 BEHRT_SIZES = {  # size: (hidden, layers, heads, intermediate, max_len)
@@ -428,6 +433,11 @@ class FinetuneParams(_Section):
     head_lr_scale: float = Field(10.0, ge=1.0)
     """Fine-tuning a pre-trained encoder whole (``full``, Med2Vec + head): the new survival
     head's learning rate is this many times the encoder's (``tune.finetune_lrs``)."""
+    readout: Literal["cls", "cls_landmark"] = "cls"
+    """What BEHRT's survival head reads, in every mode: ``cls`` the ``[CLS]`` state (BEHRT,
+    CEHR-BERT); ``cls_landmark`` the ``[CLS]`` state beside the mean state of the landmark
+    visit's tokens (as CLMBR reads the state of the last token before the prediction time).
+    Pre-training is the same for both."""
 
     @field_validator("modes")
     @classmethod

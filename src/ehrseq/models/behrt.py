@@ -27,7 +27,9 @@ plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`
 
 :func:`behrt_inputs` turns a :class:`ehrseq.data.tensors.Batch` (flat codes per visit) into the
 ``[B, L]`` layout with index arithmetic; sequences longer than ``max_len`` keep their most
-recent tokens. :class:`BEHRTSurvival` puts the discrete-time logistic-hazard head on ``[CLS]``;
+recent tokens. :class:`BEHRTSurvival` puts the discrete-time logistic-hazard head on ``[CLS]``
+(``readout`` ``cls``) or on ``[CLS]`` beside the mean state of the landmark visit's tokens
+(``cls_landmark``, ``finetune.readout``);
 :func:`finetune_model` builds it for the modes full / lora / probe / scratch (probe:
 :class:`BEHRTProbe`, whose frozen encoder stays in eval mode, dropout off).
 """
@@ -65,6 +67,7 @@ class BEHRTConfig:
     values: bool = False      # add value x a learnt vector per code (model.<lstm|behrt>.values)
     value_deltas: bool = False   # add value change x a learnt vector (model.behrt.value_deltas)
     n_bins: int = 0           # > 0: survival head with this many time bins
+    readout: str = "cls"      # what the survival head reads (READOUTS; finetune.readout)
     tte_tasks: int = 0        # pre-training: MOTOR time-to-event tasks (codes); 0 = none
     tte_pieces: int = 0       # ... and the pieces of their piecewise-exponential hazards
     size: str = "small"
@@ -81,7 +84,8 @@ def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
     if dims["hidden"] % dims["heads"]:
         raise ValueError(f"model.behrt.heads: {dims['heads']} does not divide hidden "
                          f"{dims['hidden']}; accepted: a divisor of the hidden size")
-    return BEHRTConfig(vocab_size=vocab_size, n_bins=n_bins, dropout=params.dropout,
+    dropout = params.dropout if params.behrt.dropout is None else params.behrt.dropout
+    return BEHRTConfig(vocab_size=vocab_size, n_bins=n_bins, dropout=dropout,
                        size=params.size, model_class=model_class, time=params.behrt.time,
                        values=values, value_deltas=value_deltas, **dims)
 
@@ -373,17 +377,36 @@ class BEHRT(nn.Module):
                              self.value_code.numel()).view(b, length)
 
 
+READOUTS = ("cls", "cls_landmark")
+
+
+def readout(h: torch.Tensor, x: BEHRTBatch, how: str) -> torch.Tensor:
+    """What the survival head reads from the encoder's states ``h`` ``[B, L, hidden]``:
+    ``cls`` the ``[CLS]`` state; ``cls_landmark`` it beside the mean state of the landmark
+    visit's tokens (its codes and its ``[SEP]``: ``visit_back`` 0), ``[B, 2 * hidden]``."""
+    if how == "cls":
+        return h[:, 0]
+    at = x.mask & (x.visit_back == 0)
+    at[:, 0] = False                                  # [CLS] is no visit's token
+    w = at.unsqueeze(-1).to(h.dtype)
+    return torch.cat([h[:, 0], (h * w).sum(1) / w.sum(1).clamp(min=1)], -1)
+
+
 class BEHRTSurvival(nn.Module):
-    """BEHRT with a logistic-hazard head on ``[CLS]``: ``forward(batch)`` gives logits [B, K]."""
+    """BEHRT with a logistic-hazard head on its :func:`readout`: ``forward(batch)`` gives
+    logits [B, K]."""
 
     def __init__(self, config: BEHRTConfig):
         super().__init__()
         if config.n_bins < 1:
             raise ValueError("BEHRTSurvival needs config.n_bins >= 1 (the time bins)")
+        if config.readout not in READOUTS:
+            raise ValueError(f"BEHRT readout {config.readout!r}; accepted: {list(READOUTS)}")
         self.config = config
         self.encoder = BEHRT(config)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden, config.n_bins)
+        width = config.hidden * (2 if config.readout == "cls_landmark" else 1)
+        self.head = nn.Linear(width, config.n_bins)
 
     @classmethod
     def from_config(cls, config: dict | BEHRTConfig) -> BEHRTSurvival:
@@ -393,7 +416,7 @@ class BEHRTSurvival(nn.Module):
         return asdict(self.config)
 
     def forward(self, batch: BEHRTBatch) -> torch.Tensor:
-        return self.head(self.drop(self.encoder(batch)[:, 0]))
+        return self.head(self.drop(readout(self.encoder(batch), batch, self.config.readout)))
 
     @torch.no_grad()
     def predict_survival(self, batch: BEHRTBatch) -> torch.Tensor:
@@ -426,7 +449,7 @@ class BEHRTProbe(BEHRTSurvival):
         return super().load_state_dict(*args, **kwargs)
 
     def features(self, batch: BEHRTBatch) -> torch.Tensor:
-        """The frozen encoder's ``[CLS]`` state ``[B, hidden]``, computed once per distinct input
+        """The frozen encoder's :func:`readout` ``[B, width]``, computed once per distinct input
         (keyed by the row's real tokens, ages and positions) and then read from memory: the
         encoder is frozen and in eval mode, so every later epoch would compute the same numbers
         again (the probe trained 32 epochs per learning rate on the default cohort)."""
@@ -439,7 +462,7 @@ class BEHRTProbe(BEHRTSurvival):
         if todo:
             sub = batch._map(lambda t: t[todo]) if len(todo) < len(keys) else batch
             with torch.no_grad():
-                cls = self.encoder(sub)[:, 0]
+                cls = readout(self.encoder(sub), sub, self.config.readout)
             if len(self._cache) * cls[0].numel() * cls.element_size() > self.CACHE_BYTES:
                 self._cache.clear()
             self._cache.update(zip((keys[i] for i in todo), cls, strict=True))
