@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,6 +143,21 @@ def queue_wait(repo: Path, timeout: float = 900) -> str:
         time.sleep(3)
 
 
+def sweep_diagnosis(repo: Path) -> str:
+    """What DVC kept of a sweep, for a failure message: the experiment refs in git, ``dvc exp
+    list`` and the lines of the queue workers' logs that say a point was not collected (DVC
+    logs a failed collection and still reports the point ``Success``)."""
+    refs = subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=repo, capture_output=True,
+                          text=True).stdout
+    exps = subprocess.run([str(Path(sys.executable).parent / "dvc"), "exp", "list",
+                           "--all-commits"], cwd=repo, capture_output=True, text=True)
+    logs = [f"{p.name}: {line}" for p in sorted((repo / ".dvc/tmp/exps/celery").glob("*.out"))
+            for line in p.read_text(errors="replace").splitlines()
+            if any(w in line for w in ("ollect", "Error", "Traceback", "xception"))]
+    return (f"refs/exps:\n{refs}\ndvc exp list:\n{exps.stdout}{exps.stderr}\n"
+            "worker logs:\n" + "\n".join(logs[-40:]))
+
+
 def test_queue_sweep_runs_each_point_once(repo):
     """The documented sweep (docs/training.md): a grid queued with one command, run by two
     workers; every point is an experiment with its own metrics, and the stages the swept
@@ -160,7 +177,7 @@ def test_queue_sweep_runs_each_point_once(repo):
             d = ex["data"]
             w = d["params"]["params.yaml"]["data"]["trajectory"]["pos_weight"]
             points[w] = {k: v["data"] for k, v in d["metrics"].items()}
-    assert set(points) == {2, 5}, points
+    assert set(points) == {2, 5}, (points, sweep_diagnosis(repo))
     # the only DVC metric is the headline (metrics/summary.json)
     assert all(set(p) == {"metrics/summary.json"} for p in points.values()), points
     full = [p["metrics/summary.json"]["behrt_full.c"] for p in points.values()]
