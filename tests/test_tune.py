@@ -324,7 +324,7 @@ def test_race_replay_of_recorded_curves(tmp_path):
     assert replay([slow, fast], 4, 5) == (True, 8 + 4, 8 + 7, 0.0)
 
 
-@pytest.mark.parametrize("mode", ["scratch", "full"])
+@pytest.mark.parametrize("mode", ["scratch", "full", "probe"])
 def test_finetune_behrt_readout_and_scratch_needs_no_pretrained_model(mode, tmp_path,
                                                                       monkeypatch):
     """finetune.readout cls_landmark reaches the model in every mode (its head reads twice the
@@ -339,7 +339,7 @@ def test_finetune_behrt_readout_and_scratch_needs_no_pretrained_model(mode, tmp_
     p["tune"]["lrs"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     seqs = Sequences.load(tmp_path / "data/processed/sequences")
-    if mode == "full":
+    if mode != "scratch":
         pretrained_models(tmp_path, seqs.vocab_size, seqs.vocab)
     monkeypatch.chdir(tmp_path)
     script("stages/finetune_behrt.py").main(mode)
@@ -349,6 +349,6 @@ def test_finetune_behrt_readout_and_scratch_needs_no_pretrained_model(mode, tmp_
 
     (w,) = (tmp_path / f"models/finetune_behrt/{mode}").glob("*.safetensors")
     assert load_file(str(w))["head.weight"].shape[1] == 2 * cfg["hidden"]
-    assert not (tmp_path / "models/pretrain_behrt").exists() or mode == "full"
+    assert (tmp_path / "models/pretrain_behrt").exists() == (mode != "scratch")
     z = np.load(tmp_path / f"data/predictions/finetune_behrt/{mode}/behrt_{mode}.npz")
     assert np.isfinite(z["surv"]).all() and len(z["index"]) > 0
