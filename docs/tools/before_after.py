@@ -186,8 +186,10 @@ def model_change_page(before: Path, after: Path, title: str, command: str, note:
              f"difference (patient-level bootstrap, {n_boot} resamples, seed {seed}).", "",
              *([note, ""] if note else []),
              f"Test split: {ea.get('test.patients')} patients, {ea.get('test.landmarks')} "
-             f"landmarks, {ea.get('test.events')} events; h* = {ha:g} days. Oracle C "
-             f"{f3(ea.get('oracle.c_harrell'))}; best count model (chosen on validation) before "
+             f"landmarks, {ea.get('test.events')} events; h* = {ha:g} days. "
+             + (f"Oracle C {f3(ea['oracle.c_harrell'])}; " if "oracle.c_harrell" in ea
+                else "No oracle (a real outcome); ")
+             + f"best count model (chosen on validation) before "
              f"`{eb.get('best_count.model')}` {f3(eb.get('best_count.c_harrell'))}, after "
              f"`{ea.get('best_count.model')}` {f3(ea.get('best_count.c_harrell'))}.", "",
              "| model | val. loss before | after | test C before | after | after − before "
