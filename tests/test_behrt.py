@@ -104,10 +104,10 @@ def test_forward_shapes_and_padding_invariance():
 
 
 def test_cls_landmark_readout_adds_the_landmark_visit_s_mean_state():
-    """finetune.readout cls_landmark: the head reads [CLS] beside the mean state of the
-    landmark visit's tokens (its codes and [SEP]), built here by hand from the token stream;
-    a code in the landmark visit moves the second half, one in an older visit only through
-    attention (the readout still has one row per patient and the padded batch agrees)."""
+    """finetune.readout cls_landmark: the head (2 x hidden wide) reads [CLS] beside the mean
+    state of the landmark visit's tokens (its codes and [SEP]), here found by hand in each
+    patient's token stream (after the last [SEP] but one); ``cls`` reads [CLS] alone; an
+    unknown readout is refused."""
     from ehrseq.models.behrt import readout
 
     s = toy_sequences(12, vocab_size=40, max_visits=10, max_codes=5, seed=2)
