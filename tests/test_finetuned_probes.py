@@ -1,0 +1,35 @@
+"""docs/tools/finetuned_probes.py on the tiny pipeline's run: the vector it probes is the one the
+fine-tuned BEHRT's hazard head reads, and the page has a row per fine-tuned model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import script
+
+from ehrseq.data.task import SurvivalTask
+from ehrseq.models.behrt import BEHRTDataset
+from ehrseq.models.store import load_model
+
+
+def test_probed_vector_is_the_head_input(tiny_pipeline, tmp_path, one_thread):
+    tool = script("docs/tools/finetuned_probes.py")
+    run = tiny_pipeline
+    task = SurvivalTask.load(run / "data/processed/sequences", run / "data/processed/outcomes")
+    x = tool.finetuned_behrt(run, "full", task)
+    assert x.shape[0] == len(task.table) and np.isfinite(x).all()
+    model, _, _ = load_model(run / "models/finetune_behrt/full")
+    model.eval()
+    ds = BEHRTDataset(tool._landmark_dataset(task), model.config.max_len)
+    batch = ds[np.arange(8)]
+    with torch.no_grad():
+        want = model(batch)
+        got = model.head(torch.from_numpy(x[batch.rows.numpy()]).float())
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    out = tmp_path / "page.md"
+    tool.main([str(run), "--label", "tiny", "--title", "T", "--out", str(out)])
+    page = out.read_text()
+    assert "| tiny: behrt_full (cls) |" in page and "| tiny: behrt_scratch (cls) |" in page
+    assert "| tiny: lstm |" in page and "| tiny: behrt_cls |" not in page   # pre-trained: left out
+    assert out.with_suffix(".json").is_file()
