@@ -133,32 +133,6 @@ def test_cls_landmark_readout_adds_the_landmark_visit_s_mean_state():
         BEHRTSurvival(BEHRTConfig(vocab_size=40, n_bins=6, readout="last", **TINY))
 
 
-def test_cls_attention_readout_pools_every_token_but_cls_by_a_learnt_score():
-    """finetune.readout cls_attention: [CLS] beside a softmax(score)-weighted mean of the other
-    real tokens' states, recomputed here by hand per patient (no padding, no [CLS]); the score
-    trains with the head (it gets a gradient)."""
-    from ehrseq.models.behrt import readout
-
-    s = toy_sequences(12, vocab_size=40, max_visits=10, max_codes=5, seed=2)
-    torch.manual_seed(0)
-    model = BEHRTSurvival(BEHRTConfig(vocab_size=40, n_bins=6, readout="cls_attention",
-                                      **TINY)).eval()
-    assert model.head.in_features == 2 * 32
-    x = behrt_inputs(build_batch(s, np.arange(12), s.n_visits), 64)
-    assert (x.mask.sum(1) < x.mask.shape[1]).any()                # some rows are padded
-    with torch.no_grad():
-        h = model.encoder(x)
-        r = readout(h, x, "cls_attention", model.score)
-    for i in range(12):
-        n = int(x.mask[i].sum())
-        w = torch.softmax(model.score(h[i, 1:n]).squeeze(-1), 0)
-        torch.testing.assert_close(r[i, :32], h[i, 0])
-        torch.testing.assert_close(r[i, 32:], (w[:, None] * h[i, 1:n]).sum(0))
-    model.train()
-    model(x).sum().backward()
-    assert model.score.weight.grad.abs().sum() > 0
-
-
 def test_behrt_dropout_is_its_own_or_model_dropout():
     """model.behrt.dropout sets BEHRT's dropout; null keeps model.dropout (shared with Med2Vec +
     head and the trajectory model)."""

@@ -16,7 +16,6 @@ from ehrseq.models.behrt import (
     BEHRTSurvival,
     finetune_model,
     load_adapter,
-    readout,
     save_adapter,
     survival_loss,
 )
@@ -48,9 +47,9 @@ def encoder_state():
     return BEHRTSurvival(CFG).encoder.state_dict()
 
 
-def build(mode, encoder_state, readout="cls"):
+def build(mode, encoder_state):
     torch.manual_seed(2)
-    return finetune_model(mode, dataclasses.replace(CFG, readout=readout), encoder_state, FP)
+    return finetune_model(mode, CFG, encoder_state, FP)
 
 
 def one_step(model, ds, steps=1):
@@ -186,14 +185,12 @@ def test_full_and_scratch(encoder_state):
         finetune_model("adapter", CFG, encoder_state, FP)
 
 
-@pytest.mark.parametrize("how", ["cls", "cls_attention"])
-def test_probe_computes_each_input_once_and_gives_the_encoders_numbers(data, encoder_state, how):
-    """The probe keeps the frozen encoder's [CLS] state (``cls_attention``: every token state,
-    since its pooling trains with the head) per distinct input: later epochs run the encoder on
-    nothing new, and the features equal a fresh encoder pass's readout (any batch composition,
+def test_probe_computes_each_input_once_and_gives_the_encoders_numbers(data, encoder_state):
+    """The probe keeps the frozen encoder's [CLS] state per distinct input: later epochs run the
+    encoder on nothing new, and the features equal a fresh encoder pass (any batch composition,
     any padding width). Loading weights forgets them."""
     ds, batch = data
-    probe = build("probe", encoder_state, how)
+    probe = build("probe", encoder_state)
     calls = []
     probe.encoder.register_forward_hook(lambda m, i, o: calls.append(int(o.shape[0])))
     fit(probe, make_loader(ds, 16, shuffle=True), survival_loss,
@@ -204,7 +201,7 @@ def test_probe_computes_each_input_once_and_gives_the_encoders_numbers(data, enc
     with torch.no_grad():
         probe.features(batch)
         n = sum(calls)
-        fresh = readout(probe.encoder(batch), batch, how, probe.score)
+        fresh = probe.encoder(batch)[:, 0]
         torch.testing.assert_close(probe.features(batch), fresh, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(probe.features(small), fresh[:3], atol=1e-5, rtol=1e-5)
     assert sum(calls) == n + len(fresh)                 # the check's own pass, nothing else

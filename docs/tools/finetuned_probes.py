@@ -4,7 +4,7 @@ not only to the pre-trained encoder the embed stage reads.
 
 For every run folder of the ``sequential`` scenario given (a finished ``dvc repro``): BEHRT
 fine-tuned in each mode found under ``models/finetune_behrt/`` (its :func:`readout`: ``[CLS]``,
-or ``[CLS]`` beside a pooled state, as its config.json says), the survival
+or ``[CLS]`` beside the landmark visit's mean state, as its config.json says), the survival
 LSTM's state (the embed stage's ``lstm.npz``) and the embed stage's count representations;
 each planted feature of ``outcomes/features.parquet`` is fitted on the validation landmarks and
 scored on the test landmarks (R², AUROC for a 0/1 feature). The models were fitted on the
@@ -44,8 +44,8 @@ def finetuned_behrt(run: Path, mode: str, task: SurvivalTask) -> np.ndarray:
         set_value_codes(model, task.seqs)
     ds = BEHRTDataset(_landmark_dataset(task), model.config.max_len)
     how = config.get("readout", "cls")
-    return predict(model, make_loader(ds, 256, pin_memory=False),
-                   lambda m, b: readout(m.encoder(b), b, how, m.score), len(ds))
+    return predict(model.encoder, make_loader(ds, 256, pin_memory=False),
+                   lambda m, b: readout(m(b), b, how), len(ds))
 
 
 def run_rows(run: Path, label: str, seen: set[bytes]) -> list[dict]:

@@ -433,13 +433,11 @@ class FinetuneParams(_Section):
     head_lr_scale: float = Field(10.0, ge=1.0)
     """Fine-tuning a pre-trained encoder whole (``full``, Med2Vec + head): the new survival
     head's learning rate is this many times the encoder's (``tune.finetune_lrs``)."""
-    readout: Literal["cls", "cls_landmark", "cls_attention"] = "cls"
+    readout: Literal["cls", "cls_landmark"] = "cls"
     """What BEHRT's survival head reads, in every mode: ``cls`` the ``[CLS]`` state (BEHRT,
     CEHR-BERT); ``cls_landmark`` the ``[CLS]`` state beside the mean state of the landmark
-    visit's tokens (as CLMBR reads the state of the last token before the prediction time);
-    ``cls_attention`` the ``[CLS]`` state beside an attention-weighted mean of the other tokens'
-    states, each weight a softmax of a learnt linear score of its state (trained with the head,
-    at its learning rate). Pre-training is the same for all three."""
+    visit's tokens (as CLMBR reads the state of the last token before the prediction time).
+    Pre-training is the same for both."""
 
     @field_validator("modes")
     @classmethod

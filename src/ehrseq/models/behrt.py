@@ -29,7 +29,7 @@ plain ``nn.Linear`` projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`
 ``[B, L]`` layout with index arithmetic; sequences longer than ``max_len`` keep their most
 recent tokens. :class:`BEHRTSurvival` puts the discrete-time logistic-hazard head on ``[CLS]``
 (``readout`` ``cls``) or on ``[CLS]`` beside the mean state of the landmark visit's tokens
-(``cls_landmark``) or beside an attention-pooled state (``cls_attention``; ``finetune.readout``);
+(``cls_landmark``, ``finetune.readout``);
 :func:`finetune_model` builds it for the modes full / lora / probe / scratch (probe:
 :class:`BEHRTProbe`, whose frozen encoder stays in eval mode, dropout off).
 """
@@ -377,28 +377,19 @@ class BEHRT(nn.Module):
                              self.value_code.numel()).view(b, length)
 
 
-READOUTS = ("cls", "cls_landmark", "cls_attention")
+READOUTS = ("cls", "cls_landmark")
 
 
-def readout(h: torch.Tensor, x: BEHRTBatch, how: str,
-            score: nn.Module | None = None) -> torch.Tensor:
+def readout(h: torch.Tensor, x: BEHRTBatch, how: str) -> torch.Tensor:
     """What the survival head reads from the encoder's states ``h`` ``[B, L, hidden]``:
     ``cls`` the ``[CLS]`` state; ``cls_landmark`` it beside the mean state of the landmark
-    visit's tokens (its codes and its ``[SEP]``: ``visit_back`` 0); ``cls_attention`` it beside
-    an attention-weighted mean of every other real token's state, the weights a softmax of the
-    learnt linear ``score`` of each state. Both of the latter ``[B, 2 * hidden]``."""
+    visit's tokens (its codes and its ``[SEP]``: ``visit_back`` 0), ``[B, 2 * hidden]``."""
     if how == "cls":
         return h[:, 0]
-    if how == "cls_landmark":
-        at = x.mask & (x.visit_back == 0)
-        at[:, 0] = False                                  # [CLS] is no visit's token
-        w = at.unsqueeze(-1).to(h.dtype)
-        return torch.cat([h[:, 0], (h * w).sum(1) / w.sum(1).clamp(min=1)], -1)
-    keep = x.mask.clone()
-    keep[:, 0] = False
-    logit = score(h).squeeze(-1).masked_fill(~keep, float("-inf"))
-    w = torch.softmax(logit, -1).nan_to_num(0.0).unsqueeze(-1)   # a row of [CLS] alone: 0
-    return torch.cat([h[:, 0], (h * w).sum(1)], -1)
+    at = x.mask & (x.visit_back == 0)
+    at[:, 0] = False                                  # [CLS] is no visit's token
+    w = at.unsqueeze(-1).to(h.dtype)
+    return torch.cat([h[:, 0], (h * w).sum(1) / w.sum(1).clamp(min=1)], -1)
 
 
 class BEHRTSurvival(nn.Module):
@@ -414,10 +405,8 @@ class BEHRTSurvival(nn.Module):
         self.config = config
         self.encoder = BEHRT(config)
         self.drop = nn.Dropout(config.dropout)
-        width = config.hidden * (1 if config.readout == "cls" else 2)
+        width = config.hidden * (2 if config.readout == "cls_landmark" else 1)
         self.head = nn.Linear(width, config.n_bins)
-        # cls_attention: each token state's weight in the pooled state (the head's, trained)
-        self.score = nn.Linear(config.hidden, 1) if config.readout == "cls_attention" else None
 
     @classmethod
     def from_config(cls, config: dict | BEHRTConfig) -> BEHRTSurvival:
@@ -427,8 +416,7 @@ class BEHRTSurvival(nn.Module):
         return asdict(self.config)
 
     def forward(self, batch: BEHRTBatch) -> torch.Tensor:
-        return self.head(self.drop(readout(self.encoder(batch), batch, self.config.readout,
-                                           self.score)))
+        return self.head(self.drop(readout(self.encoder(batch), batch, self.config.readout)))
 
     @torch.no_grad()
     def predict_survival(self, batch: BEHRTBatch) -> torch.Tensor:
@@ -450,7 +438,6 @@ class BEHRTProbe(BEHRTSurvival):
         self.encoder.requires_grad_(False)
         self.encoder.eval()
         self._cache: dict[bytes, torch.Tensor] = {}
-        self._bytes = 0
 
     def train(self, mode: bool = True) -> BEHRTProbe:
         super().train(mode)
@@ -459,16 +446,13 @@ class BEHRTProbe(BEHRTSurvival):
 
     def load_state_dict(self, *args, **kwargs):
         self._cache.clear()
-        self._bytes = 0
         return super().load_state_dict(*args, **kwargs)
 
     def features(self, batch: BEHRTBatch) -> torch.Tensor:
-        """The frozen encoder's :func:`readout` ``[B, width]``. The encoder's output is computed
-        once per distinct input (keyed by the row's real tokens, ages and positions) and then
-        read from memory: the encoder is frozen and in eval mode, so every later epoch would
-        compute the same numbers again (the probe trained 32 epochs per learning rate on the
-        default cohort). Kept per row: the readout itself, or with ``cls_attention``, whose
-        pooling trains with the head, the row's token states."""
+        """The frozen encoder's :func:`readout` ``[B, width]``, computed once per distinct input
+        (keyed by the row's real tokens, ages and positions) and then read from memory: the
+        encoder is frozen and in eval mode, so every later epoch would compute the same numbers
+        again (the probe trained 32 epochs per learning rate on the default cohort)."""
         n = batch.mask.sum(1).tolist()
         parts = [t.detach().cpu().numpy() for t in (batch.tokens, batch.age, batch.position,
                                                     batch.visit_back, batch.time, batch.values)
@@ -478,19 +462,11 @@ class BEHRTProbe(BEHRTSurvival):
         if todo:
             sub = batch._map(lambda t: t[todo]) if len(todo) < len(keys) else batch
             with torch.no_grad():
-                h = self.encoder(sub)
-                got = ([h[j, :n[i]] for j, i in enumerate(todo)] if self.score is not None
-                       else readout(h, sub, self.config.readout))
-            size = sum(g.numel() * g.element_size() for g in got)
-            if self._bytes + size > self.CACHE_BYTES:
+                cls = readout(self.encoder(sub), sub, self.config.readout)
+            if len(self._cache) * cls[0].numel() * cls.element_size() > self.CACHE_BYTES:
                 self._cache.clear()
-                self._bytes = 0
-            self._cache.update(zip((keys[i] for i in todo), got, strict=True))
-            self._bytes += size
-        if self.score is None:
-            return torch.stack([self._cache[k] for k in keys])
-        h = torch.nn.utils.rnn.pad_sequence([self._cache[k] for k in keys], batch_first=True)
-        return readout(h, batch, self.config.readout, self.score)
+            self._cache.update(zip((keys[i] for i in todo), cls, strict=True))
+        return torch.stack([self._cache[k] for k in keys])
 
     def forward(self, batch: BEHRTBatch) -> torch.Tensor:
         return self.head(self.drop(self.features(batch)))
@@ -517,7 +493,7 @@ def finetune_model(mode: str, config: BEHRTConfig, encoder_state: dict | None,
     if train_data is not None:
         init_hazard_head(model.head, train_data)
     if mode == "full":
-        model.lr_scales = {"head.": fp.head_lr_scale, "score.": fp.head_lr_scale}
+        model.lr_scales = {"head.": fp.head_lr_scale}
     if mode != "scratch":
         if encoder_state is None:
             raise ValueError(f"mode {mode!r} needs the pre-trained encoder weights")
@@ -527,8 +503,7 @@ def finetune_model(mode: str, config: BEHRTConfig, encoder_state: dict | None,
 
         model = get_peft_model(model, LoraConfig(
             r=fp.lora_r, lora_alpha=fp.lora_alpha, lora_dropout=fp.lora_dropout,
-            target_modules=list(LORA_TARGETS),
-            modules_to_save=["head"] + (["score"] if model.score is not None else [])))
+            target_modules=list(LORA_TARGETS), modules_to_save=["head"]))
     return model
 
 
