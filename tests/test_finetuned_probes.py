@@ -28,7 +28,7 @@ def test_probed_vector_is_the_head_input(tiny_pipeline, tmp_path, one_thread):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
     out = tmp_path / "page.md"
-    tool.main([str(run), "--label", "tiny", "--title", "T", "--out", str(out)])
+    tool.main(["--run", str(run), "--label", "tiny", "--title", "T", "--out", str(out)])
     page = out.read_text()
     assert "| tiny: behrt_full (cls) |" in page and "| tiny: behrt_scratch (cls) |" in page
     assert "| tiny: lstm |" in page and "| tiny: behrt_cls |" not in page   # pre-trained: left out

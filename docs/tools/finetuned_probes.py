@@ -10,7 +10,7 @@ each planted feature of ``outcomes/features.parquet`` is fitted on the validatio
 scored on the test landmarks (R², AUROC for a 0/1 feature). The models were fitted on the
 training split, so a score is what the head's input carries, not what a probe memorised.
 
-    python docs/tools/finetuned_probes.py RUN_DIR [RUN_DIR ...] --label NAME [--label ...] \
+    python docs/tools/finetuned_probes.py --run RUN_DIR --label NAME [--run ... --label ...] \
         --title TITLE --note NOTE --out docs/X.md
 """
 
@@ -74,8 +74,8 @@ def run_rows(run: Path, label: str, seen: set[bytes]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--label", action="append", required=True)
+    ap.add_argument("--run", action="append", type=Path, required=True, dest="runs")
+    ap.add_argument("--label", action="append", required=True, help="one per --run")
     ap.add_argument("--title", required=True)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, required=True)
