@@ -4,6 +4,7 @@ fine-tuned BEHRT's hazard head reads, and the page has a row per fine-tuned mode
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import script
 
@@ -33,3 +34,5 @@ def test_probed_vector_is_the_head_input(tiny_pipeline, tmp_path, one_thread):
     assert "| tiny: behrt_full (cls) |" in page and "| tiny: behrt_scratch (cls) |" in page
     assert "| tiny: lstm |" in page and "| tiny: behrt_cls |" not in page   # pre-trained: left out
     assert out.with_suffix(".json").is_file()
+    with pytest.raises(SystemExit, match="features.parquet: missing"):
+        tool.main(["--run", str(tmp_path), "--label", "none", "--title", "T", "--out", str(out)])
