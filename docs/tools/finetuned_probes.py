@@ -39,13 +39,13 @@ SKIP = ("behrt_cls", "behrt_mean", "med2vec")   # the embed stage's pre-trained 
 
 def finetuned_behrt(run: Path, mode: str, task: SurvivalTask) -> np.ndarray:
     """``[n, width]``: what BEHRT fine-tuned in ``mode`` feeds its hazard head, per row."""
-    model, config, _ = load_model(run / "models/finetune_behrt" / mode)
-    if config.get("value_deltas"):
+    model, _, _ = load_model(run / "models/finetune_behrt" / mode)
+    c = model.config          # an old config.json without a key reads its default
+    if c.value_deltas:
         set_value_codes(model, task.seqs)
-    ds = BEHRTDataset(_landmark_dataset(task), model.config.max_len)
-    how = config.get("readout", "cls")
+    ds = BEHRTDataset(_landmark_dataset(task), c.max_len)
     return predict(model.encoder, make_loader(ds, 256, pin_memory=False),
-                   lambda m, b: readout(m(b), b, how), len(ds))
+                   lambda m, b: readout(m(b), b, c.readout), len(ds))
 
 
 def run_rows(run: Path, label: str, seen: set[bytes]) -> list[dict]:
