@@ -19,8 +19,10 @@ from ehrseq.models.pretraining import (
     code_log_freq,
     evaluate_pretraining,
     init_tte_rates,
+    lab_codes,
     pretrain_loader,
     pretrain_loss,
+    pretraining_metrics,
     tte_edges,
     tte_task_codes,
 )
@@ -41,8 +43,8 @@ def main() -> None:
     cfg = behrt_config(params.model, seqs.vocab_size,
                        model_class="ehrseq.models.pretraining.BEHRTPretrain",
                        **value_inputs(params.model, seqs))
-    if tte:
-        cfg = replace(cfg, tte_tasks=len(tasks), tte_pieces=len(edges) - 1)
+    cfg = replace(cfg, lab_codes=lab_codes(seqs, pp.lab_state_weight),
+                  **({"tte_tasks": len(tasks), "tte_pieces": len(edges) - 1} if tte else {}))
     log_freq = code_log_freq(seqs, train_idx)
     mask_prob = pp.mask_prob if mlm else 0.0
     train = PretrainDataset(seqs, train_idx, cfg.max_len, mask_prob, seed=tp.seed, tte_tasks=tasks)
@@ -51,7 +53,8 @@ def main() -> None:
     val_loader = pretrain_loader(val, tp.batch_size, num_workers=params.runtime.num_workers)
     weights = {"mlm_weight": pp.mlm_weight if mlm else 0.0,
                "next_visit_weight": pp.next_visit_weight if mlm else 0.0,
-               "tte_weight": pp.tte_weight if tte else 0.0, "edges": edges}
+               "tte_weight": pp.tte_weight if tte else 0.0, "edges": edges,
+               "lab_state_weight": pp.lab_state_weight}
 
     def build() -> BEHRTPretrain:
         model = set_value_codes(BEHRTPretrain(cfg), seqs)
@@ -67,23 +70,14 @@ def main() -> None:
                     "val_next_visit_recall_at_10": res["next_visit_recall_at_10"]}
         if tte:
             out["val_tte_nll"] = res["tte_nll"]
+        if cfg.lab_codes:
+            out["val_lab_state_mse"] = res["lab_state_mse"]
         return out
 
     def finish(model, out) -> dict:
-        res = evaluate_pretraining(model, val_loader, log_freq, next(model.parameters()).device,
-                                   **weights)
-        m = {"val.loss": res["loss"]}
-        if mlm:   # an objective not trained is not reported (its head is untrained)
-            m |= {f"val.{k}": v for k, v in res.items() if not k.startswith("tte_")}
-            m["val.mlm_accuracy_margin"] = res["mlm_accuracy"] - res["mlm_accuracy_freq"]
-            m["val.mlm_perplexity_ratio"] = res["mlm_perplexity"] / res["mlm_perplexity_freq"]
-            for k in ("next_visit_recall_at_10", "next_visit_auprc"):
-                m[f"val.{k}_margin"] = res[k] - max(res[f"{k}_freq"], res[f"{k}_prev"])
-        if tte:
-            m |= {"val.tte_nll": res["tte_nll"], "val.tte_nll_rate": res["tte_nll_rate"],
-                  "val.tte_nll_margin": res["tte_nll_rate"] - res["tte_nll"],
-                  "tte_tasks": len(tasks)}
-        return m
+        dev = next(model.parameters()).device
+        return pretraining_metrics(evaluate_pretraining(model, val_loader, log_freq, dev,
+                                                        **weights), mlm, len(tasks) if tte else 0)
 
     train_stage(
         fold_stage("pretrain_behrt", fold), "behrt", params=params, train=tp, build=build,

@@ -383,6 +383,11 @@ class PretrainParams(_Section):
     tte_pieces: list[float] = Field(default_factory=lambda: [30.0, 90.0, 180.0, 365.0, 730.0,
                                                              1825.0])
     """Days where the piecewise-constant hazard changes (increasing; the last piece is open)."""
+    lab_state_weight: float = Field(0.0, ge=0)
+    """> 0: beside the objective, ``[CLS]`` also predicts every numeric code's last value in the
+    input and its change since the value before (squared error, times this weight;
+    src/ehrseq/models/pretraining.py): the lookup a lab trend needs, taught before any label.
+    Needs numeric values in the sequences. 0 (default): off."""
     corpus: CorpusParams | None = None
     """``null``: pre-training reads the labelled cohort's training patients (their whole
     records). A corpus (stage ``corpus``): pre-training reads those and every corpus patient;

@@ -70,6 +70,7 @@ class BEHRTConfig:
     readout: str = "cls"      # what the survival head reads (READOUTS; finetune.readout)
     tte_tasks: int = 0        # pre-training: MOTOR time-to-event tasks (codes); 0 = none
     tte_pieces: int = 0       # ... and the pieces of their piecewise-exponential hazards
+    lab_codes: int = 0        # pre-training: numeric codes whose lab state [CLS] predicts
     size: str = "small"
     model_class: str = "ehrseq.models.behrt.BEHRTSurvival"
 

@@ -20,6 +20,12 @@ Each batch cuts every patient's history after visit ``k`` (one cut fraction ``u`
   per time piece and scores it against a learnt vector per task (low rank), plus a bias per
   (piece, task) that starts at the training split's log event rate; the loss is the negative
   log-likelihood per (patient, task), time in years.
+- Lab state (``pretrain.lab_state_weight`` > 0, added to any objective): from the ``[CLS]``
+  state, for every numeric code, its last value in the input and that value's change since the
+  one before (normalised values, as the models read them), squared error over the entries the
+  input has (a code with one value has no change; masked values are not in the input). It asks
+  ``[CLS]`` for what a count model is handed (the last value) and for the lookup a lab trend
+  needs (the previous value of the same code), before any label is seen.
 
 Masks and cuts come from ``(seed, epoch, rows)``: new every epoch, reproducible, and resumable
 without touching the global RNG. The validation loader never changes epoch, so its masks and
@@ -36,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tensors import BucketBatchSampler, Sequences, build_batch, ranges
+from ..data.tensors import BucketBatchSampler, Sequences, build_batch, ranges, value_changes
+from ..io import InputError
 from .behrt import (
     BEHRT,
     MASK,
@@ -83,9 +90,10 @@ class TTEHead(nn.Module):
 
 
 class BEHRTPretrain(nn.Module):
-    """The encoder with an MLM head (decoder tied to the code embeddings) and a next-visit
-    head on ``[CLS]``. ``forward(batch)`` gives (logits at masked positions [M, vocab],
-    next-visit logits [B, vocab])."""
+    """The encoder with an MLM head (decoder tied to the code embeddings), a next-visit head
+    on ``[CLS]`` and, where configured, the time-to-event and lab-state heads on ``[CLS]``
+    (:meth:`forward`). The lab-state head's targets come from the input through the
+    ``value_code`` buffer (token id -> numeric code, :func:`ehrseq.data.tensors.set_value_codes`)."""
 
     def __init__(self, config: BEHRTConfig):
         super().__init__()
@@ -98,19 +106,25 @@ class BEHRTPretrain(nn.Module):
         self.next_visit = nn.Linear(h, config.vocab_size)
         if config.tte_tasks:
             self.tte = TTEHead(h, config.tte_tasks, config.tte_pieces)
+        if config.lab_codes:
+            self.lab_state = nn.Linear(h, 2 * config.lab_codes)
+            self.register_buffer("value_code", torch.full((config.vocab_size,), -1,
+                                                          dtype=torch.long))
 
     @classmethod
     def from_config(cls, config: dict | BEHRTConfig) -> BEHRTPretrain:
         return cls(config if isinstance(config, BEHRTConfig) else BEHRTConfig(**config))
 
-    def forward(self, batch: BEHRTBatch
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, batch: BEHRTBatch) -> tuple[torch.Tensor, torch.Tensor,
+                                                  torch.Tensor | None, torch.Tensor | None]:
         """(MLM logits [M, vocab], next-visit logits [B, vocab], time-to-event log hazards
-        [B, pieces, tasks] or None without tasks)."""
+        [B, pieces, tasks] or None without tasks, lab state [B, 2 * lab_codes] (last values,
+        then their changes; :func:`lab_state_targets`) or None without lab codes)."""
         h = self.encoder(batch)
         masked = h[batch.mlm_labels != IGNORE] if batch.mlm_labels is not None else h[:, :0]
         tte = self.tte(h[:, 0]) if self.config.tte_tasks else None
-        return self.mlm_decoder(self.mlm_transform(masked)), self.next_visit(h[:, 0]), tte
+        lab = self.lab_state(h[:, 0]) if self.config.lab_codes else None
+        return self.mlm_decoder(self.mlm_transform(masked)), self.next_visit(h[:, 0]), tte, lab
 
 
 def mask_tokens(tokens: torch.Tensor, vocab_size: int, prob: float,
@@ -196,6 +210,55 @@ def tte_terms(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
     hit = (event[:, None, :] & (t >= lo) & (t < hi)).float()
     lh = log_hazard.float()
     return exposure, hit, lh.exp() * exposure - lh * hit
+
+
+def lab_codes(seqs: Sequences, weight: float) -> int:
+    """The lab-state head's numeric codes for ``pretrain.lab_state_weight`` ``weight``: 0 when
+    off; an :class:`InputError` when on and no token carries a value."""
+    if not weight:
+        return 0
+    if not seqs.has_values:
+        raise InputError(f"pretrain.lab_state_weight: {weight}, but no token of the sequences "
+                         "carries a numeric value (values.npy is all NaN): keep 'observation' "
+                         "in sequences.event_kinds, use data with numeric observations, or set "
+                         "pretrain.lab_state_weight: 0")
+    return len(seqs.value_stats["codes"])
+
+
+def lab_state_targets(value_code: torch.Tensor, x: BEHRTBatch, n_codes: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, known), each ``[B, 2 * n_codes]``: per row and numeric code (``value_code``:
+    token id -> code, -1 none) the last value in the input, then its change since the code's
+    value before; ``known`` where the input has the value (the change: two values). Tokens
+    picked for MLM are not in the input (their value is hidden)."""
+    b, length = x.tokens.shape
+    dev = x.tokens.device
+    code = torch.where(x.mask, value_code[x.tokens], -1)
+    if x.mlm_labels is not None:
+        code = torch.where(x.mlm_labels == IGNORE, code, -1)
+    row = torch.arange(b, device=dev)[:, None].expand(b, length)
+    delta = value_changes(row.reshape(-1), code.reshape(-1), x.values.reshape(-1).float(),
+                          n_codes).view(b, length)
+    has = code >= 0
+    key = (row * n_codes + code)[has]
+    pos = torch.arange(length, device=dev).expand(b, length)[has]
+    last = torch.zeros(b * n_codes, dtype=torch.long, device=dev).scatter_reduce(
+        0, key, pos, "amax", include_self=False)
+    count = torch.zeros(b * n_codes, device=dev).index_add_(0, key, torch.ones_like(pos,
+                                                                                 dtype=torch.float))
+    r = torch.arange(b * n_codes, device=dev) // n_codes
+    value, change = x.values.float()[r, last].view(b, -1), delta[r, last].view(b, -1)
+    known = torch.cat([count.view(b, -1) >= 1, count.view(b, -1) >= 2], 1)
+    return torch.cat([value, change], 1) * known, known
+
+
+def lab_state_sums(model: nn.Module, pred: torch.Tensor, x: BEHRTBatch
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums over the known lab-state entries of ``x`` (:func:`lab_state_targets`): squared
+    error of ``pred``, squared error of predicting 0 (a normalised value's training mean and no
+    change: the baseline), and the number of entries."""
+    target, known = lab_state_targets(model.value_code, x, model.config.lab_codes)
+    return ((pred.float() - target) ** 2 * known).sum(), (target ** 2).sum(), known.sum()
 
 
 def tte_loss(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
@@ -297,16 +360,20 @@ def next_visit_loss(logits: torch.Tensor, target: torch.Tensor,
 
 def pretrain_loss(model: nn.Module, batch: BEHRTBatch, mlm_weight: float = 1.0,
                   next_visit_weight: float = 1.0, tte_weight: float = 0.0,
-                  edges: torch.Tensor | None = None) -> torch.Tensor:
+                  edges: torch.Tensor | None = None, lab_state_weight: float = 0.0
+                  ) -> torch.Tensor:
     """``mlm_weight * CE(masked codes) + next_visit_weight * next_visit_loss + tte_weight *
-    tte_loss`` (``edges``: the time pieces, :func:`tte_edges`)."""
-    mlm, nxt, tte = model(batch)
+    tte_loss + lab_state_weight * mean squared lab-state error`` (``edges``: the time pieces,
+    :func:`tte_edges`)."""
+    mlm, nxt, tte, lab = model(batch)
     # every head in the graph, at weight 0 when its objective is off (DDP needs each
     # parameter to take part in every step)
-    loss = (nxt.float().sum() + mlm.float().sum()
-            + (tte.float().sum() if tte is not None else 0.0)) * 0.0
+    loss = sum(o.float().sum() for o in (nxt, mlm, tte, lab) if o is not None) * 0.0
     if tte_weight and tte is not None:
         loss = loss + tte_weight * tte_loss(tte, batch.tte_time, batch.tte_event, edges)
+    if lab_state_weight and lab is not None:
+        err, _, n = lab_state_sums(model, lab, batch)
+        loss = loss + lab_state_weight * err / n.clamp(min=1)
     labels = batch.mlm_labels[batch.mlm_labels != IGNORE]
     if mlm_weight and labels.numel():
         loss = loss + mlm_weight * F.cross_entropy(mlm.float(), labels)
@@ -338,20 +405,25 @@ def ranking_sums(scores: torch.Tensor, target: torch.Tensor, k: int = 10) -> tup
 def evaluate_pretraining(model: nn.Module, loader, log_freq: torch.Tensor,
                          device: torch.device, mlm_weight: float = 1.0,
                          next_visit_weight: float = 1.0, tte_weight: float = 0.0,
-                         edges: torch.Tensor | None = None) -> dict[str, float]:
+                         edges: torch.Tensor | None = None, lab_state_weight: float = 0.0
+                         ) -> dict[str, float]:
     """Model and baseline metrics over ``loader`` (a :class:`PretrainDataset` with
     ``last_visit=True``): MLM accuracy and perplexity, next-visit recall@10 and AUPRC, the
-    time-to-event NLL per (patient, task) against the marginal rates' (``tte_nll_rate``),
-    loss."""
+    time-to-event NLL per (patient, task) against the marginal rates' (``tte_nll_rate``), the
+    lab state's mean squared error against predicting 0 (``lab_state_mse_zero``), loss."""
     was = model.training
     model.eval()
     lf = log_freq.to(device)
     s = dict.fromkeys(["nll", "acc", "nll_freq", "acc_freq", "n_mask", "nv", "n_next", "r10",
                        "ap", "r10_freq", "ap_freq", "r10_prev", "ap_prev", "tte", "tte_rate",
-                       "n_tte"], 0.0)
+                       "n_tte", "lab", "lab_zero", "n_lab"], 0.0)
     for batch in loader:
         batch = batch.to(device)
-        mlm, nxt, tte = model(batch)
+        mlm, nxt, tte, lab = model(batch)
+        if lab is not None:
+            for k, v in zip(("lab", "lab_zero", "n_lab"), lab_state_sums(model, lab, batch),
+                            strict=True):
+                s[k] += float(v)
         if tte is not None:
             s["tte"] += float(tte_loss(tte, batch.tte_time, batch.tte_event, edges, "sum"))
             base = model.tte.log_rate.expand_as(tte)
@@ -376,12 +448,14 @@ def evaluate_pretraining(model: nn.Module, loader, log_freq: torch.Tensor,
             s["r10" + name] += r10
             s["ap" + name] += ap
     model.train(was)
-    m, n, k = max(s["n_mask"], 1), max(s["n_next"], 1), max(s["n_tte"], 1)
+    m, n, k, j = (max(s[c], 1) for c in ("n_mask", "n_next", "n_tte", "n_lab"))
     out = {"loss": mlm_weight * s["nll"] / m + next_visit_weight * s["nv"] / n
-           + tte_weight * s["tte"] / k,
+           + tte_weight * s["tte"] / k + lab_state_weight * s["lab"] / j,
            "mlm_masked_tokens": s["n_mask"], "next_visit_patients": s["n_next"]}
     if s["n_tte"]:
         out["tte_nll"], out["tte_nll_rate"] = s["tte"] / k, s["tte_rate"] / k
+    if s["n_lab"]:
+        out["lab_state_mse"], out["lab_state_mse_zero"] = s["lab"] / j, s["lab_zero"] / j
     for sfx in ("", "_freq"):
         out[f"mlm_accuracy{sfx}"] = s["acc" + sfx] / m
         out[f"mlm_perplexity{sfx}"] = float(np.exp(s["nll" + sfx] / m))
@@ -389,3 +463,26 @@ def evaluate_pretraining(model: nn.Module, loader, log_freq: torch.Tensor,
         out[f"next_visit_recall_at_10{sfx}"] = s["r10" + sfx] / n
         out[f"next_visit_auprc{sfx}"] = s["ap" + sfx] / n
     return out
+
+
+def pretraining_metrics(res: dict[str, float], mlm: bool, tte_tasks: int) -> dict:
+    """The stage's metrics from :func:`evaluate_pretraining`'s ``res``: the objectives trained
+    (``mlm``; ``tte_tasks`` > 0; the lab state where measured), with margins over the
+    baselines; an objective not trained is not reported (its head is untrained)."""
+    m = {"val.loss": res["loss"]}
+    if mlm:
+        m |= {f"val.{k}": v for k, v in res.items()
+              if not k.startswith(("tte_", "lab_state_"))}
+        m["val.mlm_accuracy_margin"] = res["mlm_accuracy"] - res["mlm_accuracy_freq"]
+        m["val.mlm_perplexity_ratio"] = res["mlm_perplexity"] / res["mlm_perplexity_freq"]
+        for k in ("next_visit_recall_at_10", "next_visit_auprc"):
+            m[f"val.{k}_margin"] = res[k] - max(res[f"{k}_freq"], res[f"{k}_prev"])
+    if tte_tasks:
+        m |= {"val.tte_nll": res["tte_nll"], "val.tte_nll_rate": res["tte_nll_rate"],
+              "val.tte_nll_margin": res["tte_nll_rate"] - res["tte_nll"],
+              "tte_tasks": tte_tasks}
+    if "lab_state_mse" in res:
+        m |= {"val.lab_state_mse": res["lab_state_mse"],
+              "val.lab_state_mse_zero": res["lab_state_mse_zero"],
+              "val.lab_state_mse_margin": res["lab_state_mse_zero"] - res["lab_state_mse"]}
+    return m
