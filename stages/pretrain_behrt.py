@@ -19,7 +19,7 @@ from ehrseq.models.pretraining import (
     code_log_freq,
     evaluate_pretraining,
     init_tte_rates,
-    lab_codes,
+    lab_state_weight,
     pretrain_loader,
     pretrain_loss,
     pretraining_metrics,
@@ -43,7 +43,8 @@ def main() -> None:
     cfg = behrt_config(params.model, seqs.vocab_size,
                        model_class="ehrseq.models.pretraining.BEHRTPretrain",
                        **value_inputs(params.model, seqs))
-    cfg = replace(cfg, lab_codes=lab_codes(seqs, pp.lab_state_weight),
+    lab_w = lab_state_weight(pp, seqs)
+    cfg = replace(cfg, lab_codes=len(seqs.value_stats["codes"]) if lab_w else 0,
                   **({"tte_tasks": len(tasks), "tte_pieces": len(edges) - 1} if tte else {}))
     log_freq = code_log_freq(seqs, train_idx)
     mask_prob = pp.mask_prob if mlm else 0.0
@@ -54,7 +55,7 @@ def main() -> None:
     weights = {"mlm_weight": pp.mlm_weight if mlm else 0.0,
                "next_visit_weight": pp.next_visit_weight if mlm else 0.0,
                "tte_weight": pp.tte_weight if tte else 0.0, "edges": edges,
-               "lab_state_weight": pp.lab_state_weight}
+               "lab_state_weight": lab_w}
 
     def build() -> BEHRTPretrain:
         model = set_value_codes(BEHRTPretrain(cfg), seqs)
@@ -86,7 +87,8 @@ def main() -> None:
         inputs=(SEQUENCES,), key=(cfg, pp), config=cfg, vocab=seqs.vocab, finish=finish,
         extra_stats={"train_patients": len(train_idx), "val_patients": len(val_idx),
                      "corpus_patients": int((seqs.patients["split"] == "corpus").sum()),
-                     "objective": objective, **fold_stats(fold, params)})
+                     "objective": objective, "lab_state_weight": lab_w,
+                     **fold_stats(fold, params)})
 
 
 if __name__ == "__main__":

@@ -137,3 +137,26 @@ def test_lab_state_without_values_is_an_error_naming_the_key(tmp_path, monkeypat
     with pytest.raises(InputError, match=r"pretrain\.lab_state_weight: 1\.0.*numeric value"):
         script("stages/pretrain_behrt.py").main()
     assert not (tmp_path / "models/pretrain_behrt").exists()
+
+
+@pytest.mark.parametrize("values", [False, True])
+def test_auto_weight_is_on_where_the_data_has_values(values, tmp_path, monkeypatch):
+    """``auto`` (the default): LAB_STATE_WEIGHT with numeric values, off without (no error);
+    the stage's metrics name the weight used. A negative weight is a parameter error."""
+    from pydantic import ValidationError
+
+    from ehrseq.params import LAB_STATE_WEIGHT, PretrainParams
+
+    assert PretrainParams().lab_state_weight == "auto"
+    with pytest.raises(ValidationError, match="lab_state_weight"):
+        PretrainParams(lab_state_weight=-1)
+    _workspace(tmp_path, monkeypatch, "auto", values=values)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    script("stages/pretrain_behrt.py").main()
+    m = json.loads((tmp_path / "metrics/pretrain_behrt.json").read_text())
+    assert m["behrt.lab_state_weight"] == (LAB_STATE_WEIGHT if values else 0.0)
+    assert ("val.lab_state_mse" in m) == values
+    cfg = json.loads((tmp_path / "models/pretrain_behrt/config.json").read_text())
+    assert (cfg["lab_codes"] > 0) == values

@@ -197,7 +197,7 @@ def _finetune_stage_over(tmp_path, monkeypatch, **design):
     ({"values": True}, r"values True, but params.yaml model.behrt.values is 'auto' \(False on "
                        r"these sequences\)"),
     ({"value_deltas": True}, r"value_deltas True, but params.yaml model.behrt.value_deltas is "
-                             r"False"),
+                             r"'auto' \(False on these sequences\)"),
 ])
 def test_finetuning_refuses_a_pretrained_model_of_another_design(tmp_path, monkeypatch, field,
                                                                   message):

@@ -287,12 +287,14 @@ class BEHRTParams(_Section):
     zero), beside the ``sequences.numeric_bins`` tokens or alone with ``numeric_bins: 0``.
     ``auto`` (default: lower validation loss, docs/sequence-models.md): whenever the data has
     numeric values; ``true`` requires them (an error otherwise); ``false`` never."""
-    value_deltas: Literal["auto"] | bool = False
+    value_deltas: Literal["auto"] | bool = "auto"
     """Lab trends as numbers, as ``model.lstm.value_deltas``: a numeric token's embedding also
     adds its change since the patient's previous value of the same code in the input times a
     learnt vector of its code (zero at the start); pre-training and fine-tuning must agree.
-    ``auto``, ``true``, ``false`` as for ``values``; default ``false``
-    (docs/ablation-behrt-deltas-2000.md)."""
+    ``auto`` (default), ``true``, ``false`` as for ``values``. With the lab-state pre-training
+    (``pretrain.lab_state_weight``) the changes are what lets ``[CLS]`` carry a lab trend
+    (docs/ablation-behrt-lab-state-2000.md); alone they were level from scratch and cost the
+    pre-trained model validation loss (docs/ablation-behrt-deltas-2000.md)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """BEHRT's own dropout on its embeddings, residual branches and the state the survival head
     reads (null: ``model.dropout``, which Med2Vec + head and the trajectory model share). It is
@@ -350,6 +352,9 @@ class CorpusParams(_Section):
     would repeat the labelled cohort's patients."""
 
 
+LAB_STATE_WEIGHT = 10.0   # pretrain.lab_state_weight: auto, where the data has values
+
+
 class PretrainParams(_Section):
     """BEHRT pre-training objectives (the loop itself reads ``train``)."""
 
@@ -383,11 +388,13 @@ class PretrainParams(_Section):
     tte_pieces: list[float] = Field(default_factory=lambda: [30.0, 90.0, 180.0, 365.0, 730.0,
                                                              1825.0])
     """Days where the piecewise-constant hazard changes (increasing; the last piece is open)."""
-    lab_state_weight: float = Field(0.0, ge=0)
+    lab_state_weight: Literal["auto"] | float = "auto"
     """> 0: beside the objective, ``[CLS]`` also predicts every numeric code's last value in the
     input and its change since the value before (squared error, times this weight;
     src/ehrseq/models/pretraining.py): the lookup a lab trend needs, taught before any label.
-    Needs numeric values in the sequences. 0 (default): off."""
+    Needs numeric values in the sequences. 0: off. ``auto`` (default):
+    ``LAB_STATE_WEIGHT`` (10) where the sequences carry numeric values, else 0 (chosen on
+    validation at 2,000 patients, docs/ablation-behrt-lab-state-2000.md)."""
     corpus: CorpusParams | None = None
     """``null``: pre-training reads the labelled cohort's training patients (their whole
     records). A corpus (stage ``corpus``): pre-training reads those and every corpus patient;
@@ -413,6 +420,20 @@ class PretrainParams(_Section):
             raise ValueError(f"objective {self.objective!r}: at least one of mlm_weight, "
                              "next_visit_weight must be > 0 (or objective: tte)")
         return self
+
+    @field_validator("lab_state_weight")
+    @classmethod
+    def _lab_weight(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"lab_state_weight {v}: accepted: auto or a number >= 0")
+        return v
+
+    def resolved_lab_state_weight(self, has_values: bool) -> float:
+        """The lab-state weight pre-training uses on sequences with (``has_values``) or without
+        numeric values (``auto`` resolved)."""
+        if self.lab_state_weight == "auto":
+            return LAB_STATE_WEIGHT if has_values else 0.0
+        return float(self.lab_state_weight)
 
     def resolved_objective(self, patients: int) -> str:
         """The objective pre-training on ``patients`` patients uses (``auto`` resolved)."""

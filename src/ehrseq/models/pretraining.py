@@ -44,6 +44,7 @@ from torch import nn
 
 from ..data.tensors import BucketBatchSampler, Sequences, build_batch, ranges, value_changes
 from ..io import InputError
+from ..params import PretrainParams
 from .behrt import (
     BEHRT,
     MASK,
@@ -212,17 +213,16 @@ def tte_terms(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
     return exposure, hit, lh.exp() * exposure - lh * hit
 
 
-def lab_codes(seqs: Sequences, weight: float) -> int:
-    """The lab-state head's numeric codes for ``pretrain.lab_state_weight`` ``weight``: 0 when
-    off; an :class:`InputError` when on and no token carries a value."""
-    if not weight:
-        return 0
-    if not seqs.has_values:
-        raise InputError(f"pretrain.lab_state_weight: {weight}, but no token of the sequences "
+def lab_state_weight(pp: PretrainParams, seqs: Sequences) -> float:
+    """``pretrain.lab_state_weight`` resolved on ``seqs`` (``auto``: on where a token carries a
+    value); a weight > 0 set on sequences without values is an :class:`InputError`."""
+    w = pp.resolved_lab_state_weight(seqs.has_values)
+    if w and not seqs.has_values:
+        raise InputError(f"pretrain.lab_state_weight: {w}, but no token of the sequences "
                          "carries a numeric value (values.npy is all NaN): keep 'observation' "
                          "in sequences.event_kinds, use data with numeric observations, or set "
-                         "pretrain.lab_state_weight: 0")
-    return len(seqs.value_stats["codes"])
+                         "pretrain.lab_state_weight: 0 (or auto)")
+    return w
 
 
 def lab_state_targets(value_code: torch.Tensor, x: BEHRTBatch, n_codes: int
