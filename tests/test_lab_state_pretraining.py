@@ -130,6 +130,15 @@ def test_stage_pretrains_the_lab_state_and_finetuning_reads_the_encoder(tmp_path
                                    .value_stats["codes"]) > 0
     script("stages/finetune_behrt.py").main("full")
     assert (tmp_path / "models/finetune_behrt/full").exists()
+    # docs/tools/lab_state_probe.py reads the head back: one row per code, R² at most 1
+    tool = script("docs/tools/lab_state_probe.py")
+    codes = Sequences.load(tmp_path / "data/processed/sequences").value_stats["codes"][:2]
+    rows = tool.run_rows(tmp_path, "toy", codes)
+    assert [r["code"] for r in rows] == codes and all(r["n"] > 0 for r in rows)
+    assert all(r["r2_last"] <= 1 for r in rows)
+    tool.main(["--run", str(tmp_path), "--label", "toy", "--code", codes[0], "--title", "t",
+               "--out", str(tmp_path / "page.md")])
+    assert f"| toy | {codes[0]} |" in (tmp_path / "page.md").read_text()
 
 
 def test_lab_state_without_values_is_an_error_naming_the_key(tmp_path, monkeypatch):
