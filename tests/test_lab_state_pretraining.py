@@ -96,6 +96,9 @@ def test_the_head_learns_the_lab_state_that_predicting_zero_cannot():
         monitor="val_loss", checkpoint=False, progress=False)
     after = evaluate_pretraining(model, val, lf, cpu, **w)
     assert before["lab_state_mse_zero"] == pytest.approx(after["lab_state_mse_zero"])
+    wrapped = torch.nn.Sequential(model)   # a wrapper without the model's attributes, as DDP
+    batch = PretrainDataset(s, va, 32, seed=1)[(0, np.arange(20))]
+    torch.testing.assert_close(pretrain_loss(wrapped, batch, **w), pretrain_loss(model, batch, **w))
     assert after["lab_state_mse"] < 0.6 * after["lab_state_mse_zero"], after
     assert after["lab_state_mse"] < 0.6 * before["lab_state_mse"], (before, after)
 

@@ -5,7 +5,7 @@ since the one before, on the validation patients' records.
 For every run folder given (``models/pretrain_behrt`` with a lab-state head): the validation
 patients' records are cut as pre-training cuts them (one random visit per batch, drawn from
 ``--seed``) with nothing masked, and for each ``--code`` the head's prediction is scored against
-the target of :func:`ehrseq.models.pretraining.lab_state_targets` over the records that have it
+the target the model's forward returns (:func:`ehrseq.models.pretraining.lab_state_targets`) over the records that have it
 (R² = 1 - residual / total sum of squares; 0 is the records' mean). The head is linear on
 ``[CLS]``, so a high R² says the value is linearly there for a survival head to read.
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ehrseq.data.tensors import Sequences
-from ehrseq.models.pretraining import PretrainDataset, lab_state_targets
+from ehrseq.models.pretraining import PretrainDataset
 from ehrseq.models.store import load_model
 
 
@@ -51,8 +51,8 @@ def run_rows(run: Path, label: str, codes: list[str], seed: int = 0) -> list[dic
     pred, target, known = [], [], []
     for start in range(0, len(val), 64):
         x = ds[(0, np.arange(start, min(start + 64, len(val))))]
-        t, k = lab_state_targets(model.value_code, x, n)
-        pred.append(model(x)[3])
+        p, t, k = model(x)[3]
+        pred.append(p)
         target.append(t)
         known.append(k)
     pred, target, known = (torch.cat(a).numpy() for a in (pred, target, known))

@@ -119,12 +119,15 @@ class BEHRTPretrain(nn.Module):
     def forward(self, batch: BEHRTBatch) -> tuple[torch.Tensor, torch.Tensor,
                                                   torch.Tensor | None, torch.Tensor | None]:
         """(MLM logits [M, vocab], next-visit logits [B, vocab], time-to-event log hazards
-        [B, pieces, tasks] or None without tasks, lab state [B, 2 * lab_codes] (last values,
-        then their changes; :func:`lab_state_targets`) or None without lab codes)."""
+        [B, pieces, tasks] or None without tasks, the lab state or None without lab codes:
+        (prediction, target, known), each [B, 2 * lab_codes], last values then their changes,
+        :func:`lab_state_targets`; computed here, so a DDP wrapper needs no attribute)."""
         h = self.encoder(batch)
         masked = h[batch.mlm_labels != IGNORE] if batch.mlm_labels is not None else h[:, :0]
         tte = self.tte(h[:, 0]) if self.config.tte_tasks else None
-        lab = self.lab_state(h[:, 0]) if self.config.lab_codes else None
+        lab = (self.lab_state(h[:, 0]), *lab_state_targets(self.value_code, batch,
+                                                            self.config.lab_codes)) \
+            if self.config.lab_codes else None
         return self.mlm_decoder(self.mlm_transform(masked)), self.next_visit(h[:, 0]), tte, lab
 
 
@@ -252,12 +255,12 @@ def lab_state_targets(value_code: torch.Tensor, x: BEHRTBatch, n_codes: int
     return torch.cat([value, change], 1) * known, known
 
 
-def lab_state_sums(model: nn.Module, pred: torch.Tensor, x: BEHRTBatch
+def lab_state_sums(lab: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sums over the known lab-state entries of ``x`` (:func:`lab_state_targets`): squared
-    error of ``pred``, squared error of predicting 0 (a normalised value's training mean and no
-    change: the baseline), and the number of entries."""
-    target, known = lab_state_targets(model.value_code, x, model.config.lab_codes)
+    """Sums over the known entries of ``lab`` (prediction, target, known: the model's lab-state
+    output): squared error of the prediction, squared error of predicting 0 (a normalised
+    value's training mean and no change: the baseline), and the number of entries."""
+    pred, target, known = lab
     return ((pred.float() - target) ** 2 * known).sum(), (target ** 2).sum(), known.sum()
 
 
@@ -368,11 +371,12 @@ def pretrain_loss(model: nn.Module, batch: BEHRTBatch, mlm_weight: float = 1.0,
     mlm, nxt, tte, lab = model(batch)
     # every head in the graph, at weight 0 when its objective is off (DDP needs each
     # parameter to take part in every step)
-    loss = sum(o.float().sum() for o in (nxt, mlm, tte, lab) if o is not None) * 0.0
+    loss = sum(o.float().sum() for o in (nxt, mlm, tte, lab[0] if lab else None)
+               if o is not None) * 0.0
     if tte_weight and tte is not None:
         loss = loss + tte_weight * tte_loss(tte, batch.tte_time, batch.tte_event, edges)
     if lab_state_weight and lab is not None:
-        err, _, n = lab_state_sums(model, lab, batch)
+        err, _, n = lab_state_sums(lab)
         loss = loss + lab_state_weight * err / n.clamp(min=1)
     labels = batch.mlm_labels[batch.mlm_labels != IGNORE]
     if mlm_weight and labels.numel():
@@ -421,7 +425,7 @@ def evaluate_pretraining(model: nn.Module, loader, log_freq: torch.Tensor,
         batch = batch.to(device)
         mlm, nxt, tte, lab = model(batch)
         if lab is not None:
-            for k, v in zip(("lab", "lab_zero", "n_lab"), lab_state_sums(model, lab, batch),
+            for k, v in zip(("lab", "lab_zero", "n_lab"), lab_state_sums(lab),
                             strict=True):
                 s[k] += float(v)
         if tte is not None:
