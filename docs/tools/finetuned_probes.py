@@ -75,8 +75,9 @@ def run_rows(run: Path, label: str, seen: set[bytes]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_runs(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``ap`` (a tool's own options added) with ``--run DIR --label NAME`` pairs, ``--title``,
+    ``--note`` and ``--out``, parsed; a label missing for a run is a usage error."""
     ap.add_argument("--run", action="append", type=Path, required=True, dest="runs")
     ap.add_argument("--label", action="append", required=True, help="one per --run")
     ap.add_argument("--title", required=True)
@@ -85,11 +86,22 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if len(a.label) != len(a.runs):
         ap.error(f"{len(a.runs)} runs but {len(a.label)} --label; give one per run")
+    return a
+
+
+def command(tool: str, argv: list[str] | None) -> str:
+    """The command line that made a page, for its header."""
+    return f"python docs/tools/{tool} " + " ".join(
+        shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    a = parse_runs(ap, argv)
     seen: set[bytes] = set()
     rows = [r for run, label in zip(a.runs, a.label, strict=True)
             for r in run_rows(run, label, seen)]
-    cmd = "python docs/tools/finetuned_probes.py " + " ".join(
-        shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    cmd = command("finetuned_probes.py", argv)
     groups = {}   # one table per set of landmarks (runs with another landmark count)
     for r in rows:
         groups.setdefault((r["n_val"], r["n_test"]), []).append(r)
