@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import r2_score
 
 from ehrseq.data.tensors import Sequences
 from ehrseq.models.pretraining import PretrainDataset
@@ -31,8 +32,8 @@ from finetuned_probes import command, parse_runs  # noqa: E402
 
 
 def r2(y: np.ndarray, yhat: np.ndarray) -> float:
-    ss = float(((y - y.mean()) ** 2).sum())
-    return float("nan") if ss == 0 else 1.0 - float(((y - yhat) ** 2).sum()) / ss
+    """scikit-learn's R², as the representation probes score; NaN for a constant target."""
+    return float(r2_score(y, yhat)) if np.ptp(y) > 0 else float("nan")
 
 
 @torch.no_grad()
