@@ -17,7 +17,8 @@ def test_probed_vector_is_the_head_input(tiny_pipeline, tmp_path, one_thread):
     tool = script("docs/tools/finetuned_probes.py")
     run = tiny_pipeline
     task = SurvivalTask.load(run / "data/processed/sequences", run / "data/processed/outcomes")
-    x = tool.finetuned_behrt(run, "full", task)
+    x, how = tool.finetuned_behrt(run, "full", task)
+    assert how == "cls"
     assert x.shape[0] == len(task.table) and np.isfinite(x).all()
     model, _, _ = load_model(run / "models/finetune_behrt/full")
     model.eval()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -37,15 +36,16 @@ from ehrseq.models.store import load_model
 SKIP = ("behrt_cls", "behrt_mean", "med2vec")   # the embed stage's pre-trained representations
 
 
-def finetuned_behrt(run: Path, mode: str, task: SurvivalTask) -> np.ndarray:
-    """``[n, width]``: what BEHRT fine-tuned in ``mode`` feeds its hazard head, per row."""
+def finetuned_behrt(run: Path, mode: str, task: SurvivalTask) -> tuple[np.ndarray, str]:
+    """``[n, width]``: what BEHRT fine-tuned in ``mode`` feeds its hazard head, per row, and
+    that readout's name (``cls``, ``cls_landmark``)."""
     model, _, _ = load_model(run / "models/finetune_behrt" / mode)
     c = model.config          # an old config.json without a key reads its default
     if c.value_deltas:
         set_value_codes(model, task.seqs)
     ds = BEHRTDataset(_landmark_dataset(task), c.max_len)
     return predict(model.encoder, make_loader(ds, 256, pin_memory=False),
-                   lambda m, b: readout(m(b), b, c.readout), len(ds))
+                   lambda m, b: readout(m(b), b, c.readout), len(ds)), c.readout
 
 
 def run_rows(run: Path, label: str, seen: set[bytes]) -> list[dict]:
@@ -62,8 +62,8 @@ def run_rows(run: Path, label: str, seen: set[bytes]) -> list[dict]:
     for d in sorted((run / "models/finetune_behrt").glob("*/config.json")):
         if not (d.parent / "model.safetensors").is_file():   # lora: adapters only
             continue
-        how = json.loads(d.read_text()).get("readout", "cls")
-        reps[f"behrt_{d.parent.name} ({how})"] = finetuned_behrt(run, d.parent.name, task)
+        x, how = finetuned_behrt(run, d.parent.name, task)
+        reps[f"behrt_{d.parent.name} ({how})"] = x
     for name, x in list(reps.items()):
         digest = hashlib.sha1(x.tobytes()).digest()
         if digest in seen:

@@ -428,13 +428,6 @@ class PretrainParams(_Section):
             raise ValueError(f"lab_state_weight {v}: accepted: auto or a number >= 0")
         return v
 
-    def resolved_lab_state_weight(self, has_values: bool) -> float:
-        """The lab-state weight pre-training uses on sequences with (``has_values``) or without
-        numeric values (``auto`` resolved)."""
-        if self.lab_state_weight == "auto":
-            return LAB_STATE_WEIGHT if has_values else 0.0
-        return float(self.lab_state_weight)
-
     def resolved_objective(self, patients: int) -> str:
         """The objective pre-training on ``patients`` patients uses (``auto`` resolved)."""
         if self.objective != "auto":

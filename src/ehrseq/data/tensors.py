@@ -217,17 +217,20 @@ def set_value_codes(model: torch.nn.Module, seqs: Sequences) -> torch.nn.Module:
     return model
 
 
-def uses_values(wanted: bool | str, seqs: Sequences, key: str) -> bool:
-    """A model's ``values`` parameter (``key``: ``model.behrt.values``, ``model.lstm.values``)
-    checked against the data: ``auto`` reads values when a token carries one; ``true`` with no
-    token carrying one (no numeric observation) is an :class:`InputError` naming the keys."""
+def uses_values(wanted: bool | str, seqs: Sequences, key: str, given: str = "true",
+                off: str = "false") -> bool:
+    """A parameter that reads numeric values (``key``: ``model.behrt.values``,
+    ``pretrain.lab_state_weight``, ...) checked against the data: ``auto`` reads values when a
+    token carries one; wanted with no token carrying one (no numeric observation) is an
+    :class:`InputError` naming the key, its value (``given``) and the setting that turns it off
+    (``off``)."""
     if wanted == "auto":
         return seqs.has_values
     if wanted and not seqs.has_values:
-        raise InputError(f"{key}: true, but no token of the sequences carries a numeric "
+        raise InputError(f"{key}: {given}, but no token of the sequences carries a numeric "
                          "value (values.npy is all NaN): keep 'observation' in "
                          "sequences.event_kinds, use data with numeric observations, or set "
-                         f"{key}: false")
+                         f"{key}: {off}")
     return bool(wanted)
 
 

@@ -42,9 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tensors import BucketBatchSampler, Sequences, build_batch, ranges, value_changes
-from ..io import InputError
-from ..params import PretrainParams
+from ..data.tensors import (
+    BucketBatchSampler,
+    Sequences,
+    build_batch,
+    ranges,
+    uses_values,
+    value_changes,
+)
+from ..params import LAB_STATE_WEIGHT, PretrainParams
 from .behrt import (
     BEHRT,
     MASK,
@@ -217,15 +223,13 @@ def tte_terms(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
 
 
 def lab_state_weight(pp: PretrainParams, seqs: Sequences) -> float:
-    """``pretrain.lab_state_weight`` resolved on ``seqs`` (``auto``: on where a token carries a
-    value); a weight > 0 set on sequences without values is an :class:`InputError`."""
-    w = pp.resolved_lab_state_weight(seqs.has_values)
-    if w and not seqs.has_values:
-        raise InputError(f"pretrain.lab_state_weight: {w}, but no token of the sequences "
-                         "carries a numeric value (values.npy is all NaN): keep 'observation' "
-                         "in sequences.event_kinds, use data with numeric observations, or set "
-                         "pretrain.lab_state_weight: 0 (or auto)")
-    return w
+    """``pretrain.lab_state_weight`` resolved on ``seqs`` (``auto``: ``LAB_STATE_WEIGHT`` where
+    a token carries a value, else 0); a weight > 0 set on sequences without values is an
+    :class:`InputError`."""
+    w = pp.lab_state_weight
+    on = uses_values("auto" if w == "auto" else w > 0, seqs, "pretrain.lab_state_weight",
+                     given=str(w), off="0 (or auto)")
+    return (LAB_STATE_WEIGHT if w == "auto" else float(w)) if on else 0.0
 
 
 def lab_state_targets(value_code: torch.Tensor, x: BEHRTBatch, n_codes: int
@@ -242,13 +246,14 @@ def lab_state_targets(value_code: torch.Tensor, x: BEHRTBatch, n_codes: int
     row = torch.arange(b, device=dev)[:, None].expand(b, length)
     delta = value_changes(row.reshape(-1), code.reshape(-1), x.values.reshape(-1).float(),
                           n_codes).view(b, length)
-    has = code >= 0
-    key = (row * n_codes + code)[has]
-    pos = torch.arange(length, device=dev).expand(b, length)[has]
-    last = torch.zeros(b * n_codes, dtype=torch.long, device=dev).scatter_reduce(
-        0, key, pos, "amax", include_self=False)
-    count = torch.zeros(b * n_codes, device=dev).index_add_(0, key, torch.ones_like(pos,
-                                                                                 dtype=torch.float))
+    # every token scatters; those without a value into a spare bucket (b * n_codes), dropped
+    # after: no boolean indexing, so no host sync on a GPU
+    key = torch.where(code >= 0, row * n_codes + code, b * n_codes).reshape(-1)
+    pos = torch.arange(length, device=dev).expand(b, length).reshape(-1)
+    last = torch.zeros(b * n_codes + 1, dtype=torch.long, device=dev).scatter_reduce(
+        0, key, pos, "amax", include_self=False)[:-1]
+    count = torch.zeros(b * n_codes + 1, device=dev).index_add_(
+        0, key, torch.ones_like(pos, dtype=torch.float))[:-1]
     r = torch.arange(b * n_codes, device=dev) // n_codes
     value, change = x.values.float()[r, last].view(b, -1), delta[r, last].view(b, -1)
     known = torch.cat([count.view(b, -1) >= 1, count.view(b, -1) >= 2], 1)
