@@ -43,7 +43,7 @@ def main() -> None:
     cfg = behrt_config(params.model, seqs.vocab_size,
                        model_class="ehrseq.models.pretraining.BEHRTPretrain",
                        **value_inputs(params.model, seqs))
-    lab_w = lab_state_weight(pp, seqs)
+    lab_w = lab_state_weight(pp, seqs, len(train_idx))
     cfg = replace(cfg, lab_codes=len(seqs.value_stats["codes"]) if lab_w else 0,
                   **({"tte_tasks": len(tasks), "tte_pieces": len(edges) - 1} if tte else {}))
     log_freq = code_log_freq(seqs, train_idx)

@@ -151,10 +151,13 @@ def test_lab_state_without_values_is_an_error_naming_the_key(tmp_path, monkeypat
     assert not (tmp_path / "models/pretrain_behrt").exists()
 
 
-@pytest.mark.parametrize("values", [False, True])
-def test_auto_weight_is_on_where_the_data_has_values(values, tmp_path, monkeypatch):
-    """``auto`` (the default): LAB_STATE_WEIGHT with numeric values, off without (no error);
-    the stage's metrics name the weight used. A negative weight is a parameter error."""
+@pytest.mark.parametrize("values,from_patients", [(False, 1), (True, 1), (True, 10**6)])
+def test_auto_weight_is_on_where_the_data_has_values_and_patients(values, from_patients,
+                                                                    tmp_path, monkeypatch):
+    """``auto`` (the default): LAB_STATE_WEIGHT with numeric values from
+    ``lab_state_from_patients`` pre-training patients on, off without values (no error) or
+    below that count; the stage's metrics name the weight used. A negative weight is a
+    parameter error."""
     from pydantic import ValidationError
 
     from ehrseq.params import LAB_STATE_WEIGHT, PretrainParams
@@ -165,10 +168,13 @@ def test_auto_weight_is_on_where_the_data_has_values(values, tmp_path, monkeypat
     _workspace(tmp_path, monkeypatch, "auto", values=values)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["train"]["epochs"] = 1
+    params["pretrain"]["lab_state_from_patients"] = from_patients
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     script("stages/pretrain_behrt.py").main()
     m = json.loads((tmp_path / "metrics/pretrain_behrt.json").read_text())
-    assert m["behrt.lab_state_weight"] == (LAB_STATE_WEIGHT if values else 0.0)
-    assert ("val.lab_state_mse" in m) == values
+    on = values and m["behrt.train_patients"] >= from_patients
+    assert on == (from_patients == 1 and values)
+    assert m["behrt.lab_state_weight"] == (LAB_STATE_WEIGHT if on else 0.0)
+    assert ("val.lab_state_mse" in m) == on
     cfg = json.loads((tmp_path / "models/pretrain_behrt/config.json").read_text())
-    assert (cfg["lab_codes"] > 0) == values
+    assert (cfg["lab_codes"] > 0) == on

@@ -222,11 +222,14 @@ def tte_terms(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
     return exposure, hit, lh.exp() * exposure - lh * hit
 
 
-def lab_state_weight(pp: PretrainParams, seqs: Sequences) -> float:
-    """``pretrain.lab_state_weight`` resolved on ``seqs`` (``auto``: ``LAB_STATE_WEIGHT`` where
-    a token carries a value, else 0); a weight > 0 set on sequences without values is an
-    :class:`InputError`."""
+def lab_state_weight(pp: PretrainParams, seqs: Sequences, patients: int) -> float:
+    """``pretrain.lab_state_weight`` resolved on ``seqs`` and ``patients`` pre-training
+    patients (``auto``: ``LAB_STATE_WEIGHT`` where a token carries a value and ``patients``
+    reaches ``pretrain.lab_state_from_patients``, else 0); a weight > 0 set on sequences
+    without values is an :class:`InputError`."""
     w = pp.lab_state_weight
+    if w == "auto" and patients < pp.lab_state_from_patients:
+        return 0.0
     on = uses_values("auto" if w == "auto" else w > 0, seqs, "pretrain.lab_state_weight",
                      given=str(w), off="0 (or auto)")
     return (LAB_STATE_WEIGHT if w == "auto" else float(w)) if on else 0.0
