@@ -396,10 +396,10 @@ class PretrainParams(_Section):
     ``LAB_STATE_WEIGHT`` (10) where the sequences carry numeric values and pre-training reads
     at least ``lab_state_from_patients`` patients, else 0 (chosen on validation:
     docs/ablation-behrt-lab-state-2000.md; below, docs/sequence-models.md)."""
-    lab_state_from_patients: int = Field(1000, ge=1)
+    lab_state_from_patients: int = Field(500, ge=1)
     """``lab_state_weight: auto``: pre-training patients (training split and corpus) from which
-    the lab state is on (measured: about 100 costs, about 330 level, 1,319 lower fine-tuned
-    validation loss; the same step as ``mlm_from_patients``)."""
+    the lab state is on (fine-tuned validation loss measured: about 100 pre-training patients
+    higher, 320 level, 665 and 1,319 lower; docs/sequence-models.md)."""
     corpus: CorpusParams | None = None
     """``null``: pre-training reads the labelled cohort's training patients (their whole
     records). A corpus (stage ``corpus``): pre-training reads those and every corpus patient;
