@@ -399,7 +399,8 @@ class PretrainParams(_Section):
     lab_state_from_patients: int = Field(500, ge=1)
     """``lab_state_weight: auto``: pre-training patients (training split and corpus) from which
     the lab state is on (fine-tuned validation loss measured: about 100 pre-training patients
-    higher, 320 level, 665 and 1,319 lower; docs/sequence-models.md)."""
+    higher, 320 level, 521, 665 and 1,319 lower; docs/sequence-models.md,
+    docs/ablation-behrt-lab-state-800.md)."""
     corpus: CorpusParams | None = None
     """``null``: pre-training reads the labelled cohort's training patients (their whole
     records). A corpus (stage ``corpus``): pre-training reads those and every corpus patient;
