@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "tools"))
 import subgroup_c  # noqa: E402
 
+from ehrseq.data.tensors import Sequences  # noqa: E402
+
 
 def _run(root: Path, risk_late: float, seed: int = 0) -> Path:
     """A run holding 40 test patients x 4 landmarks; the prediction ranks every landmark by its
@@ -66,3 +68,29 @@ def test_runs_of_different_outcomes_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="differ"):
         subgroup_c.main([str(before), str(after), "--model", "m/model", "--title", "t",
                          "--out", str(tmp_path / "x.md")])
+
+
+def test_subgroups_by_a_code_in_the_window(tmp_path):
+    """Each of 40 patients has 5 visits of 2 tokens; a binned lab sits in the first visit only,
+    so the windows that start there (the first two landmarks: whole history) hold it and the
+    cut windows of the later two do not."""
+    before, after = _run(tmp_path / "b", 0.0), _run(tmp_path / "a", 3.0)
+    codes = np.tile([1, 1], 200)
+    codes[::10] = 2                                     # visit 0 of each patient: LOINC/1:q0
+    Sequences(codes=codes, visit_offsets=np.arange(0, 401, 2), patient_offsets=np.arange(0, 201, 5),
+              visit_time=np.zeros(200), visit_age=np.zeros(200, np.float32),
+              patients=pd.DataFrame({"patient": [str(i) for i in range(40)]}),
+              vocab={"tokens": ["[PAD]", "X", "LOINC/1:q0", "LOINC/1:q1"]}
+              ).save(after / "data/processed/sequences")
+    test = subgroup_c._test(after)
+    held = subgroup_c.code_in_window(after, test, "LOINC/1")
+    order = test["landmark_visits"].to_numpy() - 2
+    assert (held == np.where(order < 2, 1, 0)).all()
+    out = tmp_path / "page.md"
+    subgroup_c.main([str(before), str(after), "--model", "m/model", "--code", "LOINC/1",
+                     "--title", "t", "--out", str(out)])
+    rows = {r["subgroup"]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    assert rows["window holds LOINC/1"]["landmarks"] == 80
+    assert rows["window holds no LOINC/1"]["m/model"]["difference"]["delta"] < -0.1
+    with pytest.raises(SystemExit, match="not in"):
+        subgroup_c.code_in_window(after, test, "LOINC/2")

@@ -1,7 +1,8 @@
 """Where a model change moved test C: Harrell's C before and after, per subgroup of test landmarks.
 
     python docs/tools/subgroup_c.py BEFORE_DIR AFTER_DIR --model finetune_behrt/full/behrt_full \
-        [--model ...] [--reference baselines/coxnet] --title "..." [--note "..."] --out docs/X.md
+        [--model ...] [--reference baselines/coxnet] [--code LOINC/33914-3] --title "..." \
+        [--note "..."] --out docs/X.md
 
 BEFORE_DIR and AFTER_DIR ran the same cohort, outcome and splits (as ``before_after.py
 --model-change``; refused otherwise) and differ in model code or parameters. Each ``--model``
@@ -15,7 +16,9 @@ subgroup of the test landmarks:
   second (later landmarks have longer histories);
 - by input window: windows that hold the patient's whole history before the landmark against
   windows cut by ``outcome.history`` (``input_visits < landmark_visits``: the oldest visits
-  dropped to fit ``max_visits`` / ``max_tokens``).
+  dropped to fit ``max_visits`` / ``max_tokens``);
+- with ``--code CODE`` (a vocabulary code such as ``LOINC/33914-3``; its quantile-bin tokens
+  count too): windows that hold at least one observation of it against windows that hold none.
 
 A diagnosis, not a choice: nothing here selects a model (the test split is read only to say
 where a change that was chosen on validation gained or lost).
@@ -35,6 +38,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from ehrseq.data.tensors import NUMERIC_BIN, Sequences  # noqa: E402
 from ehrseq.evaluate import survival  # noqa: E402
 
 
@@ -55,16 +59,36 @@ def _risk(run: Path, pred: str, test: pd.DataFrame, horizon: float) -> np.ndarra
     return survival.risk_score(z["surv"][pos], z["times"], horizon)
 
 
-def subgroups(test: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Masks over the test landmarks: every one, by landmark order, by input window."""
+def code_in_window(run: Path, test: pd.DataFrame, code: str) -> np.ndarray:
+    """Per test landmark: how many observations of ``code`` (bare or binned) its window holds."""
+    seqs = Sequences.load(run / "data/processed/sequences")
+    ids = [i for i, t in enumerate(seqs.vocab["tokens"]) if NUMERIC_BIN.sub("", t) == code]
+    if not ids:
+        sys.exit(f"--code {code}: not in {run}/data/processed/sequences/vocab.json; accepted: "
+                 "a code of the vocabulary, e.g. LOINC/33914-3")
+    cum = np.concatenate([[0], np.cumsum(np.isin(seqs.codes, ids))])
+    first = seqs.patient_offsets[test["index"].to_numpy()]
+    end = first + test["landmark_visits"].to_numpy()
+    start = end - test["input_visits"].to_numpy()
+    return cum[seqs.visit_offsets[end]] - cum[seqs.visit_offsets[start]]
+
+
+def subgroups(test: pd.DataFrame, held: np.ndarray | None = None,
+              code: str = "") -> dict[str, np.ndarray]:
+    """Masks over the test landmarks: every one, by landmark order, by input window, and by
+    whether the window holds ``code`` (``held``: its count per landmark)."""
     order = test.groupby("index")["landmark_time"].rank(method="first").to_numpy()
     n = test.groupby("index")["landmark_time"].transform("size").to_numpy()
     cut = test["input_visits"].to_numpy() < test["landmark_visits"].to_numpy()
-    return {"every test landmark": np.ones(len(test), bool),
-            "first half of each patient's landmarks": order <= np.ceil(n / 2),
-            "second half (later landmarks)": order > np.ceil(n / 2),
-            "window holds the whole history": ~cut,
-            "window cut by outcome.history": cut}
+    out = {"every test landmark": np.ones(len(test), bool),
+           "first half of each patient's landmarks": order <= np.ceil(n / 2),
+           "second half (later landmarks)": order > np.ceil(n / 2),
+           "window holds the whole history": ~cut,
+           "window cut by outcome.history": cut}
+    if held is not None:
+        out[f"window holds {code}"] = held > 0
+        out[f"window holds no {code}"] = held == 0
+    return out
 
 
 def _c(x: dict) -> str:
@@ -81,6 +105,7 @@ def main(argv=None) -> None:
     ap.add_argument("after", type=Path)
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--reference", action="append", default=[])
+    ap.add_argument("--code", default="", help="subgroups by whether the window holds it")
     ap.add_argument("--title", required=True)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, required=True)
@@ -107,7 +132,8 @@ def main(argv=None) -> None:
         head += [f"{name} before", f"{name} after", f"{name} after − before"]
     head += [f"{Path(m).name} (after run)" for m in a.reference]
     rows, data = [], []
-    for label, mask in subgroups(test).items():
+    held = code_in_window(a.after, test, a.code) if a.code else None
+    for label, mask in subgroups(test, held, a.code).items():
         args = (t[mask], d[mask])
         row = [label, str(int(mask.sum())), str(int(d[mask].sum()))]
         rec = {"subgroup": label, "landmarks": int(mask.sum()), "events": int(d[mask].sum())}
