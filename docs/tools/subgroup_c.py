@@ -1,13 +1,14 @@
 """Where a model change moved test C: Harrell's C before and after, per subgroup of test landmarks.
 
     python docs/tools/subgroup_c.py BEFORE_DIR AFTER_DIR --model finetune_behrt/full/behrt_full \
-        [--model ...] [--reference baselines/coxnet] [--code LOINC/33914-3] --title "..." \
-        [--note "..."] --out docs/X.md
+        [--model ...] [--reference baselines/coxnet] [--code LOINC/33914-3] [--scores RUN] \
+        --title "..." [--note "..."] --out docs/X.md
 
 BEFORE_DIR and AFTER_DIR ran the same cohort, outcome and splits (as ``before_after.py
 --model-change``; refused otherwise) and differ in model code or parameters. Each ``--model``
 is a prediction under ``data/predictions`` (without ``.npz``) present in both; ``--reference``
-one read from AFTER_DIR alone (the best count model, say), scored beside them. Every model is
+one read from the scoring run alone (AFTER_DIR, or ``--scores``; the best count model, say),
+scored beside them. Every model is
 scored as the evaluate stage scores it (risk ``1 - S(h*)`` at the run's ``risk_horizon``,
 Harrell's C, patient-level paired bootstrap with the report's seed and resamples) within each
 subgroup of the test landmarks:
@@ -106,31 +107,41 @@ def main(argv=None) -> None:
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--reference", action="append", default=[])
     ap.add_argument("--code", default="", help="subgroups by whether the window holds it")
+    ap.add_argument("--scores", type=Path, default=None,
+                    help="the finished run whose h* (metrics/evaluate.json) and report params "
+                         "score both (default AFTER): for ablation work folders, which hold "
+                         "predictions but no evaluate stage")
     ap.add_argument("--title", required=True)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
 
     test = _test(a.after)
-    other = _test(a.before)
     same = ["index", "landmark_visits", "duration", "event", "input_visits"]
-    if len(other) != len(test) or not other[same].equals(test[same]):
-        sys.exit(f"{a.before} and {a.after}: their test landmarks or outcomes differ; accepted: "
-                 "two runs of the same cohort, outcome and splits")
-    ev = json.loads((a.after / "metrics/evaluate.json").read_text())
-    report = (yaml.safe_load((a.after / "params.yaml").read_text()) or {}).get("report") or {}
+    scores = a.scores or a.after
+    for run in {a.before, scores}:
+        o = _test(run)
+        if len(o) != len(test) or not o[same].equals(test[same]):
+            sys.exit(f"{run} and {a.after}: their test landmarks or outcomes differ; accepted: "
+                     "runs of the same cohort, outcome and splits")
+    if not (scores / "metrics/evaluate.json").is_file():
+        sys.exit(f"{scores}/metrics/evaluate.json: missing; accepted: a run whose evaluate stage "
+                 "ran (--scores RUN for ablation work folders)")
+    ev = json.loads((scores / "metrics/evaluate.json").read_text())
+    report = (yaml.safe_load((scores / "params.yaml").read_text()) or {}).get("report") or {}
     boot, seed = int(report.get("bootstrap", 200)), int(report.get("seed", 0))
     horizon = float(ev["test.risk_horizon"])
     t, d, groups = test["duration"].to_numpy(float), test["event"].to_numpy(int), test["index"]
     risks = {m: (_risk(a.before, m, test, horizon), _risk(a.after, m, test, horizon))
              for m in a.model}
-    refs = {m: _risk(a.after, m, test, horizon) for m in a.reference}
+    refs = {m: _risk(scores, m, test, horizon) for m in a.reference}
 
     head = ["subgroup", "landmarks", "events"]
     for m in a.model:
         name = Path(m).name
         head += [f"{name} before", f"{name} after", f"{name} after − before"]
-    head += [f"{Path(m).name} (after run)" for m in a.reference]
+    head += [f"{Path(m).name} ({'after' if a.scores is None else 'scoring'} run)"
+             for m in a.reference]
     rows, data = [], []
     held = code_in_window(a.after, test, a.code) if a.code else None
     for label, mask in subgroups(test, held, a.code).items():
@@ -147,7 +158,7 @@ def main(argv=None) -> None:
         for m, r in refs.items():
             c = survival.harrell_c_interval(*args, r[mask], boot, seed, groups[mask])
             row.append(_c(c))
-            rec[f"{m} (after run)"] = c
+            rec[f"{m} (reference)"] = c
         rows.append(row)
         data.append(rec)
 
