@@ -41,6 +41,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from ehrseq.data.tensors import NUMERIC_BIN, Sequences  # noqa: E402
 from ehrseq.evaluate import survival  # noqa: E402
+from ehrseq.evaluate.scoring import Outcomes  # noqa: E402
 
 
 def _test(run: Path) -> pd.DataFrame:
@@ -48,16 +49,13 @@ def _test(run: Path) -> pd.DataFrame:
     return t[t["split"] == "test"].reset_index(drop=True)
 
 
-def _risk(run: Path, pred: str, test: pd.DataFrame, horizon: float) -> np.ndarray:
+def _risk(run: Path, pred: str, o: Outcomes, horizon: float) -> np.ndarray:
+    """Test risk ``1 - S(h*)`` of one prediction, in ``o``'s landmark order (as evaluate)."""
     path = run / "data/predictions" / f"{pred}.npz"
     if not path.is_file():
         sys.exit(f"{path}: missing; accepted: a prediction under data/predictions of both runs")
-    z = np.load(path)
-    key = pd.MultiIndex.from_arrays([z["index"], z["landmark_visits"]])
-    pos = key.get_indexer(pd.MultiIndex.from_arrays([test["index"], test["landmark_visits"]]))
-    if (pos < 0).any():
-        sys.exit(f"{path}: misses {int((pos < 0).sum())} test landmarks of outcomes.parquet")
-    return survival.risk_score(z["surv"][pos], z["times"], horizon)
+    with np.load(path) as z:
+        return survival.risk_score(z["surv"][o.align(path, z)], z["times"], horizon)
 
 
 def code_in_window(run: Path, test: pd.DataFrame, code: str) -> np.ndarray:
@@ -131,10 +129,11 @@ def main(argv=None) -> None:
     report = (yaml.safe_load((scores / "params.yaml").read_text()) or {}).get("report") or {}
     boot, seed = int(report.get("bootstrap", 200)), int(report.get("seed", 0))
     horizon = float(ev["test.risk_horizon"])
-    t, d, groups = test["duration"].to_numpy(float), test["event"].to_numpy(int), test["index"]
-    risks = {m: (_risk(a.before, m, test, horizon), _risk(a.after, m, test, horizon))
+    o = Outcomes.load(a.after / "data/processed/outcomes")   # the test rows of ``test``
+    t, d, groups = o.duration, o.event, o.groups
+    risks = {m: (_risk(a.before, m, o, horizon), _risk(a.after, m, o, horizon))
              for m in a.model}
-    refs = {m: _risk(scores, m, test, horizon) for m in a.reference}
+    refs = {m: _risk(scores, m, o, horizon) for m in a.reference}
 
     head = ["subgroup", "landmarks", "events"]
     for m in a.model:
