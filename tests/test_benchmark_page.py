@@ -37,11 +37,11 @@ def test_the_sequence_model_is_chosen_on_validation_not_on_test():
                               if "best sequence model" in x][0]
 
 
-def _sequential_run(root, best_drops: str | None):
+def _sequential_run(root, best_drops: str):
     """A run folder with what the mechanisms section reads: outcomes and planted features of
     a sequential scenario (true risk built as the outcomes stage builds it), the outcomes
     metrics with the betas, and the best count model's test predictions, whose risk is the
-    oracle without ``best_drops`` (or noise when None)."""
+    oracle without ``best_drops``."""
     import numpy as np
     import pandas as pd
     import yaml
@@ -69,11 +69,8 @@ def _sequential_run(root, best_drops: str | None):
          **{f"effect_{nm}_beta": float(b) for nm, b in zip(names, beta, strict=True)}}
     (root / "params.yaml").write_text(yaml.safe_dump({"report": {"bootstrap": 50, "seed": 0}}))
     test = split == "test"
-    if best_drops is None:
-        best = rng.normal(size=n)
-    else:
-        keep = [j for j, nm in enumerate(names) if nm != best_drops]
-        best = weighted_sum(Z[:, keep], beta[keep])
+    keep = [j for j, nm in enumerate(names) if nm != best_drops]
+    best = weighted_sum(Z[:, keep], beta[keep])
     times = np.array([10.0, 50.0, 100.0])
     surv = np.exp(-np.exp(best[test])[:, None] * times[None] / 100)
     (root / "data/predictions/baselines").mkdir(parents=True)
