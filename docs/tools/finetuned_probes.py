@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -111,8 +112,6 @@ def risk_rows(table: pd.DataFrame, reps: dict[str, np.ndarray]) -> list[dict]:
 
 def risk_markdown(rows: list[dict], runs: list[Path], labels: list[str]) -> str:
     """The true log-hazard probes beside each model's own test C (metrics/evaluate.json)."""
-    import json
-
     if not rows:
         return ""
     ev = {lab: json.loads((run / "metrics/evaluate.json").read_text())
@@ -128,8 +127,8 @@ def risk_markdown(rows: list[dict], runs: list[Path], labels: list[str]) -> str:
     for r in rows:
         label, rep = r["representation"].split(": ", 1)
         m = ev[label]
-        own = {"lstm": "lstm"}.get(rep, rep.split(" ")[0] if rep.startswith("behrt_") else "")
-        own_c = f"{m[own + '.c_harrell']:.3f}" if f"{own}.c_harrell" in m else ""
+        own = f"{rep.split(' ')[0]}.c_harrell"   # behrt_full (cls) -> behrt_full; lstm
+        own_c = f"{m[own]:.3f}" if own in m else ""
         lines.append(f"| {r['representation']} | {r['score']:.3f} [{r['lo']:.3f}, "
                      f"{r['hi']:.3f}] | {r['nonlinear_score']:.3f} [{r['nonlinear_lo']:.3f}, "
                      f"{r['nonlinear_hi']:.3f}] | {own_c} |")
