@@ -353,3 +353,37 @@ def test_value_deltas_give_behrt_a_trend(tmp_path):
         c[deltas] = concordance_index(dur[va], -risk, ev[va])
     oracle = concordance_index(dur[va], -(rise[va] > 0).astype(float), ev[va])
     assert c[True] > oracle - 0.05 and c[True] > c[False] + 0.1, (c, oracle)
+
+
+def test_rotary_attention_depends_on_the_days_between_tokens():
+    """model.behrt.rotary (CLMBR's rotary positions by days): the rotated dot product of two
+    vectors depends only on the difference of their days; a BEHRT that reads time only through
+    rotary attention (time 'years') changes its states when the days between the visits change,
+    and does not without rotary; an odd head size is refused naming the keys."""
+    from ehrseq.models.behrt import rotary_angles, rotate
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
+
+    def dot(dq, dk):
+        cq, sq = rotary_angles(torch.tensor([[dq]]), 8)
+        ck, sk = rotary_angles(torch.tensor([[dk]]), 8)
+        return float((rotate(q, cq, sq) * rotate(k, ck, sk)).sum())
+
+    assert dot(30.0, 10.0) == pytest.approx(dot(120.0, 100.0), abs=1e-4)
+    assert abs(dot(30.0, 10.0) - dot(30.0, 29.0)) > 1e-3
+    assert dot(0.0, 0.0) == pytest.approx(float((q * k).sum()), abs=1e-6)
+
+    s = toy_sequences(6, vocab_size=40, max_visits=6, max_codes=4, seed=5)
+    x = behrt_inputs(build_batch(s, np.arange(6), s.n_visits), 64)
+    later = behrt_inputs(build_batch(s, np.arange(6), s.n_visits), 64)
+    later.time[..., 0] = torch.log1p(torch.expm1(10 * x.time[..., 0]) * 3) / 10   # 3x the days
+    for rotary, moves in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        model = BEHRT(BEHRTConfig(vocab_size=40, time="years", rotary=rotary, **TINY)).eval()
+        with torch.no_grad():
+            diff = (model(x) - model(later))[x.mask].abs().max()
+        assert bool(diff > 1e-3) is moves
+    with pytest.raises(ValueError, match="model.behrt.rotary needs an even head size"):
+        behrt_config(ModelParams(behrt=BEHRTParams(rotary=True, hidden=36, heads=4)), 40)
+    assert behrt_config(ModelParams(behrt=BEHRTParams(rotary=True)), 40).rotary

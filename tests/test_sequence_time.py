@@ -194,6 +194,7 @@ def _finetune_stage_over(tmp_path, monkeypatch, **design):
 
 @pytest.mark.parametrize("field, message", [
     ({"time": "years"}, r"time 'years', but params.yaml model.behrt.time is 'days'"),
+    ({"rotary": True}, r"rotary True, but params.yaml model.behrt.rotary is False"),
     ({"values": True}, r"values True, but params.yaml model.behrt.values is 'auto' \(False on "
                        r"these sequences\)"),
     ({"value_deltas": True}, r"value_deltas True, but params.yaml model.behrt.value_deltas is "

@@ -295,6 +295,12 @@ class BEHRTParams(_Section):
     (``pretrain.lab_state_weight``) the changes are what lets ``[CLS]`` carry a lab trend
     (docs/ablation-behrt-lab-state-2000.md); alone they were level from scratch and cost the
     pre-trained model validation loss (docs/ablation-behrt-deltas-2000.md)."""
+    rotary: bool = False
+    """Rotary attention by days (CLMBR's design in femr): every attention head's queries and
+    keys are rotated by angles proportional to the token's days before the landmark, at
+    frequencies from 1 to 1e-8 per day, so the attention between two tokens depends on the
+    days between them, beside the ``time`` embeddings. Pre-training and fine-tuning must
+    agree; the head size (hidden / heads) must be even."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """BEHRT's own dropout on its embeddings, residual branches and the state the survival head
     reads (null: ``model.dropout``, which Med2Vec + head and the trajectory model share). It is

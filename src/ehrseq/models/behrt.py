@@ -13,6 +13,9 @@ the model reads time:
   embedding is added to every token: Time2Vec (a linear and K-1 periodic features, learnt
   frequencies) of log(1 + days before the landmark), log(1 + days since the previous visit)
   and age in decades, projected to the hidden size (:class:`TimeEmbedding`).
+With ``rotary`` (``model.behrt.rotary``, CLMBR's design in femr) every attention head also
+rotates its queries and keys by the token's days before the landmark, so two tokens' attention
+depends on the days between them (:func:`rotary_angles`).
 With ``values`` (``model.behrt.values``) a numeric token also adds its normalised value times a
 learnt vector of its code (zero at the start): lab values as values, not only as bin tokens;
 with ``value_deltas`` (``model.behrt.value_deltas``) also its change since the patient's
@@ -66,6 +69,7 @@ class BEHRTConfig:
     time: str = "days"        # "years" | "days" (module docstring; model.behrt.time)
     values: bool = False      # add value x a learnt vector per code (model.<lstm|behrt>.values)
     value_deltas: bool = False   # add value change x a learnt vector (model.behrt.value_deltas)
+    rotary: bool = False      # rotate queries and keys by days before the landmark
     n_bins: int = 0           # > 0: survival head with this many time bins
     readout: str = "cls"      # what the survival head reads (READOUTS; finetune.readout)
     tte_tasks: int = 0        # pre-training: MOTOR time-to-event tasks (codes); 0 = none
@@ -86,9 +90,13 @@ def behrt_config(params: ModelParams, vocab_size: int, n_bins: int = 0,
         raise ValueError(f"model.behrt.heads: {dims['heads']} does not divide hidden "
                          f"{dims['hidden']}; accepted: a divisor of the hidden size")
     dropout = params.dropout if params.behrt.dropout is None else params.behrt.dropout
+    if params.behrt.rotary and (dims["hidden"] // dims["heads"]) % 2:
+        raise ValueError(f"model.behrt.rotary needs an even head size; hidden {dims['hidden']} "
+                         f"/ heads {dims['heads']} is odd")
     return BEHRTConfig(vocab_size=vocab_size, n_bins=n_bins, dropout=dropout,
                        size=params.size, model_class=model_class, time=params.behrt.time,
-                       values=values, value_deltas=value_deltas, **dims)
+                       rotary=params.behrt.rotary, values=values, value_deltas=value_deltas,
+                       **dims)
 
 
 def value_inputs(params: ModelParams, seqs) -> dict[str, bool]:
@@ -103,7 +111,8 @@ def check_pretrained(config: BEHRTConfig | dict, params: ModelParams, seqs, path
     its time and value inputs must be ``params.behrt``'s resolved on ``seqs`` and its vocabulary
     the sequences'; otherwise an :class:`InputError` naming the keys, before any training."""
     c = BEHRTConfig(**config) if isinstance(config, dict) else config
-    for field, want in {"time": params.behrt.time, **value_inputs(params, seqs)}.items():
+    for field, want in {"time": params.behrt.time, "rotary": params.behrt.rotary,
+                        **value_inputs(params, seqs)}.items():
         key, given = f"model.behrt.{field}", getattr(params.behrt, field)
         if getattr(c, field) != want:
             here = f" ({want!r} on these sequences)" if given != want else ""
@@ -255,16 +264,35 @@ class SelfAttention(nn.Module):
         self.q_proj, self.k_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.v_proj, self.out_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, length, h = x.shape
 
         def split(t):
             return t.view(b, length, self.heads, h // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(
-            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-            attn_mask=keep[:, None, None, :])
+        q, k = split(self.q_proj(x)), split(self.k_proj(x))
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        out = F.scaled_dot_product_attention(q, k, split(self.v_proj(x)),
+                                             attn_mask=keep[:, None, None, :])
         return self.out_proj(out.transpose(1, 2).reshape(b, length, h))
+
+
+def rotary_angles(days: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines ``[B, 1, L, dim]`` of rotary embeddings driven by ``days`` ``[B, L]``
+    (femr's CLMBR: frequencies ``10000 ** -linspace(0, 2, dim / 2)`` per day, from one
+    radian a day to 1e-8; each frequency fills a pair of neighbouring dimensions)."""
+    inv = 10000.0 ** -torch.linspace(0, 2, dim // 2, device=days.device)
+    t = (days.float().unsqueeze(-1) * inv).repeat_interleave(2, -1)
+    return t.cos().unsqueeze(1), t.sin().unsqueeze(1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Each pair of neighbouring dimensions of ``x`` ``[B, heads, L, dim]`` rotated by its
+    angle: ``q . k`` of two rotated vectors then depends on the difference of their days."""
+    pair = torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+    return x * cos + pair * sin
 
 
 class EncoderLayer(nn.Module):
@@ -277,8 +305,8 @@ class EncoderLayer(nn.Module):
         self.fc1, self.fc2 = nn.Linear(c.hidden, c.intermediate), nn.Linear(c.intermediate, c.hidden)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), keep))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, rope=None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), keep, rope))
         return x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.ln2(x))))))
 
 
@@ -363,8 +391,12 @@ class BEHRT(nn.Module):
             extra = extra + self.value_deltas(x).unsqueeze(-1) * self.delta(x.tokens)
         h = self.drop(self.tokens(x.tokens) + self.age(age) + self.segment(segment)
                       + self.position(position) + extra)
+        rope = None
+        if self.config.rotary:   # days before the landmark, back from behrt_inputs' log1p
+            days = torch.expm1(10 * x.time[..., 0]) * x.mask
+            rope = rotary_angles(days, self.config.hidden // self.config.heads)
         for layer in self.layers:
-            h = layer(h, x.mask)
+            h = layer(h, x.mask, rope)
         return self.norm(h)
 
     def value_deltas(self, x: BEHRTBatch) -> torch.Tensor:
