@@ -8,10 +8,12 @@ timed after warm-up (CUDA synchronised, bf16 autocast on CUDA). Rows:
 - ``behrt-padded``: our model on that same padded layout (the kernels alone);
 - ``behrt-bucketed``: our model on the same patients grouped as our loaders group them
   (``BucketBatchSampler``: a pool of ``--pool`` batches sorted by length, then cut), each
-  batch only as wide as its longest patient: what length bucketing saves.
+  batch only as wide as its longest patient: what length bucketing saves;
+- ``behrt-rotary``: that bucketed run with ``model.behrt.rotary`` (queries and keys rotated by
+  days before the landmark in every layer): what rotary attention costs (``vs_bucketed``).
 
 A round is one optimizer step per batch of the pool (the same patients for every row); step
-times are the fastest of ``--rounds`` rounds in which the three run in turn (on a shared
+times are the fastest of ``--rounds`` rounds in which the four run in turn (on a shared
 machine load only ever slows a round down, so the fastest is the least disturbed estimate).
 
 Throughput counts real (non-padding) tokens. ``data ms`` is the time to build the batch from
@@ -68,6 +70,8 @@ def padded(x: BEHRTBatch, length: int) -> BEHRTBatch:
 
     return BEHRTBatch(tokens=pad(x.tokens), age=pad(x.age), segment=pad(x.segment),
                       position=pad(x.position), mask=pad(x.mask), rows=x.rows,
+                      visit_back=pad(x.visit_back), values=pad(x.values),
+                      time=torch.nn.functional.pad(x.time, (0, 0, 0, length - x.time.shape[1])),
                       mlm_labels=pad(x.mlm_labels, -100), has_next=x.has_next,
                       next_visit=x.next_visit)
 
@@ -140,9 +144,9 @@ def main() -> None:
     narrow = [b.to(device) for b in sorted_]
     real = sum(b.n_tokens for b in plain)
 
-    ours = BEHRTPretrain(BEHRTConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers,
-                                     heads=a.heads, intermediate=a.intermediate,
-                                     max_len=a.length)).to(device)
+    ours, rotary = (BEHRTPretrain(BEHRTConfig(
+        vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads,
+        intermediate=a.intermediate, max_len=a.length, rotary=r)).to(device) for r in (False, True))
     hf = BertForMaskedLM(BertConfig(
         vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
         num_attention_heads=a.heads, intermediate_size=a.intermediate,
@@ -150,6 +154,7 @@ def main() -> None:
         attn_implementation="sdpa")).to(device)
     fused = device.type == "cuda"
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=fused)
+    opt_rotary = torch.optim.AdamW(rotary.parameters(), lr=1e-4, fused=fused)
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=fused)
 
     def steps_hf():
@@ -161,19 +166,21 @@ def main() -> None:
             opt_hf.step()
             opt_hf.zero_grad(set_to_none=True)
 
-    def steps_ours(batches):
+    def steps_ours(batches, model=ours, opt=opt_ours):
         for b in batches:
             with amp:
-                loss = pretrain_loss(ours, b, 1.0, 0.0)
+                loss = pretrain_loss(model, b, 1.0, 0.0)
             loss.backward()
-            opt_ours.step()
-            opt_ours.zero_grad(set_to_none=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     runs = {  # name: (one round = the pool's steps, token slots computed, data s/step, model)
         "hf-bert": (steps_hf, len(wide) * a.batch * a.length, data_s, hf),
         "behrt-padded": (lambda: steps_ours(wide), len(wide) * a.batch * a.length, data_s, ours),
         "behrt-bucketed": (lambda: steps_ours(narrow), sum(b.tokens.numel() for b in narrow),
                            data_sorted_s, ours),
+        "behrt-rotary": (lambda: steps_ours(narrow, rotary, opt_rotary),
+                         sum(b.tokens.numel() for b in narrow), data_sorted_s, rotary),
     }
     peak = {}
     for name, (fn, *_) in runs.items():   # peak memory of each alone (CUDA)
@@ -194,6 +201,7 @@ def main() -> None:
             "data_share_%": 100 * data / (data + step), "peak_mem_GB": peak[name]})
     df = pd.DataFrame(rows_out)
     df["vs_hf"] = df["real_tokens_per_s"] / df.loc[0, "real_tokens_per_s"]
+    df["vs_bucketed"] = df["real_tokens_per_s"] / df.loc[2, "real_tokens_per_s"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {name} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
           f"hidden {a.hidden}, layers {a.layers}, heads {a.heads}, intermediate "
