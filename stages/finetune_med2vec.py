@@ -44,7 +44,7 @@ def main() -> None:
     def build() -> Med2VecSurvival:
         model = Med2VecSurvival(cfg)
         model.encoder.load_state_dict(encoder_state)
-        init_hazard_head(model.head, train.base)   # the baseline hazards of the training split
+        init_hazard_head(model.head, train.base)   # the training split's baseline model
         model.lr_scales = {"head.": fp.head_lr_scale}   # a new head on a pre-trained encoder
         return model
 

@@ -39,7 +39,7 @@ def main() -> None:
     def build() -> DiscreteTimeSurvivalLSTM:
         model = DiscreteTimeSurvivalLSTM(cfg)
         set_value_codes(model, task.seqs)
-        init_hazard_head(model.head, train)   # the baseline hazards of the training split
+        init_hazard_head(model.head, train)   # the training split's baseline model
         return model
 
     train_stage(

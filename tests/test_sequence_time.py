@@ -124,10 +124,11 @@ def test_baseline_hazards_are_the_life_table_of_the_training_split():
     s = toy_sequences(500, vocab_size=20, max_visits=3, max_codes=2, seed=0)
     data = SequenceDataset(s, np.arange(500), np.ones(500, np.int64), dur, ev, cuts)
     m = DiscreteTimeSurvivalLSTM(LSTMConfig(vocab_size=20, n_bins=4, embed_dim=4, hidden_dim=4))
+    assert m.head.weight.abs().sum() > 0          # PyTorch's random init ...
     init_hazard_head(m.head, data)
-    with torch.no_grad():
-        m.head.weight.zero_()   # the bias alone: every patient gets the population's curve
+    with torch.no_grad():   # ... set to zero: every patient gets the population's curve
         surv = hazard_to_survival(m(data[np.arange(5)]))
+    assert not m.head.weight.any()
     km_like = torch.cumprod(torch.sigmoid(-logits), 0)
     assert torch.allclose(surv[:, 1:], km_like.expand(5, -1), atol=1e-6)
     with pytest.raises(ValueError, match=r"target bins must lie in \[0, 3\)"):

@@ -518,8 +518,9 @@ def finetune_model(mode: str, config: BEHRTConfig, encoder_state: dict | None,
     ``fp.head_lr_scale`` times the encoder's rate), ``lora`` (pre-trained, frozen; peft LoRA on
     :data:`LORA_TARGETS` plus the head train), ``probe`` (pre-trained, frozen and always in
     eval mode, :class:`BEHRTProbe`; the head trains), ``scratch`` (random init, all
-    trainable). With ``train_data`` (targets of the training split) the head's bias starts at
-    its baseline hazards (:func:`ehrseq.models.losses.init_hazard_head`)."""
+    trainable). With ``train_data`` (targets of the training split) the head starts at the
+    baseline model: bias at its baseline hazards, weights at zero
+    (:func:`ehrseq.models.losses.init_hazard_head`)."""
     if mode not in FINETUNE_MODES:
         raise ValueError(f"fine-tuning mode {mode!r}; accepted: {list(FINETUNE_MODES)}")
     model = (BEHRTProbe if mode == "probe" else BEHRTSurvival)(config)
