@@ -387,3 +387,22 @@ def test_rotary_attention_depends_on_the_days_between_tokens():
     with pytest.raises(ValueError, match="model.behrt.rotary needs an even head size"):
         behrt_config(ModelParams(behrt=BEHRTParams(rotary=True, hidden=36, heads=4)), 40)
     assert behrt_config(ModelParams(behrt=BEHRTParams(rotary=True)), 40).rotary
+
+
+def test_throughput_bench_pads_every_input_the_model_reads():
+    """bench/behrt_throughput.py's padded batches (HF's padding='max_length') carry every input
+    BEHRT reads, day-level time and rotary attention included, so padding changes no real
+    token's state (the bench crashed once ``time: days`` became the default: its padded batches
+    lacked the time inputs)."""
+    from conftest import script
+
+    bench = script("bench/behrt_throughput.py")
+    seqs = bench.cohort(8, 100, 64, 0.3)
+    x = PretrainDataset(seqs, np.arange(8), 64, cut=False)[(0, np.arange(8))]
+    wide = bench.padded(x, 96)
+    assert wide.tokens.shape[1] == 96 > x.tokens.shape[1]
+    torch.manual_seed(0)
+    model = BEHRT(BEHRTConfig(vocab_size=100, rotary=True, **TINY)).eval()
+    with torch.no_grad():
+        narrow, padded = model(x), model(wide)[:, :x.tokens.shape[1]]
+    torch.testing.assert_close(padded[x.mask], narrow[x.mask], atol=1e-5, rtol=1e-5)
